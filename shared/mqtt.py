@@ -1,0 +1,240 @@
+"""The one paho-mqtt adapter of the project (agent, server, ServerApp and replay use it).
+
+paho runs its network loop on its own thread; handlers registered here are called on that
+thread and must not block: the agent hands messages to its asyncio loop, the server to a
+queue. Facts this relies on (measured): with MQTT 5, a session survives a drop only with
+``clean_start=False`` plus a session expiry; a QoS 1 publish while offline is queued by paho
+in memory and sent after reconnect, so delivery is tracked with ``on_publish``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from shared.errors import ConfigError, FedforgeError
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes, bool], None]
+"""(topic, payload, retained) -> None; called on paho's network thread."""
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+class MqttError(FedforgeError):
+    """The broker cannot be reached or refused an operation."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+        if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ConfigError(f"unsupported broker URL scheme {parsed.scheme!r} in {url!r}")
+        tls = parsed.scheme in ("mqtts", "ssl")
+        if not parsed.hostname:
+            raise ConfigError(f"broker URL {url!r} has no host")
+        return cls(parsed.hostname, parsed.port or (8883 if tls else 1883), tls)
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttClient:
+    """A reconnecting MQTT 5 client with a persistent session and a subscription table."""
+
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        client_id: str,
+        *,
+        persistent: bool = True,
+        will: Will | None = None,
+        keepalive: int = 30,
+        ca_certs: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self._persistent = persistent
+        self._keepalive = keepalive
+        self._subs: dict[str, tuple[int, MessageHandler]] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._pending: dict[int, threading.Event] = {}
+        self.connects = 0
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_queued_messages_set(0)
+        self._client.max_inflight_messages_set(100)
+        if broker.tls:
+            self._client.tls_set(ca_certs=ca_certs, certfile=certfile, keyfile=keyfile)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect and start the network thread; retries in the background after that."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S if self._persistent else 0
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._client.connect(
+                    self.broker.host,
+                    self.broker.port,
+                    keepalive=self._keepalive,
+                    clean_start=not self._persistent,
+                    properties=props,
+                )
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise MqttError(f"cannot connect to {self.broker.url}: {exc}") from None
+                time.sleep(0.2)
+        self._client.loop_start()
+        if not self._connected.wait(max(0.1, deadline - time.monotonic())):
+            self._client.loop_stop()
+            raise MqttError(f"broker {self.broker.url} did not accept the connection in {timeout} s")
+
+    def stop(self) -> None:
+        """Clean disconnect (the broker does not send the will)."""
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._connected.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- subscribe / publish ----------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        with self._lock:
+            self._subs[topic_filter] = (qos, handler)
+        if self.connected:
+            self._client.subscribe(topic_filter, qos=qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._subs.pop(topic_filter, None)
+        if self.connected:
+            self._client.unsubscribe(topic_filter)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Queue a publish; returns the message id (QoS > 0) for ``wait_published``."""
+        event = threading.Event()
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        if qos == 0 or info.is_published():
+            return info.mid
+        with self._lock:
+            self._pending[info.mid] = event
+            if info.is_published():
+                self._pending.pop(info.mid, None)
+                event.set()
+        return info.mid
+
+    def wait_published(self, mid: int, timeout: float = 10.0) -> bool:
+        with self._lock:
+            event = self._pending.get(mid)
+        return True if event is None else event.wait(timeout)
+
+    def publish_and_wait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 10.0) -> None:
+        mid = self.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0 and not self.wait_published(mid, timeout):
+            raise MqttError(f"publish to {topic} not acknowledged in {timeout} s")
+
+    # -- paho callbacks (network thread) ----------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s refused connection: %s", self.broker.url, reason_code)
+            return
+        self.connects += 1
+        with self._lock:
+            subs = list(self._subs.items())
+        for topic_filter, (qos, _) in subs:
+            client.subscribe(topic_filter, qos=qos)
+        log.info("connected to %s as %s (session present: %s)", self.broker.url, self.client_id, flags.session_present)
+        self._connected.set()
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        if reason_code.value != 0:
+            log.warning("disconnected from %s: %s; reconnecting", self.broker.url, reason_code)
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        with self._lock:
+            event = self._pending.pop(mid, None)
+        if event is not None:
+            event.set()
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            handlers = [h for f, (_, h) in self._subs.items() if paho.topic_matches_sub(f, msg.topic)]
+        for handler in handlers:
+            try:
+                handler(msg.topic, bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                # A handler bug must never kill paho's network thread.
+                log.exception("handler for %s failed", msg.topic)

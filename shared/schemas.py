@@ -1,0 +1,180 @@
+"""Wire schemas (pydantic v2) of every JSON payload on the fedforge v1 topics.
+
+Each payload carries ``schema_version``; decoders reject an unknown major version with a
+clear reason instead of guessing. Ingest records are deliberately NOT a pydantic model:
+their validation is the cleaning core's job (edge_agent.pipeline), which must quarantine
+each bad record with a reason and keep the good ones of the same message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import PayloadError
+from shared.features import FeatureSpec
+
+SCHEMA_VERSION = 1
+# Upper bound for any single JSON payload an agent accepts; larger ones are quarantined.
+MAX_JSON_PAYLOAD_BYTES = 1_048_576
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
+
+M = TypeVar("M", bound=WireModel)
+
+
+def decode(model: type[M], payload: bytes) -> M:
+    """Decode and validate one payload; every failure is a ``PayloadError`` with a reason."""
+    if len(payload) > MAX_JSON_PAYLOAD_BYTES:
+        raise PayloadError(f"payload too large: {len(payload)} bytes > {MAX_JSON_PAYLOAD_BYTES}")
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "payload"
+        raise PayloadError(f"invalid {model.__name__}: {where}: {first.get('msg', 'invalid')}") from None
+
+
+def loads_json(payload: bytes) -> Any:
+    """Strict JSON decode: NaN/Infinity literals are rejected, not silently accepted."""
+
+    def _reject_constant(name: str) -> Any:
+        raise PayloadError(f"non-standard JSON constant {name}")
+
+    if len(payload) > MAX_JSON_PAYLOAD_BYTES:
+        raise PayloadError(f"payload too large: {len(payload)} bytes > {MAX_JSON_PAYLOAD_BYTES}")
+    try:
+        return json.loads(payload, parse_constant=_reject_constant)
+    except PayloadError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"broken JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("broken JSON: nested too deeply") from None
+
+
+# ---- labels (labeller -> agent) -------------------------------------------------------
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    record_id: str = Field(min_length=1, max_length=128)
+    label: Literal[0, 1]
+
+
+class LabelBatch(WireModel):
+    labels: tuple[Label, ...] = Field(max_length=100_000)
+
+
+# ---- predictions (agent -> consumers) -------------------------------------------------
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    record_id: str
+    score: float
+    alert: bool
+
+
+class PredictionBatch(WireModel):
+    device_id: str
+    model_version: int
+    predictions: tuple[Prediction, ...]
+
+
+# ---- status (agent -> cloud, retained) ------------------------------------------------
+
+
+class Counters(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ingested: int = 0
+    quarantined: int = 0
+    scored: int = 0
+    labelled: int = 0
+    trained: int = 0
+    models_rejected: int = 0
+
+
+class Rejection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int | None
+    reason: str
+    at: float
+
+
+class DeviceStatus(WireModel):
+    device_id: str
+    fleet: str
+    kind: Literal["birth", "heartbeat", "offline"]
+    ts: float
+    seq: int = 0
+    model_version: int | None = None
+    signature_verified: bool = False
+    health: Literal["ok", "degraded", "offline"] = "ok"
+    counters: Counters = Counters()
+    queue_depth: int = 0
+    scoring_latency_ms_p50: float | None = None
+    last_rejection: Rejection | None = None
+
+    @field_validator("ts")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("ts must be finite")
+        return v
+
+
+# ---- model distribution (cloud -> agents) ---------------------------------------------
+
+
+class ModelManifest(WireModel):
+    """Everything about a release; the signature covers the canonical JSON of the rest."""
+
+    task: str
+    version: int = Field(ge=1)
+    parent_version: int | None = None
+    created: float
+    training_run_id: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    feature_spec: FeatureSpec
+    input_name: str
+    output_name: str
+    size: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    chunk_size: int = Field(ge=1024)
+    chunk_count: int = Field(ge=1)
+    url: str | None = None
+    signer: str = ""
+    signature: str = ""
+
+
+class ChunkRequest(WireModel):
+    """An agent asking for chunks it is missing (resume after a drop)."""
+
+    device_id: str
+    task: str
+    version: int
+    missing: tuple[tuple[int, int], ...] = Field(max_length=10_000)
+
+
+class Command(WireModel):
+    command_id: str
+    kind: Literal["rollback", "pin", "unpin", "config"]
+    expires_at: float
+    version: int | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)

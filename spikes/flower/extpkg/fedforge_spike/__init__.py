@@ -1,0 +1,1 @@
+"""Spike package: lives OUTSIDE the FAB dir; found via PYTHONPATH."""
