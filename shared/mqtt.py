@@ -110,7 +110,7 @@ class MqttClient:
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect and start the network thread; retries in the background after that."""
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S if self._persistent else 0
         deadline = time.monotonic() + timeout
         while True:

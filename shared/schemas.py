@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.errors import PayloadError
 from shared.features import FeatureSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 # Upper bound for any single JSON payload an agent accepts; larger ones are quarantined.
 MAX_JSON_PAYLOAD_BYTES = 1_048_576
 

@@ -135,7 +135,7 @@ def train(
             if anchor:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 loss = loss + 0.5 * cfg.proximal_mu * prox
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             opt.step()
             total += float(loss.detach())
             steps += 1

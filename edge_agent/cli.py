@@ -1,0 +1,52 @@
+"""``fedforge agent --config agent.toml``: build the settings, run the agent, map exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from edge_agent.config import load_agent_settings
+from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"fedforge {name}", description="run the fedforge edge agent")
+    parser.add_argument("--config", type=Path, required=True, help="agent TOML file")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    if name != "agent":
+        logging.getLogger(__name__).error("edge_agent.cli does not handle %r", name)
+        return EXIT_CONFIG
+    try:
+        args = _parser(name).parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_CONFIG
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_agent_settings(args.config)
+        from edge_agent.service import Agent  # after settings: a config error needs no ONNX import
+
+        agent = Agent(settings)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+    try:
+        asyncio.run(agent.run_forever())
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+    except Exception:
+        log.exception("agent failed")
+        return EXIT_FAILURE
+    return EXIT_OK

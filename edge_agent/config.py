@@ -1,0 +1,48 @@
+"""Settings of one edge agent, read from TOML and ``FEDFORGE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.config import FedforgeSettings, load_settings
+
+
+class AgentSettings(FedforgeSettings):
+    """One agent = one device identity in one fleet, serving one task."""
+
+    device_id: str = Field(min_length=1, max_length=64)
+    fleet: str = "default"
+    task: str = "fraud"
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    data_dir: Path
+    # Operator public keys (PEM): only manifests signed by one of these are installed.
+    trusted_keys: list[Path] = Field(default_factory=list)
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    # Flower Fleet API "host:port"; used by edge_agent.federation, not by the agent core.
+    superlink_address: str | None = None
+    supernode_port: int | None = None
+    max_batch: int = Field(default=256, ge=1, le=100_000)
+    # Bound of the hand-off queue between paho's thread and the asyncio loop (messages).
+    queue_size: int = Field(default=10_000, ge=1)
+    # Scores at or above this are published as alerts.
+    alert_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Seconds without a new chunk before a download is abandoned (retried on re-delivery).
+    download_timeout_s: float = Field(default=60.0, gt=0)
+    # FeatureSpec (JSON) used for cleaning until the first model (whose manifest carries one)
+    # is installed; without it the task's built-in base spec is used.
+    feature_spec_path: Path | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "agent.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+def load_agent_settings(path: Path | None, **overrides: object) -> AgentSettings:
+    """Settings from ``path`` (TOML) plus environment; raises ``ConfigError`` with the reason."""
+    return load_settings(AgentSettings, path, **overrides)

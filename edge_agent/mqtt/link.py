@@ -1,0 +1,76 @@
+"""The agent's side of the wire: its topics, its persistent session, its will.
+
+A stable client id plus a persistent session (shared.mqtt) means ingest published while
+the agent was down is delivered when it comes back; the retained offline will tells the
+cloud when it disappears without saying goodbye.
+"""
+
+from __future__ import annotations
+
+import time
+
+from shared import topics
+from shared.mqtt import BrokerAddress, MessageHandler, MqttClient, Will
+from shared.schemas import DeviceStatus, PredictionBatch
+
+
+def client_id_for(fleet: str, device_id: str) -> str:
+    return f"fedforge-agent-{fleet}-{device_id}"
+
+
+class AgentLink:
+    def __init__(self, broker_url: str, fleet: str, device_id: str, task: str) -> None:
+        self.fleet = fleet
+        self.device_id = device_id
+        self.task = task
+        self.ingest_topic = topics.ingest(fleet, device_id)
+        self.labels_topic = topics.labels(fleet, device_id)
+        self.commands_topic = topics.commands(fleet, device_id)
+        self.manifest_topic = topics.manifest(fleet, task)
+        self.status_topic = topics.status(fleet, device_id)
+        self.predictions_topic = topics.predictions(fleet, device_id)
+        will = Will(self.status_topic, self.offline_status(seq=0).to_bytes(), qos=1, retain=True)
+        self._client = MqttClient(
+            BrokerAddress.parse(broker_url), client_id_for(fleet, device_id), persistent=True, will=will
+        )
+
+    def offline_status(self, seq: int, **fields: object) -> DeviceStatus:
+        return DeviceStatus.model_validate(
+            {
+                "device_id": self.device_id,
+                "fleet": self.fleet,
+                "kind": "offline",
+                "health": "offline",
+                "ts": time.time(),
+                "seq": seq,
+                **fields,
+            }
+        )
+
+    def start(self, handler: MessageHandler, timeout: float = 10.0) -> None:
+        """Subscribe the agent's fixed topics (before connecting, so they survive reconnects)."""
+        for topic in (self.ingest_topic, self.labels_topic, self.manifest_topic, self.commands_topic):
+            self._client.subscribe(topic, handler, qos=topics.QOS_AT_LEAST_ONCE)
+        self._client.start(timeout=timeout)
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        self._client.subscribe(topic_filter, handler, qos=topics.QOS_AT_LEAST_ONCE)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self._client.unsubscribe(topic_filter)
+
+    def publish_status(self, status: DeviceStatus) -> int:
+        return self._client.publish(self.status_topic, status.to_bytes(), qos=1, retain=True)
+
+    def publish_predictions(self, batch: PredictionBatch) -> int:
+        return self._client.publish(self.predictions_topic, batch.to_bytes(), qos=1)
+
+    def wait_published(self, mid: int, timeout: float) -> bool:
+        return self._client.wait_published(mid, timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    def stop(self) -> None:
+        self._client.stop()

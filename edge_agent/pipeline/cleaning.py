@@ -1,0 +1,202 @@
+"""Cleaning: one ingest payload to accepted records and quarantined ones, each with a reason.
+
+This is the agent's hot path, so it checks plain dicts with precomputed bounds instead of
+building a pydantic model per record. It never raises: anything wrong with the input
+becomes a ``Quarantined`` entry so that one bad record cannot cost the good ones beside it.
+Values are kept raw (validated, in spec field order); normalization is ``spec.transform``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import PayloadError
+from shared.features import FeatureSpec
+from shared.schemas import MAX_JSON_PAYLOAD_BYTES, SCHEMA_VERSION, loads_json
+
+RECORD_KEYS = frozenset({"schema_version", "record_id", "ts", "features"})
+MAX_RECORD_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class CleanRecord:
+    record_id: str
+    ts: float
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    record_id: str | None
+    reason: str
+    raw: bytes
+
+
+@dataclass(slots=True)
+class CleanResult:
+    accepted: list[CleanRecord] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+
+class _RecordError(Exception):
+    """Internal: the reason a record is quarantined."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Checker:
+    names: tuple[str, ...]
+    name_set: frozenset[str]
+    bounds: tuple[tuple[str, float, float], ...]
+
+
+_CHECKERS: dict[int, tuple[FeatureSpec, _Checker]] = {}
+
+
+def _checker(spec: FeatureSpec) -> _Checker:
+    # Keyed by identity (and the spec kept alive) so a spec is indexed once, not per payload.
+    hit = _CHECKERS.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    checker = _Checker(
+        names=spec.names,
+        name_set=frozenset(spec.names),
+        bounds=tuple((f.name, f.min, f.max) for f in spec.fields),
+    )
+    if len(_CHECKERS) > 64:
+        _CHECKERS.clear()
+    _CHECKERS[id(spec)] = (spec, checker)
+    return checker
+
+
+def _number(value: Any, what: str) -> float:
+    kind = type(value)  # exact type: bool is a subclass of int and must be refused
+    if kind is float:
+        number: float = value
+    elif kind is int:
+        try:
+            number = float(value)
+        except OverflowError:
+            raise _RecordError(f"{what}: integer too large") from None
+    else:
+        raise _RecordError(f"{what}: expected a number, got {_json_type(value)}")
+    if not math.isfinite(number):
+        raise _RecordError(f"{what}: not a finite number ({number})")
+    return number
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _names(keys: Any, limit: int = 5) -> str:
+    items = sorted(str(k) for k in keys)
+    shown = ", ".join(repr(k[:40]) for k in items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _check_record(obj: Any, checker: _Checker) -> CleanRecord:
+    if type(obj) is not dict:
+        raise _RecordError(f"record is not a JSON object but {_json_type(obj)}")
+    keys = obj.keys()
+    if keys != RECORD_KEYS:
+        unknown = keys - RECORD_KEYS
+        if unknown:
+            raise _RecordError(f"unknown keys: {_names(unknown)}")
+        raise _RecordError(f"missing keys: {_names(RECORD_KEYS - keys)}")
+    version = obj["schema_version"]
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise _RecordError(f"unsupported schema_version {version!r:.40} (expected {SCHEMA_VERSION})")
+    ts = _number(obj["ts"], "ts")
+    features = obj["features"]
+    if type(features) is not dict:
+        raise _RecordError(f"features is not a JSON object but {_json_type(features)}")
+    if len(features) != len(checker.names) or features.keys() != checker.name_set:
+        unknown = features.keys() - checker.name_set
+        if unknown:
+            raise _RecordError(f"unknown features: {_names(unknown)}")
+        raise _RecordError(f"missing features: {_names(checker.name_set - features.keys())}")
+    values: list[float] = []
+    append = values.append
+    for name, low, high in checker.bounds:
+        value = _number(features[name], f"feature {name!r}")
+        if value < low or value > high:
+            raise _RecordError(f"feature {name!r}: {value} outside [{low}, {high}]")
+        append(value)
+    return CleanRecord(obj["record_id"], ts, tuple(values))
+
+
+def _record_id(obj: Any) -> str | None:
+    if type(obj) is dict:
+        rid = obj.get("record_id")
+        if type(rid) is str and 1 <= len(rid) <= MAX_RECORD_ID_CHARS:
+            return rid
+    return None
+
+
+def _bad_id_reason(obj: dict[str, Any]) -> str:
+    rid = obj.get("record_id")
+    if type(rid) is not str:
+        return f"record_id: expected a string, got {_json_type(rid)}"
+    return f"record_id: length {len(rid)} not within 1..{MAX_RECORD_ID_CHARS}"
+
+
+def clean_payload(payload: bytes, spec: FeatureSpec, seen: Callable[[str], bool] | set[str]) -> CleanResult:
+    """Split and validate one ingest message; duplicates (``seen`` or earlier in it) are quarantined."""
+    result = CleanResult()
+    if len(payload) > MAX_JSON_PAYLOAD_BYTES:
+        result.quarantined.append(
+            Quarantined(None, f"payload too large: {len(payload)} bytes > {MAX_JSON_PAYLOAD_BYTES}", payload)
+        )
+        return result
+    try:
+        doc = loads_json(payload)
+    except PayloadError as exc:
+        result.quarantined.append(Quarantined(None, str(exc), payload))
+        return result
+    if type(doc) is dict:
+        items: list[Any] = [doc]
+        single = True
+    elif type(doc) is list:
+        items = doc
+        single = False
+        if not items:
+            result.quarantined.append(Quarantined(None, "empty record array", payload))
+            return result
+    else:
+        result.quarantined.append(
+            Quarantined(None, f"payload is not a JSON object or array but {_json_type(doc)}", payload)
+        )
+        return result
+
+    is_seen = seen.__contains__ if isinstance(seen, set) else seen
+    checker = _checker(spec)
+    local: set[str] = set()
+    for obj in items:
+        rid = _record_id(obj)
+        try:
+            if rid is None and type(obj) is dict and "record_id" in obj:
+                raise _RecordError(_bad_id_reason(obj))
+            record = _check_record(obj, checker)
+            if record.record_id in local or is_seen(record.record_id):
+                raise _RecordError(f"duplicate record_id {record.record_id!r}")
+        except _RecordError as exc:
+            raw = payload if single else json.dumps(obj, separators=(",", ":")).encode("utf-8")
+            result.quarantined.append(Quarantined(rid, str(exc), raw))
+            continue
+        local.add(record.record_id)
+        result.accepted.append(record)
+    return result

@@ -1,0 +1,492 @@
+"""The agent process: one asyncio loop around MQTT, cleaning, the store, scoring and updates.
+
+paho delivers on its own thread; ``_on_message`` hands each (topic, payload) to the loop with
+``call_soon_threadsafe``. The hand-off is bounded by a semaphore: when the loop falls behind,
+paho's thread waits (and so does the broker's in-flight window) instead of dropping
+messages. One consumer task drains whatever arrived together, so cleaning, storing and
+ONNX scoring work on micro-batches of up to ``max_batch`` records. Every message is handled
+inside a try/except: an unexpected error quarantines that payload with the reason and the
+agent keeps running.
+
+Federation (``edge_agent.federation``) plugs in as *companions*: objects with
+``async start()`` / ``async stop()``, started after the agent is up and stopped before it
+goes down (``Agent(settings, companions=[...])`` or ``agent.add_companion(...)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from edge_agent.config import AgentSettings
+from edge_agent.inference import LoadedModel, ModelSlot, OnnxScorer
+from edge_agent.mqtt import AgentLink
+from edge_agent.pipeline import CleanRecord, Quarantined, clean_payload
+from edge_agent.store import AgentStore, ScoredRecord, SqliteAgentStore
+from edge_agent.telemetry import AgentCounters, LatencyWindow
+from edge_agent.updater import Action, Complete, Ignore, ModelFiles, ModelUpdater, Reject, StartDownload
+from shared import topics
+from shared.errors import BundleError, ConfigError, FedforgeError, PayloadError
+from shared.features import FeatureSpec
+from shared.schemas import (
+    Command,
+    Counters,
+    DeviceStatus,
+    LabelBatch,
+    Prediction,
+    PredictionBatch,
+    Rejection,
+    decode,
+)
+from shared.signing import TrustStore
+
+log = logging.getLogger(__name__)
+
+Message = tuple[str, bytes]
+StatusKind = Literal["birth", "heartbeat", "offline"]
+
+
+class Companion(Protocol):
+    """Something that runs beside the agent (e.g. the flower-supernode supervisor)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    accepted: list[CleanRecord] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+
+
+def load_trust(settings: AgentSettings) -> TrustStore:
+    try:
+        return TrustStore.from_files(settings.trusted_keys)
+    except (OSError, FedforgeError) as exc:
+        raise ConfigError(f"cannot load trusted keys: {exc}") from None
+
+
+def builtin_spec(task: str) -> FeatureSpec:
+    """The task's base FeatureSpec (imports the task module, and with it torch)."""
+    try:
+        module = importlib.import_module(f"shared.tasks.{task.replace('-', '_')}")
+        spec: FeatureSpec = module.base_feature_spec()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"no built-in feature spec for task {task!r}: set feature_spec_path") from exc
+    return spec
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        store: AgentStore | None = None,
+        feature_spec: FeatureSpec | None = None,
+        companions: Sequence[Companion] = (),
+    ) -> None:
+        self.settings = settings
+        self.trust = load_trust(settings)
+        self._own_store = store is None
+        self.store: AgentStore = store if store is not None else SqliteAgentStore(settings.db_path)
+        self._fallback_spec = feature_spec or self._configured_spec()
+        self.slot = ModelSlot()
+        self.files = ModelFiles(settings.models_dir)
+        self.updater = ModelUpdater(settings.fleet, settings.task, self.trust, timeout_s=settings.download_timeout_s)
+        self.link = AgentLink(settings.broker_url, settings.fleet, settings.device_id, settings.task)
+        self.companions: list[Companion] = list(companions)
+        self.counters = AgentCounters.from_store_counts(self.store.counts())
+        self.latency = LatencyWindow(1000)
+        self.last_rejection: Rejection | None = None
+        self._seq = 0
+        self._space = threading.Semaphore(settings.queue_size)
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    def _configured_spec(self) -> FeatureSpec | None:
+        path = self.settings.feature_spec_path
+        if path is None:
+            return None
+        try:
+            return FeatureSpec.model_validate_json(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"invalid feature_spec_path {path}: {exc}") from None
+
+    def add_companion(self, companion: Companion) -> None:
+        self.companions.append(companion)
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """Cleaning uses the serving model's spec; before any model, the configured one."""
+        loaded = self.slot.current
+        if loaded is not None:
+            return loaded.manifest.feature_spec
+        if self._fallback_spec is None:
+            self._fallback_spec = builtin_spec(self.settings.task)
+        return self._fallback_spec
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping.clear()
+        self._load_from_disk()
+        _ = self.spec  # fail early (ConfigError) when no spec can be found
+        await loop.run_in_executor(None, self.link.start, self._on_message)
+        self._started = True
+        self._publish_status("birth")
+        self._score_backlog()
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="agent-consume"),
+            asyncio.create_task(self._heartbeat(), name="agent-heartbeat"),
+            asyncio.create_task(self._tick(), name="agent-updater-tick"),
+        ]
+        for companion in self.companions:
+            await companion.start()
+        log.info(
+            "agent %s/%s started (model %s)", self.settings.fleet, self.settings.device_id, self._version() or "none"
+        )
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        for companion in reversed(self.companions):
+            try:
+                await companion.stop()
+            except Exception:
+                log.exception("companion %r failed to stop", companion)
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._drain()
+        loop = asyncio.get_running_loop()
+        try:
+            mid = self._publish_status("offline")
+            if mid is not None:
+                await loop.run_in_executor(None, self.link.wait_published, mid, 5.0)
+        finally:
+            await loop.run_in_executor(None, self.link.stop)
+            if self._own_store:
+                self.store.close()
+        log.info("agent %s/%s stopped", self.settings.fleet, self.settings.device_id)
+
+    async def run_forever(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set or SIGTERM/SIGINT arrives (when on the main thread)."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread: the caller owns signals
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # -- paho thread -> loop --------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        loop = self._loop
+        while not self._space.acquire(timeout=0.5):
+            if self._stopping.is_set():
+                log.warning("agent stopping: message on %s not handled", topic)
+                return
+        if loop is None or loop.is_closed():
+            self._space.release()
+            return
+        try:
+            loop.call_soon_threadsafe(self._queue.put_nowait, (topic, payload))
+        except RuntimeError:  # loop closed between the check and the call
+            self._space.release()
+
+    def _take(self) -> Message:
+        item = self._queue.get_nowait()
+        self._space.release()
+        return item
+
+    async def _consume(self) -> None:
+        while True:
+            first = await self._queue.get()
+            self._space.release()
+            batch = [first]
+            while len(batch) < self.settings.max_batch and not self._queue.empty():
+                batch.append(self._take())
+            self.handle_batch(batch)
+            await asyncio.sleep(0)
+
+    def _drain(self) -> None:
+        batch: list[Message] = []
+        while not self._queue.empty():
+            batch.append(self._take())
+        if batch:
+            self.handle_batch(batch)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            self._publish_status("heartbeat")
+
+    async def _tick(self) -> None:
+        period = max(0.05, min(1.0, self.settings.download_timeout_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            rejection = self.updater.tick()
+            if rejection is not None:
+                self._apply(rejection)
+
+    # -- message handling (loop thread) -----------------------------------------------------
+
+    def handle_batch(self, batch: Sequence[Message]) -> None:
+        """Handle messages in arrival order; ingest is stored and scored in micro-batches."""
+        pending = _Pending()
+        for topic, payload in batch:
+            try:
+                if topic == self.link.ingest_topic:
+                    self._clean_into(pending, payload)
+                elif topic == self.link.labels_topic:
+                    self._handle_labels(payload, pending)
+                else:
+                    self._flush(pending)
+                    pending = _Pending()
+                    self._handle_control(topic, payload)
+            except Exception as exc:
+                log.exception("failed to handle a message on %s", topic)
+                pending.quarantined.append(Quarantined(None, f"internal error on {topic}: {exc!r}"[:500], payload))
+            if len(pending.accepted) >= self.settings.max_batch:
+                self._flush(pending)
+                pending = _Pending()
+        self._flush(pending)
+
+    def _clean_into(self, pending: _Pending, payload: bytes) -> None:
+        ids, has_record = pending.ids, self.store.has_record
+        result = clean_payload(payload, self.spec, lambda rid: rid in ids or has_record(rid))
+        pending.accepted.extend(result.accepted)
+        pending.quarantined.extend(result.quarantined)
+        ids.update(r.record_id for r in result.accepted)
+
+    def _handle_labels(self, payload: bytes, pending: _Pending) -> None:
+        try:
+            batch = decode(LabelBatch, payload)
+        except PayloadError as exc:
+            pending.quarantined.append(Quarantined(None, f"labels: {exc}", payload))
+            return
+        self.counters.labelled += self.store.add_labels([(lb.record_id, lb.label) for lb in batch.labels])
+
+    def _flush(self, pending: _Pending) -> None:
+        try:
+            if pending.quarantined:
+                self.store.quarantine(pending.quarantined)
+                self.counters.quarantined += len(pending.quarantined)
+                for q in pending.quarantined[:3]:
+                    log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
+            if pending.accepted:
+                new = self.store.add_records(pending.accepted)
+                self.counters.ingested += len(new)
+                self._score(new)
+        except Exception:
+            log.exception("storing a batch failed (%d records)", len(pending.accepted))
+
+    def _score(self, records: Sequence[CleanRecord]) -> int:
+        loaded = self.slot.current  # one reference for the whole batch, even across a swap
+        if loaded is None or not records:
+            return 0
+        width = loaded.scorer.width
+        usable = [r for r in records if len(r.values) == width]
+        if len(usable) != len(records):
+            log.warning("%d stored records do not fit model width %d", len(records) - len(usable), width)
+        if not usable:
+            return 0
+        started = time.perf_counter()
+        scores = loaded.scorer.score_raw(np.array([r.values for r in usable], dtype=np.float64))
+        self.latency.add_batch(time.perf_counter() - started, len(usable))
+        threshold = self.settings.alert_threshold
+        scored = [
+            ScoredRecord(r.record_id, float(s), bool(s >= threshold)) for r, s in zip(usable, scores, strict=True)
+        ]
+        self.store.add_predictions(loaded.version, scored)
+        self.counters.scored += len(scored)
+        batch = PredictionBatch(
+            device_id=self.settings.device_id,
+            model_version=loaded.version,
+            predictions=tuple(Prediction(record_id=p.record_id, score=p.score, alert=p.alert) for p in scored),
+        )
+        self.link.publish_predictions(batch)
+        return len(scored)
+
+    def _score_backlog(self) -> None:
+        """Score what was stored while no model (or a model of another width) was serving."""
+        if self.slot.current is None:
+            return
+        total = 0
+        try:
+            while True:
+                records = self.store.unscored_records(self.settings.max_batch)
+                done = self._score(records)
+                total += done
+                if done == 0 or len(records) < self.settings.max_batch:
+                    break
+        except Exception:
+            log.exception("scoring the backlog failed")
+        if total:
+            log.info("scored a backlog of %d stored records", total)
+
+    def _handle_control(self, topic: str, payload: bytes) -> None:
+        if topic == self.link.manifest_topic:
+            self._apply(self.updater.on_manifest(payload))
+        elif topic == self.link.commands_topic:
+            self._handle_command(payload)
+        else:
+            parsed = topics.parse(topic)
+            if parsed.kind == "chunk" and parsed.version is not None and parsed.index is not None:
+                self._apply(self.updater.on_chunk(parsed.version, parsed.index, payload))
+            else:
+                log.warning("unexpected message on %s", topic)
+
+    def _handle_command(self, payload: bytes) -> None:
+        try:
+            command = decode(Command, payload)
+        except PayloadError as exc:
+            log.warning("ignoring an invalid command: %s", exc)
+            return
+        if command.expires_at < time.time():
+            log.info("ignoring expired command %s", command.command_id)
+            return
+        log.warning("command %s (%s) is not supported by this agent yet", command.command_id, command.kind)
+
+    # -- model updates ----------------------------------------------------------------------
+
+    def _apply(self, action: Action) -> None:
+        if isinstance(action, Ignore):
+            log.debug("updater: %s", action.reason)
+        elif isinstance(action, StartDownload):
+            if action.unsubscribe:
+                self.link.unsubscribe(action.unsubscribe)
+            log.info("downloading model v%d (%d chunks)", action.manifest.version, action.manifest.chunk_count)
+            self.link.subscribe(action.subscribe, self._on_message)
+        elif isinstance(action, Reject):
+            if action.unsubscribe:
+                self.link.unsubscribe(action.unsubscribe)
+            self._reject(action.version, action.reason, action.sha256)
+        elif isinstance(action, Complete):
+            self.link.unsubscribe(action.unsubscribe)
+            self._install(action)
+
+    def _install(self, done: Complete) -> None:
+        manifest = done.manifest
+        try:
+            scorer = OnnxScorer(done.model_bytes, manifest)  # fully built before the swap
+            self.files.save(manifest, done.model_bytes)
+        except (BundleError, OSError) as exc:
+            self.updater.install_failed(manifest)
+            self._reject(manifest.version, str(exc), manifest.sha256)
+            return
+        old = self.slot.swap(LoadedModel(scorer, manifest))
+        self.updater.installed(manifest.version)
+        self.store.record_model_event(manifest.version, "installed", "", manifest.sha256)
+        log.info("model v%d installed (was %s)", manifest.version, old.version if old else "none")
+        self._publish_status("heartbeat")
+        self._score_backlog()
+
+    def _reject(self, version: int | None, reason: str, sha256: str | None) -> None:
+        log.warning("model v%s rejected: %s", version, reason)
+        self.last_rejection = Rejection(version=version, reason=reason, at=time.time())
+        self.counters.models_rejected += 1
+        try:
+            self.store.record_model_event(version, "rejected", reason, sha256)
+        finally:
+            self._publish_status("heartbeat")
+
+    def _load_from_disk(self) -> None:
+        if self.files.current_version() is None:
+            return
+        try:
+            stored = self.files.load_current(self.trust)
+            scorer = OnnxScorer(stored.model_bytes, stored.manifest)
+        except BundleError as exc:
+            log.error("the model on disk is not served: %s", exc)
+            self.last_rejection = Rejection(version=self.files.current_version(), reason=str(exc), at=time.time())
+            return
+        self.slot.swap(LoadedModel(scorer, stored.manifest))
+        self.updater.installed(stored.manifest.version)
+        log.info("loaded model v%d from %s", stored.manifest.version, self.files.directory)
+
+    # -- status -------------------------------------------------------------------------------
+
+    def _version(self) -> int | None:
+        loaded = self.slot.current
+        return loaded.version if loaded else None
+
+    def status(self, kind: StatusKind) -> DeviceStatus:
+        self._seq += 1
+        c = self.counters
+        try:
+            trained = self.store.trained_examples()
+        except Exception:
+            trained = 0
+        version = self._version()
+        health: Literal["ok", "degraded", "offline"] = (
+            "offline" if kind == "offline" else ("ok" if version is not None else "degraded")
+        )
+        return DeviceStatus(
+            device_id=self.settings.device_id,
+            fleet=self.settings.fleet,
+            kind=kind,
+            ts=time.time(),
+            seq=self._seq,
+            model_version=version,
+            signature_verified=version is not None,  # only verified models are ever served
+            health=health,
+            counters=Counters(
+                ingested=c.ingested,
+                quarantined=c.quarantined,
+                scored=c.scored,
+                labelled=c.labelled,
+                trained=trained,
+                models_rejected=c.models_rejected,
+            ),
+            queue_depth=self.queue_depth,
+            scoring_latency_ms_p50=self.latency.p50(),
+            last_rejection=self.last_rejection,
+        )
+
+    def _publish_status(self, kind: StatusKind) -> int | None:
+        try:
+            return self.link.publish_status(self.status(kind))
+        except Exception:
+            log.exception("publishing status failed")
+            return None
+
+
+async def run_agent(
+    settings: AgentSettings, stop: asyncio.Event | None = None, companions: Sequence[Companion] = ()
+) -> None:
+    """Run one agent until ``stop`` is set or the process gets SIGTERM/SIGINT."""
+    await Agent(settings, companions=companions).run_forever(stop)

@@ -1,0 +1,102 @@
+"""The store interface every implementation (in-memory, SQLite) honours.
+
+The agent writes; the Flower ClientApp (another process) reads the labelled data set and
+records its training runs, which is why ``labelled_dataset`` and ``record_training`` are
+part of the interface and not of the agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.pipeline.cleaning import CleanRecord, Quarantined
+from shared.errors import FedforgeError
+
+ModelEventKind = Literal["installed", "rejected", "rolled_back"]
+MODEL_EVENTS: tuple[ModelEventKind, ...] = ("installed", "rejected", "rolled_back")
+
+COUNT_KEYS = ("records", "quarantined", "predictions", "labels", "trained_examples", "models_rejected")
+
+
+class StoreError(FedforgeError):
+    """The store cannot do what was asked (e.g. a write on a read-only store)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    id: int
+    record_id: str | None
+    reason: str
+    raw: bytes
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEvent:
+    version: int | None
+    event: ModelEventKind
+    reason: str
+    sha256: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRecord:
+    record_id: str
+    score: float
+    alert: bool
+
+
+class AgentStore(Protocol):
+    def add_records(self, batch: Sequence[CleanRecord]) -> list[CleanRecord]:
+        """Store new records; returns those that were not stored before (idempotent)."""
+        ...
+
+    def has_record(self, record_id: str) -> bool: ...
+
+    def unscored_records(self, limit: int) -> list[CleanRecord]:
+        """Oldest stored records without any prediction (the backlog to score)."""
+        ...
+
+    def add_predictions(self, model_version: int, predictions: Sequence[ScoredRecord]) -> None: ...
+
+    def add_labels(self, labels: Sequence[tuple[str, int]]) -> int:
+        """Store (record_id, label) pairs (a later label wins); returns how many records got a first label."""
+        ...
+
+    def quarantine(self, items: Sequence[Quarantined]) -> None: ...
+
+    def recent_quarantine(self, limit: int = 100) -> list[QuarantineEntry]: ...
+
+    def record_model_event(
+        self, version: int | None, event: ModelEventKind, reason: str = "", sha256: str | None = None
+    ) -> None: ...
+
+    def model_history(self, limit: int = 100) -> list[ModelEvent]:
+        """Newest first."""
+        ...
+
+    def labelled_dataset(self, width: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """(X raw values (n, width), y) of records that have a label and ``width`` values."""
+        ...
+
+    def record_training(self, run_id: str, round: int, examples: int, loss: float | None) -> None: ...
+
+    def trained_examples(self) -> int:
+        """Examples trained on so far (written by the ClientApp, possibly another process)."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Keys: ``COUNT_KEYS``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def empty_dataset(width: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    return np.empty((0, width), dtype=np.float64), np.empty((0,), dtype=np.float64)

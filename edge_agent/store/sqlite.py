@@ -1,0 +1,266 @@
+"""SQLite store (the only sqlite3 user): WAL journal, synchronous=NORMAL, survives kill -9.
+
+WAL lets the Flower ClientApp read from another process while the agent writes. A store
+opened with ``readonly=True`` never creates or alters the schema and reads through a
+``mode=ro`` connection; its one permitted write, ``record_training``, goes through a
+short-lived read-write connection so the ClientApp can report what it trained on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.pipeline.cleaning import CleanRecord, Quarantined
+from edge_agent.store.base import (
+    MODEL_EVENTS,
+    ModelEvent,
+    ModelEventKind,
+    QuarantineEntry,
+    ScoredRecord,
+    StoreError,
+    empty_dataset,
+)
+
+BUSY_TIMEOUT_MS = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    record_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    "values" BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    id INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    score REAL NOT NULL,
+    alert INTEGER NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_record ON predictions(record_id);
+CREATE TABLE IF NOT EXISTS labels (
+    record_id TEXT PRIMARY KEY,
+    label INTEGER NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    record_id TEXT,
+    reason TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_history (
+    id INTEGER PRIMARY KEY,
+    version INTEGER,
+    event TEXT NOT NULL CHECK (event IN ('installed', 'rejected', 'rolled_back')),
+    reason TEXT NOT NULL,
+    sha256 TEXT,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS training (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    examples INTEGER NOT NULL,
+    loss REAL,
+    at REAL NOT NULL
+);
+"""
+
+
+def _pack(values: tuple[float, ...]) -> bytes:
+    # float64 little-endian: exact round trip of the validated values, 8 bytes each.
+    return np.asarray(values, dtype="<f8").tobytes()
+
+
+def _unpack(blob: bytes) -> tuple[float, ...]:
+    return tuple(np.frombuffer(blob, dtype="<f8").tolist())
+
+
+class SqliteAgentStore:
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"agent store {self.path} does not exist")
+            self._conn = self._connect(f"file:{self.path}?mode=ro")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = self._connect(str(self.path))
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(SCHEMA)
+
+    def _connect(self, target: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            target,
+            uri=target.startswith("file:"),
+            isolation_level=None,  # explicit transactions below
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise StoreError("this store was opened read-only")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- records ------------------------------------------------------------------------
+
+    def add_records(self, batch: Sequence[CleanRecord]) -> list[CleanRecord]:
+        new: list[CleanRecord] = []
+        now = time.time()
+        with self._write() as conn:
+            for r in batch:
+                cur = conn.execute(
+                    'INSERT OR IGNORE INTO records(record_id, ts, "values", received_at) VALUES (?, ?, ?, ?)',
+                    (r.record_id, r.ts, _pack(r.values), now),
+                )
+                if cur.rowcount == 1:
+                    new.append(r)
+        return new
+
+    def has_record(self, record_id: str) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT 1 FROM records WHERE record_id = ?", (record_id,)).fetchone()
+        return row is not None
+
+    def unscored_records(self, limit: int) -> list[CleanRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                'SELECT r.record_id, r.ts, r."values" FROM records r '
+                "WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.record_id = r.record_id) "
+                "ORDER BY r.rowid LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [CleanRecord(rid, ts, _unpack(blob)) for rid, ts, blob in rows]
+
+    def add_predictions(self, model_version: int, predictions: Sequence[ScoredRecord]) -> None:
+        now = time.time()
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO predictions(record_id, model_version, score, alert, at) VALUES (?, ?, ?, ?, ?)",
+                [(p.record_id, model_version, p.score, int(p.alert), now) for p in predictions],
+            )
+
+    # -- labels and quarantine ------------------------------------------------------------
+
+    def add_labels(self, labels: Sequence[tuple[str, int]]) -> int:
+        now = time.time()
+        new = 0
+        with self._write() as conn:
+            for rid, label in labels:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO labels(record_id, label, at) VALUES (?, ?, ?)", (rid, int(label), now)
+                )
+                if cur.rowcount == 1:
+                    new += 1
+                else:
+                    conn.execute("UPDATE labels SET label = ?, at = ? WHERE record_id = ?", (int(label), now, rid))
+        return new
+
+    def quarantine(self, items: Sequence[Quarantined]) -> None:
+        if not items:
+            return
+        now = time.time()
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO quarantine(record_id, reason, raw, at) VALUES (?, ?, ?, ?)",
+                [(q.record_id, q.reason, q.raw, now) for q in items],
+            )
+
+    def recent_quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, record_id, reason, raw, at FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [QuarantineEntry(i, rid, reason, bytes(raw), at) for i, rid, reason, raw, at in rows]
+
+    # -- models and training --------------------------------------------------------------
+
+    def record_model_event(
+        self, version: int | None, event: ModelEventKind, reason: str = "", sha256: str | None = None
+    ) -> None:
+        if event not in MODEL_EVENTS:
+            raise StoreError(f"unknown model event {event!r}")
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO model_history(version, event, reason, sha256, at) VALUES (?, ?, ?, ?, ?)",
+                (version, event, reason, sha256, time.time()),
+            )
+
+    def model_history(self, limit: int = 100) -> list[ModelEvent]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT version, event, reason, sha256, at FROM model_history ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [ModelEvent(v, e, r, s, a) for v, e, r, s, a in rows]
+
+    def labelled_dataset(self, width: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        with self._lock:
+            rows = self._conn.execute(
+                'SELECT r."values", l.label FROM labels l JOIN records r ON r.record_id = l.record_id '
+                'WHERE length(r."values") = ? ORDER BY r.rowid',
+                (8 * width,),
+            ).fetchall()
+        if not rows:
+            return empty_dataset(width)
+        x = np.frombuffer(b"".join(blob for blob, _ in rows), dtype="<f8").reshape(len(rows), width)
+        return x.astype(np.float64), np.array([label for _, label in rows], dtype=np.float64)
+
+    def record_training(self, run_id: str, round: int, examples: int, loss: float | None) -> None:
+        sql = "INSERT INTO training(run_id, round, examples, loss, at) VALUES (?, ?, ?, ?, ?)"
+        args = (run_id, round, examples, loss, time.time())
+        if not self.readonly:
+            with self._write() as conn:
+                conn.execute(sql, args)
+            return
+        conn = self._connect(f"file:{self.path}?mode=rw")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(sql, args)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT (SELECT count(*) FROM records), (SELECT count(*) FROM quarantine), "
+                "(SELECT count(*) FROM predictions), (SELECT count(*) FROM labels), "
+                "(SELECT coalesce(sum(examples), 0) FROM training), "
+                "(SELECT count(*) FROM model_history WHERE event = 'rejected')"
+            ).fetchone()
+        keys = ("records", "quarantined", "predictions", "labels", "trained_examples", "models_rejected")
+        return {k: int(v) for k, v in zip(keys, row, strict=True)}
+
+    def trained_examples(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT coalesce(sum(examples), 0) FROM training").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,154 @@
+"""The model updater as a pure state machine: no MQTT, no disk, no clock of its own.
+
+The service feeds it manifests, chunks and clock ticks and carries out the actions it
+returns (subscribe to a version's chunks, install verified bytes, report a rejection).
+Nothing here raises on bad input: every failure is a ``Reject`` with a reason, and the
+current model keeps serving. A version rejected for its content is not retried unless a
+different manifest (other signature) is published for it; a download that timed out is
+retried when the manifest is delivered again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared import topics
+from shared.bundle import ChunkAssembler, parse_manifest, verify_manifest
+from shared.errors import BundleError, FedforgeError
+from shared.schemas import ModelManifest
+from shared.signing import TrustStore
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartDownload:
+    manifest: ModelManifest
+    subscribe: str  # chunk filter of the new version
+    unsubscribe: str | None  # chunk filter of an abandoned download, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    version: int | None
+    reason: str
+    unsubscribe: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    manifest: ModelManifest
+    model_bytes: bytes
+    unsubscribe: str
+
+
+Action = Ignore | StartDownload | Reject | Complete
+
+
+@dataclass(slots=True)
+class _Download:
+    manifest: ModelManifest
+    assembler: ChunkAssembler
+    filter: str
+    last_progress: float
+
+
+class ModelUpdater:
+    def __init__(
+        self,
+        fleet: str,
+        task: str,
+        trust: TrustStore,
+        *,
+        current_version: int | None = None,
+        timeout_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fleet = fleet
+        self.task = task
+        self.trust = trust
+        self.current_version = current_version
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._download: _Download | None = None
+        self._rejected: set[tuple[int, str]] = set()  # (version, signature)
+
+    @property
+    def downloading(self) -> int | None:
+        return self._download.manifest.version if self._download else None
+
+    def on_manifest(self, payload: bytes) -> Action:
+        try:
+            manifest = parse_manifest(payload)
+        except BundleError as exc:
+            return Reject(None, str(exc))
+        if manifest.task != self.task:
+            return Reject(manifest.version, f"manifest is for task {manifest.task!r}, this agent serves {self.task!r}")
+        if self.current_version is not None and manifest.version <= self.current_version:
+            return Ignore(f"version {manifest.version} is not newer than {self.current_version}")
+        if (manifest.version, manifest.signature) in self._rejected:
+            return Ignore(f"version {manifest.version} was already rejected")
+        dl = self._download
+        if dl is not None and dl.manifest == manifest:
+            return Ignore(f"version {manifest.version} is already downloading")
+        try:
+            verify_manifest(manifest, self.trust)
+        except BundleError as exc:
+            self._rejected.add((manifest.version, manifest.signature))
+            return Reject(manifest.version, str(exc), sha256=manifest.sha256)
+        old_filter = self._abandon()
+        new_filter = topics.chunks_filter(self.fleet, self.task, manifest.version)
+        self._download = _Download(manifest, ChunkAssembler(manifest), new_filter, self._clock())
+        return StartDownload(manifest, new_filter, old_filter if old_filter != new_filter else None)
+
+    def on_chunk(self, version: int, index: int, data: bytes) -> Action:
+        dl = self._download
+        if dl is None or dl.manifest.version != version:
+            return Ignore(f"no download in progress for version {version}")
+        try:
+            dl.assembler.add(index, data)
+            dl.last_progress = self._clock()
+            if not dl.assembler.complete:
+                return Ignore(f"chunk {index} stored ({dl.assembler.received()}/{dl.manifest.chunk_count})")
+            model_bytes = dl.assembler.assemble()
+        except FedforgeError as exc:
+            return self._fail(dl, str(exc), remember=True)
+        self._download = None
+        return Complete(dl.manifest, model_bytes, dl.filter)
+
+    def tick(self) -> Reject | None:
+        """Abandon a download that made no progress for ``timeout_s``."""
+        dl = self._download
+        if dl is None or self._clock() - dl.last_progress < self.timeout_s:
+            return None
+        got, total = dl.assembler.received(), dl.manifest.chunk_count
+        missing = dl.assembler.missing_ranges()
+        reason = f"download timed out after {self.timeout_s:g} s: {got} of {total} chunks, missing {missing[:5]}"
+        return self._fail(dl, reason, remember=False)
+
+    def installed(self, version: int) -> None:
+        """The service installed ``version`` (from a download or from disk)."""
+        self.current_version = version
+
+    def install_failed(self, manifest: ModelManifest) -> None:
+        """Verified bytes that still could not be served (e.g. ONNX Runtime refused them)."""
+        self._rejected.add((manifest.version, manifest.signature))
+
+    def missing_ranges(self) -> list[tuple[int, int]]:
+        return self._download.assembler.missing_ranges() if self._download else []
+
+    def _fail(self, dl: _Download, reason: str, *, remember: bool) -> Reject:
+        if remember:
+            self._rejected.add((dl.manifest.version, dl.manifest.signature))
+        self._download = None
+        return Reject(dl.manifest.version, reason, unsubscribe=dl.filter, sha256=dl.manifest.sha256)
+
+    def _abandon(self) -> str | None:
+        dl, self._download = self._download, None
+        return dl.filter if dl else None

@@ -1,0 +1,88 @@
+"""The installed models on disk: ``models/v{N}.onnx`` + ``v{N}.manifest.json`` + ``current``.
+
+Every file is written to a temporary name, fsynced and renamed, and the ``current`` pointer
+is switched last, so a crash at any point leaves either the old or the new model, whole.
+What is loaded back is verified again (signature, size, sha256): the disk is not trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.bundle import parse_manifest, verify_manifest, verify_model_bytes
+from shared.errors import BundleError
+from shared.schemas import ModelManifest
+from shared.signing import TrustStore
+
+log = logging.getLogger(__name__)
+
+POINTER = "current"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    manifest: ModelManifest
+    model_bytes: bytes
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class ModelFiles:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def model_path(self, version: int) -> Path:
+        return self.directory / f"v{version}.onnx"
+
+    def manifest_path(self, version: int) -> Path:
+        return self.directory / f"v{version}.manifest.json"
+
+    def save(self, manifest: ModelManifest, model_bytes: bytes) -> None:
+        """Write the model and its manifest, then point ``current`` at them."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.model_path(manifest.version), model_bytes)
+        _atomic_write(self.manifest_path(manifest.version), manifest.to_bytes())
+        _atomic_write(self.directory / POINTER, f"{manifest.version}\n".encode())
+
+    def current_version(self) -> int | None:
+        try:
+            text = (self.directory / POINTER).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def load_current(self, trust: TrustStore) -> StoredModel:
+        """The current model, re-verified; ``BundleError`` if it is absent or fails a check."""
+        version = self.current_version()
+        if version is None:
+            raise BundleError("no current model on disk")
+        try:
+            manifest_bytes = self.manifest_path(version).read_bytes()
+            model_bytes = self.model_path(version).read_bytes()
+        except OSError as exc:
+            raise BundleError(f"model v{version} on disk is unreadable: {exc}") from None
+        manifest = parse_manifest(manifest_bytes)
+        if manifest.version != version:
+            raise BundleError(f"manifest on disk says version {manifest.version}, pointer says {version}")
+        verify_manifest(manifest, trust)
+        verify_model_bytes(manifest, model_bytes)
+        return StoredModel(manifest, model_bytes)

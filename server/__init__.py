@@ -1,0 +1,1 @@
+"""The fedforge cloud server: registry, release pipeline, fleet monitor and REST API."""

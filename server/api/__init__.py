@@ -1,0 +1,1 @@
+"""The REST API (FastAPI): models, devices, runs, artifact downloads and ``/metrics``."""

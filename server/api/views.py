@@ -1,0 +1,62 @@
+"""Registry records -> JSON-ready dicts: the API's response shapes, pure and testable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.registry.records import DeviceRecord, ModelVersionRecord, RoundRecord, RunRecord
+
+
+def model_view(m: ModelVersionRecord) -> dict[str, Any]:
+    return {
+        "task": m.task,
+        "version": m.version,
+        "parent_version": m.parent_version,
+        "training_run_id": m.training_run_id,
+        "created": m.created,
+        "metrics": m.metrics,
+        "sha256": m.sha256,
+        "size": m.size,
+        "signer": m.signer,
+        "stage": m.stage,
+    }
+
+
+def device_view(d: DeviceRecord, now: float, online_window_s: float) -> dict[str, Any]:
+    return {
+        "device_id": d.device_id,
+        "fleet": d.fleet,
+        "online": d.online(now, online_window_s),
+        "status": d.status,
+        "health": d.health,
+        "last_seen": d.last_seen,
+        "serving_version": d.serving_version,
+        "counters": d.counters,
+        "queue_depth": d.queue_depth,
+        "signature_verified": d.signature_verified,
+        "last_rejection": d.last_rejection,
+    }
+
+
+def run_view(r: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id,
+        "flower_run_id": r.flower_run_id,
+        "status": r.status,
+        "rounds": r.rounds,
+        "started": r.started,
+        "finished": r.finished,
+        "error": r.error,
+        "published_version": r.published_version,
+    }
+
+
+def round_view(r: RoundRecord) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id,
+        "round": r.round,
+        "participants": r.participants,
+        "failures": r.failures,
+        "metrics": r.metrics,
+        "duration_s": r.duration_s,
+    }

@@ -1,0 +1,68 @@
+"""Settings of the cloud server process (TOML file + ``FEDFORGE_*`` environment).
+
+Paths that live under ``data_dir`` (database, signing keys) default from it, so a single
+``data_dir`` setting is enough for a demo while production overrides each one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import Field, model_validator
+
+from shared.config import FedforgeSettings, load_settings
+
+
+def default_data_dir() -> Path:
+    return platformdirs.user_data_path("fedforge") / "server"
+
+
+class ServerSettings(FedforgeSettings):
+    fleet: str = "default"
+    task: str = "fraud"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    # Base URL agents use for large-file HTTPS downloads; None leaves ``url`` out of manifests.
+    public_url: str | None = None
+    signing_key: Path = Path()
+    signing_public_key: Path = Path()
+    superlink_host: str = "127.0.0.1"
+    superlink_port: int = Field(default=9092, ge=0, le=65535)
+    min_agents: int = Field(default=1, ge=1)
+    rounds: int = Field(default=3, ge=1)
+    round_timeout_s: float = Field(default=600.0, gt=0)
+    bootstrap_data: Path | None = None
+    holdout_data: Path | None = None
+    bootstrap_epochs: int = Field(default=5, ge=1)
+    finetune_epochs: int = Field(default=1, ge=0)
+    local_epochs: int = Field(default=1, ge=1)
+    device: str = "auto"
+    seed: int = 0
+    # A device whose last status is older than this is shown offline even without a will.
+    online_window_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_paths(cls, data: Any) -> Any:
+        """Fill database and key paths from ``data_dir`` unless given explicitly."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        data_dir = Path(out.get("data_dir") or default_data_dir())
+        out["data_dir"] = data_dir
+        if not out.get("database_url"):
+            out["database_url"] = f"sqlite:///{data_dir / 'registry.db'}"
+        if not out.get("signing_key"):
+            out["signing_key"] = data_dir / "keys" / "operator.pem"
+        if not out.get("signing_public_key"):
+            out["signing_public_key"] = data_dir / "keys" / "operator.pub.pem"
+        return out
+
+
+def load_server_settings(path: Path | None = None, **overrides: Any) -> ServerSettings:
+    return load_settings(ServerSettings, path, **overrides)

@@ -1,0 +1,51 @@
+"""The Flower ServerApp: one training run of the factory.
+
+Started by the SuperLink for each ``fedforge train``. It reads the server's settings file
+named in the run config, so it uses the same registry, broker and signing key as the
+``fedforge server`` process that supervises the SuperLink. Steps: FedAvg over the agents
+(sanitized), fine-tuning on the server's own data, evaluation on the holdout, a promotion
+gate, then export, sign, register and publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from server.federation.run import TrainingRun
+
+from server.config import load_server_settings
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    settings = load_server_settings(Path(str(cfg["server-config"])))
+    run = TrainingRun.open(
+        settings,
+        run_id=str(cfg.get("training-run-id") or f"run-{int(time.time())}"),
+        rounds=int(cfg.get("num-rounds", 1)),  # type: ignore[arg-type]
+        min_agents=int(cfg.get("min-agents", settings.min_agents)),  # type: ignore[arg-type]
+        flower_run_id=int(context.run_id),
+    )
+    try:
+        strategy = run.strategy()
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(run.model.state_dict()),
+            num_rounds=run.rounds,
+            train_config=ConfigRecord(run.train_config()),
+            evaluate_fn=lambda rnd, arrays: MetricRecord(run.evaluate_round(rnd, arrays.to_torch_state_dict())),
+            timeout=settings.round_timeout_s,
+        )
+        run.finish(result.arrays.to_torch_state_dict() if len(result.arrays) else None)
+    except BaseException as exc:
+        run.fail(exc)
+        raise

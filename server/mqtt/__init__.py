@@ -1,0 +1,1 @@
+"""The server's MQTT side: following fleet status and serving chunk re-requests."""

@@ -1,0 +1,96 @@
+"""SQLAlchemy 2 table models of the registry (typed declarative).
+
+Only portable column types are used (JSON, Double, LargeBinary) so one schema and one
+Alembic history serve SQLite and PostgreSQL alike. Times are epoch seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, CheckConstraint, Double, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names keep Alembic autogenerate and both databases in step.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, float: Double}
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64), index=True)
+    last_seen: Mapped[float]
+    serving_version: Mapped[int | None]
+    status: Mapped[str] = mapped_column(String(16))
+    health: Mapped[str] = mapped_column(String(16))
+    counters: Mapped[dict[str, Any]]
+    signature_verified: Mapped[bool]
+    last_rejection: Mapped[dict[str, Any] | None]
+    queue_depth: Mapped[int] = mapped_column(Integer, default=0)
+    public_key: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (CheckConstraint("stage IN ('candidate', 'published', 'rejected')", name="stage"),)
+
+    task: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    parent_version: Mapped[int | None]
+    training_run_id: Mapped[str | None] = mapped_column(String(128))
+    created: Mapped[float]
+    metrics: Mapped[dict[str, Any]]
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    signer: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(Text)
+    manifest: Mapped[dict[str, Any]]
+    artifact: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    stage: Mapped[str] = mapped_column(String(16))
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+    __table_args__ = (CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="status"),)
+
+    run_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    flower_run_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    rounds: Mapped[int]
+    started: Mapped[float]
+    finished: Mapped[float | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    published_version: Mapped[int | None]
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+
+    run_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    participants: Mapped[int]
+    failures: Mapped[int]
+    metrics: Mapped[dict[str, Any]]
+    duration_s: Mapped[float]
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]]

@@ -1,0 +1,176 @@
+"""What the registry stores, as plain frozen dataclasses, and the ``Registry`` interface.
+
+Records are independent of SQLAlchemy so the API, the release pipeline and the ServerApp
+can be tested against ``InMemoryRegistry`` and run against ``SqlRegistry`` unchanged.
+Times are epoch seconds (floats), as on the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, get_args
+
+from shared.schemas import DeviceStatus
+
+Stage = Literal["candidate", "published", "rejected"]
+RunStatus = Literal["running", "succeeded", "failed"]
+STAGES: tuple[str, ...] = get_args(Stage)
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device_id: str
+    fleet: str
+    last_seen: float
+    serving_version: int | None
+    status: str  # the DeviceStatus kind: birth | heartbeat | offline
+    health: str
+    counters: dict[str, int]
+    signature_verified: bool
+    last_rejection: dict[str, Any] | None
+    queue_depth: int = 0
+    public_key: str | None = None
+
+    def online(self, now: float, window_s: float) -> bool:
+        """Online = said it is alive, and said so recently (a lost will is not fatal)."""
+        return self.status != "offline" and now - self.last_seen <= window_s
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    """One model version; the ONNX bytes are fetched separately with ``get_artifact``."""
+
+    task: str
+    version: int
+    parent_version: int | None
+    training_run_id: str | None
+    created: float
+    metrics: dict[str, float]
+    sha256: str
+    size: int
+    signer: str
+    signature: str
+    manifest: dict[str, Any]
+    stage: Stage
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    flower_run_id: str | None
+    status: RunStatus
+    rounds: int
+    started: float
+    finished: float | None = None
+    error: str | None = None
+    published_version: int | None = None
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    run_id: str
+    round: int
+    participants: int
+    failures: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str
+    detail: dict[str, Any]
+
+
+def device_record_from_status(
+    status: DeviceStatus, received_at: float, retained: bool, public_key: str | None = None
+) -> DeviceRecord:
+    """A retained status may be old (replayed on reconnect): trust its own timestamp then."""
+    last_seen = min(status.ts, received_at) if retained else received_at
+    return DeviceRecord(
+        device_id=status.device_id,
+        fleet=status.fleet,
+        last_seen=last_seen,
+        serving_version=status.model_version,
+        status=status.kind,
+        health=status.health,
+        counters=status.counters.model_dump(),
+        signature_verified=status.signature_verified,
+        last_rejection=None if status.last_rejection is None else status.last_rejection.model_dump(),
+        queue_depth=status.queue_depth,
+        public_key=public_key,
+    )
+
+
+class Registry(Protocol):
+    """The cloud's system of record: fleet state, model lineage, training runs, audit."""
+
+    # -- devices ------------------------------------------------------------------
+    def upsert_device_status(self, status: DeviceStatus, *, received_at: float, retained: bool = False) -> None: ...
+
+    def get_device(self, device_id: str) -> DeviceRecord | None: ...
+
+    def list_devices(self, fleet: str | None = None) -> list[DeviceRecord]: ...
+
+    # -- model versions -----------------------------------------------------------
+    def next_version(self, task: str) -> int: ...
+
+    def add_model_version(self, record: ModelVersionRecord, artifact: bytes) -> None:
+        """Raises ``RegistryError`` if (task, version) already exists."""
+        ...
+
+    def get_model_version(self, task: str, version: int) -> ModelVersionRecord | None: ...
+
+    def get_artifact(self, task: str, version: int) -> bytes | None: ...
+
+    def latest_published(self, task: str) -> ModelVersionRecord | None: ...
+
+    def list_model_versions(self, task: str) -> list[ModelVersionRecord]:
+        """Newest first."""
+        ...
+
+    def set_stage(self, task: str, version: int, stage: Stage) -> None:
+        """Raises ``NotFoundError`` for an unknown version."""
+        ...
+
+    # -- training runs ------------------------------------------------------------
+    def start_run(
+        self, run_id: str, rounds: int, *, flower_run_id: str | int | None = None, started: float
+    ) -> RunRecord: ...
+
+    def set_flower_run_id(self, run_id: str, flower_run_id: str | int) -> None: ...
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        finished: float,
+        error: str | None = None,
+        published_version: int | None = None,
+    ) -> None: ...
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def list_runs(self) -> list[RunRecord]:
+        """Newest first."""
+        ...
+
+    def add_round(self, record: RoundRecord) -> None:
+        """Idempotent per (run_id, round): a retried write replaces the earlier one."""
+        ...
+
+    def list_rounds(self, run_id: str | None = None) -> list[RoundRecord]: ...
+
+    # -- audit --------------------------------------------------------------------
+    def audit(self, actor: str, action: str, detail: dict[str, Any], *, at: float | None = None) -> None: ...
+
+    def list_audit(self, limit: int = 100) -> list[AuditEntry]:
+        """Newest first."""
+        ...
+
+    def close(self) -> None: ...

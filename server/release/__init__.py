@@ -1,0 +1,1 @@
+"""The release pipeline: export to ONNX, check against torch, sign, register, publish."""

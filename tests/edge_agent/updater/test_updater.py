@@ -1,0 +1,156 @@
+"""The updater state machine against real signed bundles: good, tampered, untrusted, short."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Bundle, Keys
+
+from edge_agent.updater import Complete, Ignore, ModelFiles, ModelUpdater, Reject, StartDownload
+from shared import topics
+from shared.errors import BundleError
+from shared.signing import TrustStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def updater(operator_keys: Keys, clock: Clock) -> ModelUpdater:
+    return ModelUpdater("f1", "fraud", TrustStore.from_files([operator_keys.public_path]), timeout_s=60, clock=clock)
+
+
+def feed(updater: ModelUpdater, bundle: Bundle, order: list[int] | None = None) -> list[object]:
+    start = updater.on_manifest(bundle.manifest_bytes)
+    assert isinstance(start, StartDownload), start
+    assert start.subscribe == topics.chunks_filter("f1", "fraud", bundle.manifest.version)
+    idx = order if order is not None else list(range(len(bundle.chunks)))
+    return [updater.on_chunk(bundle.manifest.version, i, bundle.chunks[i]) for i in idx]
+
+
+def test_good_bundle_completes(updater: ModelUpdater, make_bundle: Callable[..., Bundle]) -> None:
+    bundle = make_bundle(1)
+    assert len(bundle.chunks) > 3
+    actions = feed(updater, bundle)
+    assert all(isinstance(a, Ignore) for a in actions[:-1])
+    done = actions[-1]
+    assert isinstance(done, Complete)
+    assert done.model_bytes == bundle.model_bytes
+    updater.installed(1)
+    assert isinstance(updater.on_manifest(bundle.manifest_bytes), Ignore)  # same version again
+
+
+def test_out_of_order_and_duplicated_chunks(updater: ModelUpdater, make_bundle: Callable[..., Bundle]) -> None:
+    bundle = make_bundle(2)
+    order = list(range(len(bundle.chunks)))
+    random.Random(3).shuffle(order)
+    order = order[:2] + order[:2] + order[2:]  # QoS 1 redelivery
+    actions = feed(updater, bundle, order)
+    done = actions[-1]
+    assert isinstance(done, Complete)
+    assert done.model_bytes == bundle.model_bytes
+    assert sum(isinstance(a, Complete) for a in actions) == 1
+
+
+def test_flipped_byte_rejected(updater: ModelUpdater, make_bundle: Callable[..., Bundle]) -> None:
+    bundle = make_bundle(3)
+    chunk = bytearray(bundle.chunks[1])
+    chunk[10] ^= 0xFF
+    bundle.chunks[1] = bytes(chunk)
+    last = feed(updater, bundle)[-1]
+    assert isinstance(last, Reject)
+    assert "sha256 mismatch" in last.reason
+    assert last.unsubscribe == topics.chunks_filter("f1", "fraud", 3)
+    assert isinstance(updater.on_manifest(bundle.manifest_bytes), Ignore)  # not retried
+
+
+def test_unknown_signer_rejected(updater: ModelUpdater, make_bundle: Callable[..., Bundle], rogue_keys: Keys) -> None:
+    bundle = make_bundle(4, key=rogue_keys.private)
+    action = updater.on_manifest(bundle.manifest_bytes)
+    assert isinstance(action, Reject)
+    assert "not a trusted operator key" in action.reason
+    assert updater.downloading is None
+
+
+def test_tampered_manifest_rejected(updater: ModelUpdater, make_bundle: Callable[..., Bundle]) -> None:
+    bundle = make_bundle(4)
+    forged = bundle.manifest.model_copy(update={"version": 5})
+    action = updater.on_manifest(forged.to_bytes())
+    assert isinstance(action, Reject)
+    assert "signature does not match" in action.reason
+
+
+def test_truncated_bundle_rejected(updater: ModelUpdater, make_bundle: Callable[..., Bundle]) -> None:
+    bundle = make_bundle(5)
+    bundle.chunks[-1] = bundle.chunks[-1][:-7]
+    last = feed(updater, bundle)[-1]
+    assert isinstance(last, Reject)
+    assert "bytes, expected" in last.reason
+
+
+def test_missing_chunks_time_out_then_retry(
+    updater: ModelUpdater, make_bundle: Callable[..., Bundle], clock: Clock
+) -> None:
+    bundle = make_bundle(6)
+    feed(updater, bundle, order=[0, 1])
+    assert updater.tick() is None
+    clock.now = 61.0
+    rejection = updater.tick()
+    assert rejection is not None
+    assert "timed out" in rejection.reason
+    assert updater.downloading is None
+    # the manifest is delivered again (e.g. after a reconnect): the download restarts
+    actions = feed(updater, bundle)
+    assert isinstance(actions[-1], Complete)
+
+
+def test_garbage_and_foreign_manifests(updater: ModelUpdater, make_bundle: Callable[..., Bundle]) -> None:
+    assert isinstance(updater.on_manifest(b"{nope"), Reject)
+    foreign = make_bundle(7).manifest.model_copy(update={"task": "sensor-anomaly"})
+    assert isinstance(updater.on_manifest(foreign.to_bytes()), Reject)
+    assert isinstance(updater.on_chunk(7, 0, b"x"), Ignore)  # stray chunk, no download
+
+
+def test_older_version_ignored(updater: ModelUpdater, make_bundle: Callable[..., Bundle]) -> None:
+    updater.installed(5)
+    assert isinstance(updater.on_manifest(make_bundle(4).manifest_bytes), Ignore)
+
+
+def test_newer_manifest_replaces_download(updater: ModelUpdater, make_bundle: Callable[..., Bundle]) -> None:
+    feed(updater, make_bundle(8), order=[0])
+    action = updater.on_manifest(make_bundle(9).manifest_bytes)
+    assert isinstance(action, StartDownload)
+    assert action.unsubscribe == topics.chunks_filter("f1", "fraud", 8)
+
+
+def test_model_files_roundtrip_and_reverify(
+    tmp_path: Path, make_bundle: Callable[..., Bundle], operator_keys: Keys
+) -> None:
+    files = ModelFiles(tmp_path / "models")
+    trust = TrustStore.from_files([operator_keys.public_path])
+    with pytest.raises(BundleError):
+        files.load_current(trust)
+    bundle = make_bundle(3)
+    files.save(bundle.manifest, bundle.model_bytes)
+    stored = files.load_current(trust)
+    assert stored.manifest == bundle.manifest
+    assert stored.model_bytes == bundle.model_bytes
+    path = files.model_path(3)
+    data = bytearray(path.read_bytes())
+    data[5] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        files.load_current(trust)
