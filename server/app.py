@@ -147,8 +147,8 @@ class ServerService:
     async def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then shut everything down in reverse order."""
         with self._signals():
-            await asyncio.to_thread(self.start_background)
             try:
+                await asyncio.to_thread(self.start_background)
                 assert self.registry is not None
                 app = create_app(self.settings, self.registry)
                 config = uvicorn.Config(
