@@ -38,6 +38,10 @@ def run_command(name: str, argv: list[str]) -> int:
         from edge_agent.service import Agent  # after settings: a config error needs no ONNX import
 
         agent = Agent(settings)
+        if settings.superlink_address:
+            from edge_agent.federation.supernode import SuperNodeCompanion
+
+            agent.add_companion(SuperNodeCompanion(settings))
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG

@@ -70,6 +70,7 @@ def ensure_bootstrap_model(
         return None
     from server.release.release import release_model
     from server.training.bootstrap import train_bootstrap_model
+    from server.training.checkpoints import save_state
     from server.training.data import load_frame, model_inputs
 
     boot, holdout = load_frame(settings.bootstrap_data), load_frame(settings.holdout_data)
@@ -90,6 +91,7 @@ def ensure_bootstrap_model(
         task=settings.task,
         public_url=settings.public_url,
     )
+    save_state(settings.data_dir, settings.task, manifest.version, model.state_dict())
     return manifest.version
 
 
@@ -120,6 +122,11 @@ class ServerService:
         self.monitor = FleetMonitor(self.client, registry, s.fleet, s.task)
         self.monitor.start()
         self.client.start()
+        if registry.latest_published(s.task) is not None:
+            # A broker without persistence forgets retained releases when it restarts.
+            from server.release.release import republish_latest
+
+            republish_latest(registry, self.client, s.fleet, s.task)
         ensure_bootstrap_model(s, registry, self.client, key)
         for companion in self.companions:
             companion.start()

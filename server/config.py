@@ -36,6 +36,10 @@ class ServerSettings(FedforgeSettings):
     min_agents: int = Field(default=1, ge=1)
     rounds: int = Field(default=3, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
+    # Promotion gate: a candidate may lose at most this much holdout AUPRC to its parent.
+    max_auprc_regression: float = Field(default=0.0, ge=0)
+    # The Flower app's home (installed FABs, CLI connection config); defaults under data_dir.
+    flwr_home: Path | None = None
     bootstrap_data: Path | None = None
     holdout_data: Path | None = None
     bootstrap_epochs: int = Field(default=5, ge=1)

@@ -45,7 +45,5 @@ def load_settings(cls: type[S], path: Path | None = None, **overrides: Any) -> S
     try:
         return bound(**overrides)  # type: ignore[no-any-return]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid settings{f' in {path}' if path else ''}: {problems}") from None

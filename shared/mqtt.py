@@ -178,7 +178,9 @@ class MqttClient:
             event = self._pending.get(mid)
         return True if event is None else event.wait(timeout)
 
-    def publish_and_wait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 10.0) -> None:
+    def publish_and_wait(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 10.0
+    ) -> None:
         mid = self.publish(topic, payload, qos=qos, retain=retain)
         if qos > 0 and not self.wait_published(mid, timeout):
             raise MqttError(f"publish to {topic} not acknowledged in {timeout} s")

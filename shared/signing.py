@@ -23,9 +23,7 @@ from shared.errors import SignatureError
 
 
 def canonical_json(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def public_key_bytes(key: Ed25519PublicKey) -> bytes:

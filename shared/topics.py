@@ -116,7 +116,5 @@ def parse(topic: str) -> ParsedTopic:
         if len(parts) == 6 and parts[5] == "manifest":
             return ParsedTopic(fleet=fleet, kind="manifest", task=task)
         if len(parts) == 8 and parts[6] == "chunk" and parts[5].isdigit() and parts[7].isdigit():
-            return ParsedTopic(
-                fleet=fleet, kind="chunk", task=task, version=int(parts[5]), index=int(parts[7])
-            )
+            return ParsedTopic(fleet=fleet, kind="chunk", task=task, version=int(parts[5]), index=int(parts[7]))
     raise TopicError(f"not a fedforge v1 topic: {topic!r}")

@@ -7,6 +7,7 @@ import logging
 
 def run_command(name: str, argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if name == "data":
         from simulations.data_cli import data_command
 
@@ -18,5 +19,5 @@ def run_command(name: str, argv: list[str]) -> int:
     if name == "demo":
         from simulations.demo import demo_command
 
-        return demo_command(argv)
+        return int(demo_command(argv))
     raise SystemExit(f"simulations.cli cannot run {name!r}")

@@ -51,14 +51,14 @@ def train(msg: Message, context: Context) -> Message:
         x = spec.transform(raw) if len(raw) else np.zeros((0, spec.width), dtype=np.float32)
         result = fraud.train(model, x, labels, train_cfg)
         store.record_training(
-            run_id=str(msg.run_id),
+            run_id=str(msg.metadata.run_id),
             round=int(cfg.get("server-round", 0)),  # type: ignore[arg-type]
             examples=len(x),
             loss=result.loss if math.isfinite(result.loss) else 0.0,
         )
     finally:
         store.close()
-    metrics: dict[str, float | int] = {
+    metrics: dict[str, int | float | list[int] | list[float]] = {
         "num-examples": len(x),
         "train-loss": result.loss if math.isfinite(result.loss) else 0.0,
         "positives": int(labels.sum()) if len(labels) else 0,

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import torch
 
 from server.config import ServerSettings
 from server.errors import ServerError
-from server.federation.checkpoints import load_state, save_state
 from server.federation.strategy import SanitizedFedAvg
 from server.registry.records import Registry, RoundRecord
 from server.registry.sql import SqlRegistry
 from server.release.release import release_model
+from server.training.checkpoints import load_state, save_state
+from server.training.data import labels, load_frame, model_inputs
 from shared.features import FeatureSpec
 from shared.mqtt import BrokerAddress, MqttClient
 from shared.schemas import ModelManifest
@@ -47,10 +47,10 @@ class LabelledSet:
 
     @classmethod
     def from_parquet(cls, path: Path | None, spec: FeatureSpec, what: str) -> LabelledSet:
-        if path is None or not path.is_file():
-            raise ServerError(f"{what} data not found at {path}: set {what}_data in the server config")
-        df = pd.read_parquet(path, columns=[*spec.names, fraud.LABEL])
-        return cls(spec.transform(df[list(spec.names)].to_numpy()), df[fraud.LABEL].to_numpy(np.float32))
+        if path is None:
+            raise ServerError(f"no {what} data: set {what}_data in the server config")
+        frame = load_frame(path)
+        return cls(model_inputs(spec, frame), labels(frame))
 
 
 @dataclass
@@ -119,7 +119,9 @@ class TrainingRun:
         self._strategy = SanitizedFedAvg(min_nodes=self.min_agents)
         return self._strategy
 
-    def train_config(self) -> dict[str, int | float | str]:
+    def train_config(
+        self,
+    ) -> dict[str, int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]]:
         return {
             "feature-spec": self.parent.feature_spec.model_dump_json(),
             "local-epochs": self.settings.local_epochs,
@@ -128,7 +130,9 @@ class TrainingRun:
             "proximal-mu": 0.0,
         }
 
-    def evaluate_round(self, server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
+    def evaluate_round(
+        self, server_round: int, state: dict[str, torch.Tensor]
+    ) -> dict[str, int | float | list[int] | list[float]]:
         """Holdout metrics of the global model after each round; round 0 is the parent."""
         model = fraud.build_model()
         model.load_state_dict(state)

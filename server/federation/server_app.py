@@ -15,9 +15,9 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from server.federation.run import TrainingRun
 
 from server.config import load_server_settings
+from server.federation.run import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ def main(grid: Grid, context: Context) -> None:
     run = TrainingRun.open(
         settings,
         run_id=str(cfg.get("training-run-id") or f"run-{int(time.time())}"),
-        rounds=int(cfg.get("num-rounds", 1)),  # type: ignore[arg-type]
-        min_agents=int(cfg.get("min-agents", settings.min_agents)),  # type: ignore[arg-type]
+        rounds=int(cfg.get("num-rounds", 1)),
+        min_agents=int(cfg.get("min-agents", settings.min_agents)),
         flower_run_id=int(context.run_id),
     )
     try:

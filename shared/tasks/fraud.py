@@ -111,9 +111,7 @@ class TrainResult:
     steps: int
 
 
-def train(
-    model: FraudMLP, x: npt.NDArray[np.float32], y: npt.NDArray[np.floating], cfg: TrainConfig
-) -> TrainResult:
+def train(model: FraudMLP, x: npt.NDArray[np.float32], y: npt.NDArray[np.floating], cfg: TrainConfig) -> TrainResult:
     """Mini-batch Adam on weighted BCE; with ``proximal_mu`` > 0 it is FedProx's local objective."""
     if len(x) == 0:
         return TrainResult(loss=float("nan"), examples=0, steps=0)
@@ -157,5 +155,7 @@ def evaluate(model: FraudMLP, x: npt.NDArray[np.float32], y: npt.NDArray[np.floa
     scores = predict_proba(model, x)
     with torch.no_grad():
         logits = torch.logit(torch.from_numpy(scores).clamp(1e-7, 1 - 1e-7))
-        loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(np.asarray(y, np.float32))))
+        loss = float(
+            nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(np.asarray(y, np.float32)))
+        )
     return {"loss": loss, "examples": float(len(y)), **binary_metrics(y, scores)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ def save_state(data_dir: Path, task: str, version: int, state: dict[str, torch.T
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **{k: v.detach().cpu().numpy() for k, v in state.items()})
+        arrays: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in state.items()}
+        np.savez(fh, **arrays)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -1,0 +1,79 @@
+"""The agent's Flower SuperNode, supervised as an agent companion.
+
+The SuperNode is a separate daemon (Flower's own process model); the agent starts it,
+restarts it if it dies, and stops its whole process tree on shutdown. The ClientApp that
+the SuperNode launches finds the agent's store through ``--node-config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+from edge_agent.config import AgentSettings
+from shared.process import ManagedProcess
+
+
+def _executable(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def supernode_env(flwr_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": env.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"),
+        }
+    )
+    return env
+
+
+def supernode_argv(settings: AgentSettings) -> list[str]:
+    if not settings.superlink_address:
+        raise ValueError("superlink_address is not set")
+    node_config = f"store-path='{settings.db_path.resolve()}' device-id='{settings.device_id}'"
+    argv = [
+        _executable("flower-supernode"),
+        "--insecure",
+        "--superlink",
+        settings.superlink_address,
+        "--node-config",
+        node_config,
+    ]
+    # Each SuperNode serves its ClientApps on a local port; two on one host must differ.
+    argv += ["--host", "127.0.0.1", "--port", str(settings.supernode_port or _free_port())]
+    return argv
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SuperNodeCompanion:
+    """Agent companion (async start/stop) running ``flower-supernode``."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        home = settings.data_dir / "flwr"
+        home.mkdir(parents=True, exist_ok=True)
+        self.process = ManagedProcess(
+            f"flower-supernode[{settings.device_id}]",
+            supernode_argv(settings),
+            env=supernode_env(home),
+            log_path=settings.data_dir / "supernode.log",
+        )
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.process.start)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.process.stop)

@@ -1,0 +1,109 @@
+"""``fedforge server``, ``fedforge train`` and ``fedforge keys``.
+
+Exit codes: 0 success; 1 runtime failure (a run that failed or was not published);
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+from pathlib import Path
+
+from shared.errors import ConfigError, FedforgeError
+
+log = logging.getLogger(__name__)
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"fedforge {name}")
+    parser.add_argument("--config", type=Path, help="server TOML file (FEDFORGE_* variables override it)")
+    parser.add_argument("--log-level", default="INFO")
+    if name == "train":
+        parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: settings.rounds)")
+        parser.add_argument("--min-agents", type=int, default=None)
+        parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
+        parser.add_argument("--run-id", default=None)
+    return parser
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    args = _parser(name).parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from server.config import load_server_settings
+
+    try:
+        settings = load_server_settings(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        if name == "server":
+            from server.app import run_server
+            from server.federation.flower import SuperLinkCompanion
+
+            return run_server(settings, [SuperLinkCompanion(settings)])
+        if name == "keys":
+            from server.app import ensure_signing_key
+
+            ensure_signing_key(settings)
+            sys.stdout.write(f"{settings.signing_public_key}\n")
+            return 0
+        if name == "train":
+            if args.config is None:
+                log.error("fedforge train needs --config (the ServerApp reads the same file)")
+                return 2
+            return _train(settings, args.config, args)
+    except FedforgeError as exc:
+        log.error("%s", exc)
+        return 1
+    log.error("unknown command %s", name)
+    return 2
+
+
+def _train(settings: object, config_path: Path, args: argparse.Namespace) -> int:
+    from server.config import ServerSettings
+    from server.federation.flower import submit_run, wait_run
+    from server.registry.migrate import migrate
+    from server.registry.sql import SqlRegistry
+
+    assert isinstance(settings, ServerSettings)
+    rounds = args.rounds or settings.rounds
+    min_agents = args.min_agents or settings.min_agents
+    run_id = args.run_id or f"run-{uuid.uuid4().hex[:12]}"
+    migrate(settings.database_url)
+    flower_run_id = submit_run(settings, config_path, run_id, rounds, min_agents)
+    log.info(
+        "submitted training run %s (Flower run %s): %d rounds, >= %d agents", run_id, flower_run_id, rounds, min_agents
+    )
+    outcome = wait_run(settings, flower_run_id, args.timeout)
+    registry = SqlRegistry(settings.database_url)
+    try:
+        record = registry.get_run(run_id)
+        rounds_done = registry.list_rounds(run_id)
+    finally:
+        registry.close()
+    summary = {
+        "run_id": run_id,
+        "flower_run_id": flower_run_id,
+        "flower_status": outcome.status,
+        "status": record.status if record else "unknown",
+        "published_version": record.published_version if record else None,
+        "error": (record.error if record else None) or (outcome.details or None),
+        "rounds": [
+            {
+                "round": r.round,
+                "participants": r.participants,
+                "failures": r.failures,
+                "auprc": r.metrics.get("auprc"),
+                "duration_s": round(r.duration_s, 2),
+            }
+            for r in rounds_done
+        ],
+        "seconds": round(outcome.seconds, 1),
+    }
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0 if outcome.completed and record is not None and record.status == "succeeded" else 1
