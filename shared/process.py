@@ -5,6 +5,11 @@ NEW session, and a SuperNode's superexec can outlive its parent by ~90 s. Killin
 process group therefore leaks processes. A supervisor here makes its process a child
 subreaper (orphans are re-parented to it, not to PID 1), remembers every descendant of
 each child it started, and on stop terminates all of them: SIGTERM, then SIGKILL.
+
+An orphan re-parented to the supervisor is no longer below the daemon, and one that
+appeared and lost its parent between two polls was never seen at all; so every child is
+started with a per-supervisor environment tag (inherited by everything it starts) and the
+processes carrying the tag belong to the tree too.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
+TAG_ENV = "FEDFORGE_SUPERVISED"
 
 
 def become_subreaper() -> bool:
@@ -61,6 +68,31 @@ def descendants(root: int) -> set[int]:
     return out
 
 
+def tagged(tag: str) -> set[int]:
+    """Processes (of this user) whose initial environment carries ``tag`` in ``TAG_ENV``.
+
+    The variable holds the tags of all enclosing supervisors (``outer:inner``), so a
+    supervisor nested in a supervised process (a server under the local fleet) still
+    tags its helpers for the outer one.
+    """
+    prefix = f"{TAG_ENV}=".encode()
+    wanted = tag.encode()
+    me = os.getpid()
+    out: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        for var in environ.split(b"\0"):
+            if var.startswith(prefix) and wanted in var[len(prefix) :].split(b":"):
+                out.add(int(entry))
+                break
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -75,11 +107,16 @@ def _reap(pids: set[int]) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
-def kill_tree(root_pids: Sequence[int], known: set[int] | None = None, grace: float = 5.0) -> set[int]:
-    """Terminate the given processes, their groups and every descendant; returns survivors."""
+def kill_tree(
+    root_pids: Sequence[int], known: set[int] | None = None, grace: float = 5.0, *, tag: str | None = None
+) -> set[int]:
+    """Terminate the given processes, their groups, every descendant and every process
+    carrying ``tag`` (see ``tagged``); returns survivors."""
     tracked = set(root_pids) | (known or set())
     own_group = os.getpgid(0)
     for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 3.0)):
+        if tag is not None:
+            tracked |= tagged(tag)
         for pid in list(tracked):
             tracked |= descendants(pid)
         targets = {p for p in tracked if _alive(p)}
@@ -120,6 +157,9 @@ class ManagedProcess:
         self.name = name
         self.argv = list(argv)
         self.env = dict(os.environ if env is None else env)
+        self._tag = uuid.uuid4().hex
+        outer = self.env.get(TAG_ENV)
+        self.env[TAG_ENV] = f"{outer}:{self._tag}" if outer else self._tag
         self.log_path = log_path
         self.restart = restart
         self.max_backoff_s = max_backoff_s
@@ -143,17 +183,21 @@ class ManagedProcess:
         self._watcher = threading.Thread(target=self._watch, name=f"supervise-{self.name}", daemon=True)
         self._watcher.start()
 
-    def _spawn(self) -> None:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            with self._lock:
+    def _spawn(self) -> bool:
+        """Start the child unless a stop has begun (the lock orders a restart against ``stop``)."""
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+            try:
                 self._proc = subprocess.Popen(
                     self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
                 )
-        finally:
-            if self.log_path and not isinstance(out, int):
-                out.close()
+            finally:
+                if self.log_path and not isinstance(out, int):
+                    out.close()
         log.info("started %s (pid %d): %s", self.name, self._proc.pid, " ".join(self.argv))
+        return True
 
     def _watch(self) -> None:
         backoff = 1.0
@@ -161,25 +205,30 @@ class ManagedProcess:
             proc = self._proc
             if proc is None:
                 return
+            started = time.monotonic()
             # Remember helpers while they are still below the daemon, for a clean stop.
             while proc.poll() is None and not self._stopping.wait(0.5):
                 self._known |= descendants(proc.pid)
             if self._stopping.is_set() or not self.restart:
                 return
+            if time.monotonic() - started > self.max_backoff_s:
+                backoff = 1.0  # it ran fine for a while: this is a new failure, not a crash loop
             log.warning("%s exited with %s; restarting in %.0f s", self.name, proc.returncode, backoff)
-            kill_tree([proc.pid], self._known, grace=2.0)
+            kill_tree([proc.pid], self._known, grace=2.0, tag=self._tag)
             self._known.clear()
             if self._stopping.wait(backoff):
                 return
             backoff = min(backoff * 2, self.max_backoff_s)
+            if not self._spawn():
+                return
             self.restarts += 1
-            self._spawn()
 
     def stop(self, grace: float = 5.0) -> None:
-        self._stopping.set()
-        proc = self._proc
+        with self._lock:
+            self._stopping.set()
+            proc = self._proc
         if proc is not None:
-            survivors = kill_tree([proc.pid], self._known, grace=grace)
+            survivors = kill_tree([proc.pid], self._known, grace=grace, tag=self._tag)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(1)
             if survivors:

@@ -10,16 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from shared import topics
 from shared.datasets import fraud as fraud_data
 from shared.datasets.split import dirichlet_partition, time_split, write_split
-from simulations.fleet import FleetError, LocalFleet, LocalMosquitto
+from shared.mqtt import BrokerAddress, MqttClient
+from simulations.fleet import FleetError, LocalFleet, LocalMosquitto, agent_store_state
 from simulations.replay import Replayer
 
 log = logging.getLogger(__name__)
@@ -33,18 +34,28 @@ def prepare_split(out: Path, n_agents: int, synthetic: int | None, seed: int) ->
     return out
 
 
-def agent_store_state(db_path: Path) -> dict[str, Any]:
-    """Read the agent's own store (read-only): what it serves and what it installed."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+MALFORMED_SAMPLES: tuple[bytes, ...] = (
+    b'{"schema_version": 1, "record_id": "bad-json"',
+    b'{"schema_version": 1, "record_id": "nan", "ts": 1.0, "features": {"V1": NaN}}',
+    b'{"schema_version": 1, "record_id": "wrong-type", "ts": 1.0, "features": "none"}',
+    b'{"schema_version": 1, "record_id": "extra", "ts": 1.0, "features": {}, "surprise": true}',
+    b"\xff\xfe not even text",
+)
+
+
+def send_malformed(broker_url: str, fleet: str, devices: list[str], per_device: int) -> int:
+    """Faulty sensors: each agent must quarantine these with a reason and keep going."""
+    client = MqttClient(BrokerAddress.parse(broker_url), f"fedforge-demo-faults-{time.time_ns()}", persistent=False)
+    client.start()
     try:
-        rows = conn.execute(
-            "SELECT version, event, reason FROM model_history ORDER BY rowid DESC LIMIT 20"
-        ).fetchall()
-        quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        sent = 0
+        for device in devices:
+            for i in range(per_device):
+                client.publish_and_wait(topics.ingest(fleet, device), MALFORMED_SAMPLES[i % len(MALFORMED_SAMPLES)])
+                sent += 1
+        return sent
     finally:
-        conn.close()
-    installed = [int(v) for v, event, _ in rows if event == "installed"]
-    return {"installed_latest": installed[0] if installed else None, "quarantined": int(quarantined)}
+        client.stop()
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,8 +73,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         from shared.datasets.split import read_agent_parts
 
         parts = read_agent_parts(split_dir)
-        with LocalFleet(root, broker_url, split_dir, n_agents=args.agents, fleet="demo",
-                        local_epochs=args.local_epochs) as fleet:
+        with LocalFleet(
+            root, broker_url, split_dir, n_agents=args.agents, fleet="demo", local_epochs=args.local_epochs
+        ) as fleet:
             fleet.write_configs()
             fleet.start_server()
             v1 = fleet.latest_version()
@@ -73,9 +85,11 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             fleet.wait_serving(v1)
             log.info("all agents serve v%d; replaying records", v1)
             streams = dict(zip(fleet.device_ids, parts, strict=True))
-            replayer = Replayer(broker_url, "demo", streams, rate=0, batch=200, label_delay=args.label_delay,
-                                limit=args.records)
+            replayer = Replayer(
+                broker_url, "demo", streams, rate=0, batch=200, label_delay=args.label_delay, limit=args.records
+            )
             stats = replayer.run(until_done=True)
+            send_malformed(broker_url, "demo", fleet.device_ids, args.malformed)
             per_agent = min(min(len(p), args.records or len(p)) for p in parts)
             fleet.wait_labelled(per_agent, timeout=300)
             summary = fleet.train(args.rounds)
@@ -104,8 +118,14 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             table = [
                 ("device", "serving", "ingested", "quarantined", "scored", "labelled", "trained"),
                 *[
-                    (d, str(devices[d]["serving_version"]), *(str(counters[d].get(k, 0)) for k in
-                      ("ingested", "quarantined", "scored", "labelled", "trained")))
+                    (
+                        d,
+                        str(devices[d]["serving_version"]),
+                        *(
+                            str(counters[d].get(k, 0))
+                            for k in ("ingested", "quarantined", "scored", "labelled", "trained")
+                        ),
+                    )
                     for d in sorted(devices)
                 ],
             ]
@@ -129,6 +149,7 @@ def demo_command(argv: list[str]) -> int:
     parser.add_argument("--records", type=int, default=20_000, help="records replayed per agent")
     parser.add_argument("--label-delay", type=float, default=2.0)
     parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--malformed", type=int, default=10, help="faulty payloads sent to each agent")
     parser.add_argument("--synthetic", type=int, default=None, help="use N generated rows instead of the real set")
     parser.add_argument("--broker", default=None, help="broker URL; default: Mosquitto from PATH on a free port")
     parser.add_argument("--workdir", default=None)
@@ -146,4 +167,3 @@ def demo_command(argv: list[str]) -> int:
     sys.stdout.write(json.dumps(out["extra"]) + "\n")
     sys.stdout.write(json.dumps(out["result"]) + "\n")
     return 0
-

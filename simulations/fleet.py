@@ -79,8 +79,9 @@ class LocalMosquitto:
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             "max_queued_messages 0\nmax_inflight_messages 0\nlog_type error\n"
         )
-        self.process = ManagedProcess("mosquitto", [exe, "-c", str(conf)], log_path=root / "mosquitto.log",
-                                      restart=False)
+        self.process = ManagedProcess(
+            "mosquitto", [exe, "-c", str(conf)], log_path=root / "mosquitto.log", restart=False
+        )
         self.url = f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -170,8 +171,10 @@ class LocalFleet:
     def start_server(self, timeout: float = 180.0) -> None:
         """Start the server and wait until its API answers and model v1 is published."""
         self.server = ManagedProcess(
-            "fedforge-server", self._command("server", "--config", str(self.server_config)),
-            log_path=self.root / "server.log", restart=False,
+            "fedforge-server",
+            self._command("server", "--config", str(self.server_config)),
+            log_path=self.root / "server.log",
+            restart=False,
         )
         self.server.start()
         self.wait_for(lambda: bool(self.get("/api/models")), timeout, "the server to publish model v1")
@@ -182,8 +185,10 @@ class LocalFleet:
             data_dir = self.root / "agents" / device
             config = data_dir / "agent.toml"
             process = ManagedProcess(
-                f"agent-{device}", self._command("agent", "--config", str(config)),
-                log_path=data_dir / "agent.log", restart=False,
+                f"agent-{device}",
+                self._command("agent", "--config", str(config)),
+                log_path=data_dir / "agent.log",
+                restart=False,
             )
             process.start()
             self.agents.append(AgentHandle(device, data_dir, config, process))
@@ -254,9 +259,14 @@ class LocalFleet:
     def train(self, rounds: int, timeout: float = 900.0) -> dict[str, Any]:
         env = dict(os.environ)
         proc = subprocess.run(
-            self._command("train", "--config", str(self.server_config), "--rounds", str(rounds),
-                          "--timeout", str(timeout)),
-            capture_output=True, text=True, timeout=timeout + 60, env=env, check=False,
+            self._command(
+                "train", "--config", str(self.server_config), "--rounds", str(rounds), "--timeout", str(timeout)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=timeout + 60,
+            env=env,
+            check=False,
         )
         (self.root / "train.log").write_text(proc.stderr)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -265,3 +275,15 @@ class LocalFleet:
         summary: dict[str, Any] = json.loads(lines[-1])
         summary["exit_code"] = proc.returncode
         return summary
+
+
+def agent_store_state(db_path: Path) -> dict[str, Any]:
+    """Read an agent's own store (read-only): what it installed, quarantined and scored."""
+    from edge_agent.store.sqlite import SqliteAgentStore
+
+    store = SqliteAgentStore(db_path, readonly=True)
+    try:
+        installed = [e.version for e in store.model_history(50) if e.event == "installed"]
+        return {"installed_latest": installed[0] if installed else None, **store.counts()}
+    finally:
+        store.close()

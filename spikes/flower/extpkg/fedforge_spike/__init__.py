@@ -1,1 +1,0 @@
-"""Spike package: lives OUTSIDE the FAB dir; found via PYTHONPATH."""

@@ -1,0 +1,90 @@
+"""The whole flywheel on real parts: Mosquitto, server + SuperLink, 3 agents + SuperNodes."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from shared import topics
+from shared.datasets.split import read_agent_parts
+from shared.mqtt import BrokerAddress, MqttClient
+from shared.schemas import DeviceStatus, decode
+from simulations.demo import prepare_split
+from simulations.fleet import LocalFleet, agent_store_state
+from simulations.replay import Replayer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration]
+
+
+class StatusWatcher:
+    """The retained status messages of the fleet, as any cloud consumer would see them."""
+
+    def __init__(self, broker_url: str, fleet: str) -> None:
+        self.latest: dict[str, DeviceStatus] = {}
+        self._lock = threading.Lock()
+        self.client = MqttClient(BrokerAddress.parse(broker_url), f"e2e-watcher-{time.time_ns()}", persistent=False)
+        self.client.subscribe(topics.all_status_filter(fleet), self._on_status)
+        self.client.start()
+
+    def _on_status(self, topic: str, payload: bytes, retained: bool) -> None:
+        status = decode(DeviceStatus, payload)
+        with self._lock:
+            self.latest[status.device_id] = status
+
+    def snapshot(self) -> dict[str, DeviceStatus]:
+        with self._lock:
+            return dict(self.latest)
+
+
+def test_one_training_run_reaches_every_agent(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    split_dir = prepare_split(tmp_path / "split", n_agents=3, synthetic=24_000, seed=3)
+    parts = read_agent_parts(split_dir)
+    watcher = StatusWatcher(mosquitto.url, "e2e")
+    fleet = LocalFleet(tmp_path / "fleet", mosquitto.url, split_dir, n_agents=3, fleet="e2e", local_epochs=2)
+    try:
+        fleet.write_configs()
+        fleet.start_server()
+        initial = fleet.latest_version()
+        assert initial == 1
+        initial_auprc = fleet.get("/api/models/1")["metrics"]["auprc"]
+        fleet.start_agents()
+        fleet.wait_serving(initial)
+
+        Replayer(mosquitto.url, "e2e", dict(zip(fleet.device_ids, parts, strict=True)), rate=0, batch=250,
+                 label_delay=1.0, limit=3000).run(until_done=True)
+        fleet.wait_labelled(min(3000, *(len(p) for p in parts)))
+
+        summary = fleet.train(rounds=1)
+        assert summary["exit_code"] == 0, summary
+        assert summary["status"] == "succeeded"
+        published = summary["published_version"]
+        assert published == 2
+        assert summary["rounds"][0]["participants"] == 3
+
+        fleet.wait_serving(published)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses = watcher.snapshot()
+            if len(statuses) == 3 and all(s.model_version == published for s in statuses.values()):
+                break
+            time.sleep(0.5)
+        statuses = watcher.snapshot()
+        assert {d: s.model_version for d, s in statuses.items()} == dict.fromkeys(fleet.device_ids, published)
+        assert all(s.signature_verified for s in statuses.values())
+        for agent in fleet.agents:
+            state = agent_store_state(agent.data_dir / "agent.db")
+            assert state["installed_latest"] == published, (agent.device_id, state)
+            assert state["predictions"] >= 1
+
+        final_auprc = fleet.get(f"/api/models/{published}")["metrics"]["auprc"]
+        assert math.isfinite(final_auprc)
+        assert final_auprc >= initial_auprc
+        manifest = fleet.get(f"/api/models/{published}/manifest")
+        assert manifest["parent_version"] == initial and manifest["signature"]
+    finally:
+        fleet.stop()
+        watcher.client.stop()
