@@ -20,7 +20,8 @@ from shared import topics
 from shared.datasets import fraud as fraud_data
 from shared.datasets.split import dirichlet_partition, time_split, write_split
 from shared.mqtt import BrokerAddress, MqttClient
-from simulations.fleet import FleetError, LocalFleet, LocalMosquitto, agent_store_state
+from simulations.broker import EmbeddedBroker
+from simulations.fleet import FleetError, LocalFleet, agent_store_state
 from simulations.replay import Replayer
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     broker = None
     broker_url = args.broker
     if broker_url is None:
-        broker = LocalMosquitto(root / "broker")
+        broker = EmbeddedBroker()
         broker.start()
         broker_url = broker.url
     try:
@@ -151,7 +152,7 @@ def demo_command(argv: list[str]) -> int:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--malformed", type=int, default=10, help="faulty payloads sent to each agent")
     parser.add_argument("--synthetic", type=int, default=None, help="use N generated rows instead of the real set")
-    parser.add_argument("--broker", default=None, help="broker URL; default: Mosquitto from PATH on a free port")
+    parser.add_argument("--broker", default=None, help="broker URL (default: an embedded broker)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -63,33 +62,6 @@ def write_toml(path: Path, values: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None))
     return path
-
-
-class LocalMosquitto:
-    """Mosquitto from PATH on a free loopback port, with no silent queue limits."""
-
-    def __init__(self, root: Path) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
-            raise FleetError("mosquitto not found: install it (apt-get install mosquitto) or pass --broker URL")
-        self.port = free_port()
-        conf = root / "mosquitto.conf"
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 0\nmax_inflight_messages 0\nlog_type error\n"
-        )
-        self.process = ManagedProcess(
-            "mosquitto", [exe, "-c", str(conf)], log_path=root / "mosquitto.log", restart=False
-        )
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process.start()
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 @dataclass
