@@ -43,7 +43,9 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(cfg.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
         seed=int(cfg.get("server-round", 0)) + int(context.node_id % 10_000),  # type: ignore[arg-type]
     )
-    store = SqliteAgentStore(store_path)
+    # Read-only: the agent owns the schema and the writes; this process only reads the
+    # labelled data and records what it trained on (the store's one read-only-mode write).
+    store = SqliteAgentStore(store_path, readonly=True)
     try:
         raw, labels = store.labelled_dataset(spec.width)
         model = fraud.build_model()

@@ -54,8 +54,15 @@ def test_one_training_run_reaches_every_agent(mosquitto, tmp_path: Path) -> None
         fleet.start_agents()
         fleet.wait_serving(initial)
 
-        Replayer(mosquitto.url, "e2e", dict(zip(fleet.device_ids, parts, strict=True)), rate=0, batch=250,
-                 label_delay=1.0, limit=3000).run(until_done=True)
+        Replayer(
+            mosquitto.url,
+            "e2e",
+            dict(zip(fleet.device_ids, parts, strict=True)),
+            rate=0,
+            batch=250,
+            label_delay=1.0,
+            limit=3000,
+        ).run(until_done=True)
         fleet.wait_labelled(min(3000, *(len(p) for p in parts)))
 
         summary = fleet.train(rounds=1)
@@ -84,7 +91,8 @@ def test_one_training_run_reaches_every_agent(mosquitto, tmp_path: Path) -> None
         assert math.isfinite(final_auprc)
         assert final_auprc >= initial_auprc
         manifest = fleet.get(f"/api/models/{published}/manifest")
-        assert manifest["parent_version"] == initial and manifest["signature"]
+        assert manifest["parent_version"] == initial
+        assert manifest["signature"]
     finally:
         fleet.stop()
         watcher.client.stop()

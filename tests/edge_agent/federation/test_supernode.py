@@ -1,0 +1,66 @@
+"""The SuperNode command line and environment, checked with Flower's own node-config parser."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.common.config import parse_config_args
+
+from edge_agent.config import AgentSettings
+from edge_agent.federation.supernode import SuperNodeCompanion, supernode_argv, supernode_env
+
+
+def settings(tmp_path: Path, **extra: object) -> AgentSettings:
+    return AgentSettings(device_id="dev-7", data_dir=tmp_path / "agent dir", **extra)  # type: ignore[arg-type]
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_argv_points_at_the_superlink_and_the_store(tmp_path: Path) -> None:
+    s = settings(tmp_path, superlink_address="10.0.0.5:9092", supernode_port=9201)
+    argv = supernode_argv(s)
+    assert Path(argv[0]).name == "flower-supernode"
+    assert "--insecure" in argv
+    assert option(argv, "--superlink") == "10.0.0.5:9092"
+    assert option(argv, "--host") == "127.0.0.1"
+    assert option(argv, "--port") == "9201"
+    # The SuperNode parses --node-config with this function; a path with a space survives.
+    node_config = parse_config_args([option(argv, "--node-config")])
+    assert node_config == {"store-path": str(s.db_path.resolve()), "device-id": "dev-7"}
+
+
+def test_without_a_port_each_supernode_gets_a_free_one(tmp_path: Path) -> None:
+    s = settings(tmp_path, superlink_address="127.0.0.1:9092")
+    port = int(option(supernode_argv(s), "--port"))
+    assert 0 < port < 65536
+
+
+def test_argv_needs_a_superlink_address(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="superlink_address"):
+        supernode_argv(settings(tmp_path))
+
+
+def test_env_is_offline_quiet_and_finds_the_venv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", raising=False)
+    env = supernode_env(tmp_path / "flwr")
+    assert env["FLWR_HOME"] == str(tmp_path / "flwr")
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+    assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1"
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    monkeypatch.setenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "1")
+    assert supernode_env(tmp_path)["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "1"
+
+
+def test_companion_supervises_the_supernode_without_starting_it(tmp_path: Path) -> None:
+    s = settings(tmp_path, superlink_address="127.0.0.1:9092", supernode_port=9300)
+    companion = SuperNodeCompanion(s)
+    assert companion.process.argv == supernode_argv(s)
+    assert companion.process.env["FLWR_HOME"] == str(s.data_dir / "flwr")
+    assert companion.process.log_path == s.data_dir / "supernode.log"
+    assert (s.data_dir / "flwr").is_dir()
+    assert not companion.process.running()

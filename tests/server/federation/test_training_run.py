@@ -1,0 +1,262 @@
+"""TrainingRun without a SuperLink: open from v1, per-round bookkeeping, the promotion gate, release of v2."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+
+from server.app import ensure_bootstrap_model, ensure_signing_key
+from server.config import ServerSettings
+from server.errors import ServerError
+from server.federation.run import TrainingRun, promotion_gate
+from server.registry import InMemoryRegistry
+from server.training.checkpoints import checkpoint_path, load_state
+from shared import topics
+from shared.bundle import ChunkAssembler, parse_manifest, verify_manifest
+from shared.datasets.fraud import synthetic
+from shared.datasets.io import write_parquet_atomic
+from shared.datasets.split import time_split
+from shared.mqtt import BrokerAddress, MqttClient
+from shared.signing import TrustStore
+
+# -- promotion_gate ----------------------------------------------------------------------
+
+
+def test_gate_publishes_a_better_or_equal_candidate() -> None:
+    assert promotion_gate({"auprc": 0.8}, {"auprc": 0.7}, 0.0).publish
+    assert promotion_gate({"auprc": 0.7}, {"auprc": 0.7}, 0.0).publish
+
+
+def test_gate_refuses_a_regression_beyond_the_tolerance() -> None:
+    decision = promotion_gate({"auprc": 0.6}, {"auprc": 0.7}, 0.05)
+    assert not decision.publish
+    assert "below parent" in decision.reason
+
+
+def test_gate_accepts_a_regression_within_the_tolerance() -> None:
+    assert promotion_gate({"auprc": 0.68}, {"auprc": 0.7}, 0.05).publish
+
+
+def test_gate_refuses_an_undefined_candidate() -> None:
+    assert not promotion_gate({}, {"auprc": 0.7}, 0.0).publish
+    assert not promotion_gate({"auprc": float("nan")}, {"auprc": 0.7}, 0.0).publish
+    assert "undefined" in promotion_gate({}, {"auprc": 0.7}, 0.0).reason
+
+
+def test_gate_publishes_when_the_parent_has_no_auprc() -> None:
+    assert promotion_gate({"auprc": 0.1}, {}, 0.0).publish
+    assert promotion_gate({"auprc": 0.1}, {"auprc": float("nan")}, 0.0).publish
+
+
+# -- TrainingRun ---------------------------------------------------------------------------
+
+
+@dataclass
+class Bootstrapped:
+    settings: ServerSettings
+    registry: InMemoryRegistry
+    key: Ed25519PrivateKey
+
+
+def make_settings(tmp_path: Path, broker_url: str = "mqtt://127.0.0.1:1", tolerance: float = 0.0) -> ServerSettings:
+    split = time_split(synthetic(4000, fraud_rate=0.05, seed=7), bootstrap_frac=0.5, holdout_frac=0.3)
+    data = tmp_path / "data"
+    write_parquet_atomic(split.bootstrap, data / "bootstrap.parquet")
+    write_parquet_atomic(split.holdout, data / "holdout.parquet")
+    return ServerSettings(
+        data_dir=tmp_path / "server",
+        fleet=f"fl-{uuid.uuid4().hex[:8]}",  # retained releases of other tests stay out of sight
+        broker_url=broker_url,
+        bootstrap_data=data / "bootstrap.parquet",
+        holdout_data=data / "holdout.parquet",
+        bootstrap_epochs=3,
+        finetune_epochs=1,
+        device="cpu",
+        max_auprc_regression=tolerance,
+    )
+
+
+def bootstrap(settings: ServerSettings) -> Bootstrapped:
+    registry = InMemoryRegistry()
+    key = ensure_signing_key(settings)
+    assert ensure_bootstrap_model(settings, registry, None, key) == 1
+    return Bootstrapped(settings, registry, key)
+
+
+@pytest.fixture
+def boot(tmp_path: Path) -> Bootstrapped:
+    return bootstrap(make_settings(tmp_path))
+
+
+def open_run(b: Bootstrapped, run_id: str = "run-1", rounds: int = 1) -> TrainingRun:
+    return TrainingRun.open(b.settings, run_id=run_id, rounds=rounds, min_agents=1, registry=b.registry)
+
+
+def test_open_refuses_without_a_published_model(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with pytest.raises(ServerError, match="bootstrap"):
+        TrainingRun.open(settings, run_id="r", rounds=1, min_agents=1, registry=InMemoryRegistry())
+
+
+def test_open_starts_from_the_parent_checkpoint(boot: Bootstrapped) -> None:
+    run = open_run(boot)
+    assert run.parent.version == 1
+    parent_state = load_state(boot.settings.data_dir, boot.settings.task, 1)
+    for name, tensor in run.model.state_dict().items():
+        assert torch.equal(tensor, parent_state[name])
+    record = boot.registry.get_run("run-1")
+    assert record is not None
+    assert record.status == "running"
+    assert len(run.holdout.x) == len(run.holdout.y) > 0
+    cfg = run.train_config()
+    assert cfg["local-epochs"] == boot.settings.local_epochs
+    assert run.parent.feature_spec.model_dump_json() == cfg["feature-spec"]
+
+
+def test_reopening_a_run_records_the_flower_run_id(boot: Bootstrapped) -> None:
+    open_run(boot)
+    TrainingRun.open(boot.settings, run_id="run-1", rounds=1, min_agents=1, flower_run_id=77, registry=boot.registry)
+    record = boot.registry.get_run("run-1")
+    assert record is not None
+    assert record.flower_run_id == "77"
+
+
+def test_evaluate_round_records_rounds_with_the_strategy_outcome(boot: Bootstrapped) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    run = open_run(boot)
+    strategy = run.strategy()
+    state = run.model.state_dict()
+    metrics0 = run.evaluate_round(0, state)
+    assert "auprc" in metrics0
+    assert boot.registry.list_rounds("run-1") == []  # round 0 is the parent: not a round of this run
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 5, 1
+    try:
+
+        def reply(node: int, arrays: ArrayRecord, n: int) -> Message:
+            sent = Message(RecordDict({"arrays": arrays}), dst_node_id=node, message_type=MessageType.TRAIN)
+            metrics = MetricRecord({"num-examples": n, "train-loss": 0.3, "positives": 1})
+            return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=sent)
+
+        good = ArrayRecord(state)
+        bad = ArrayRecord({k: torch.full_like(v, float("nan")) for k, v in state.items()})
+        agg, _ = strategy.aggregate_train(1, [reply(2, good, 10), reply(3, bad, 10)])
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    assert agg is not None
+    metrics1 = run.evaluate_round(1, agg.to_torch_state_dict())
+    assert metrics1["auprc"] == pytest.approx(metrics0["auprc"])  # the one sound update was the parent itself
+    rounds = boot.registry.list_rounds("run-1")
+    assert [(r.round, r.participants, r.failures) for r in rounds] == [(1, 1, 1)]
+    assert rounds[0].metrics["auprc"] == pytest.approx(metrics0["auprc"])
+    assert rounds[0].metrics["train_train-loss"] == pytest.approx(0.3)
+    assert rounds[0].duration_s >= 0
+
+
+def test_finish_without_an_aggregate_raises(boot: Bootstrapped) -> None:
+    run = open_run(boot)
+    with pytest.raises(ServerError, match="no round produced an aggregate"):
+        run.finish(None)
+
+
+def test_a_much_worse_model_is_gated_and_not_published(boot: Bootstrapped) -> None:
+    run = open_run(boot, run_id="run-gated")
+    zeroed = {k: torch.zeros_like(v) for k, v in run.model.state_dict().items()}
+    assert run.finish(zeroed) is None
+    record = boot.registry.get_run("run-gated")
+    assert record is not None
+    assert record.status == "failed"
+    assert record.error is not None
+    assert record.error.startswith("gate:")
+    assert record.published_version is None
+    assert [m.version for m in boot.registry.list_model_versions(boot.settings.task)] == [1]
+    assert not checkpoint_path(boot.settings.data_dir, boot.settings.task, 2).exists()
+    assert any(a.action == "run.gate" and a.detail["publish"] is False for a in boot.registry.list_audit())
+
+
+def test_fail_records_the_error(boot: Bootstrapped) -> None:
+    run = open_run(boot, run_id="run-broken")
+    run.fail(RuntimeError("grid went away"))
+    record = boot.registry.get_run("run-broken")
+    assert record is not None
+    assert record.status == "failed"
+    assert "grid went away" in (record.error or "")
+
+
+class ReleaseWatcher:
+    """A fleet-side subscriber: the retained manifest and the chunks of one version."""
+
+    def __init__(self, broker_url: str, fleet: str, task: str, version: int) -> None:
+        self.manifests: list[bytes] = []
+        self.chunks: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+        self.client = MqttClient(BrokerAddress.parse(broker_url), f"watch-{uuid.uuid4().hex[:8]}", persistent=False)
+        self.client.subscribe(topics.manifest(fleet, task), self._on_manifest)
+        self.client.subscribe(topics.chunks_filter(fleet, task, version), self._on_chunk)
+        self.client.start()
+
+    def wait_complete(self, chunk_count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.manifests and len(self.chunks) >= chunk_count:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"got {len(self.manifests)} manifests and {len(self.chunks)}/{chunk_count} chunks")
+
+    def _on_manifest(self, topic: str, payload: bytes, retained: bool) -> None:
+        with self._lock:
+            self.manifests.append(payload)
+
+    def _on_chunk(self, topic: str, payload: bytes, retained: bool) -> None:
+        with self._lock:
+            self.chunks[int(topic.rsplit("/", 1)[1])] = payload
+
+
+@pytest.mark.integration
+def test_finish_publishes_v2_over_mqtt(tmp_path: Path, mosquitto) -> None:  # type: ignore[no-untyped-def]
+    # The tolerance keeps this test about the release, not about one epoch of fine-tuning.
+    boot = bootstrap(make_settings(tmp_path, broker_url=mosquitto.url, tolerance=0.5))
+    run = open_run(boot, run_id="run-ok")
+    state = {k: v.clone() for k, v in run.model.state_dict().items()}  # the aggregate equals the parent
+    manifest = run.finish(state)
+
+    assert manifest is not None
+    assert manifest.version == 2
+    assert manifest.parent_version == 1
+    assert manifest.training_run_id == "run-ok"
+    latest = boot.registry.latest_published(boot.settings.task)
+    assert latest is not None
+    assert (latest.version, latest.parent_version) == (2, 1)
+    record = boot.registry.get_run("run-ok")
+    assert record is not None
+    assert (record.status, record.published_version, record.error) == ("succeeded", 2, None)
+    saved = load_state(boot.settings.data_dir, boot.settings.task, 2)
+    for name, tensor in run.model.state_dict().items():
+        assert torch.equal(saved[name], tensor)
+
+    watcher = ReleaseWatcher(mosquitto.url, boot.settings.fleet, boot.settings.task, 2)
+    try:
+        watcher.wait_complete(manifest.chunk_count)
+        received = parse_manifest(watcher.manifests[-1])
+        verify_manifest(received, TrustStore([boot.key.public_key()]))
+        assert received == manifest
+        assembler = ChunkAssembler(received)
+        for index, data in watcher.chunks.items():
+            assembler.add(index, data)
+        model_bytes = assembler.assemble()  # checks size and sha256
+        assert model_bytes == boot.registry.get_artifact(boot.settings.task, 2)
+    finally:
+        watcher.client.stop()
+    assert np.isfinite(manifest.metrics["auprc"])
