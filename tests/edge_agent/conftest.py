@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from agent_testlib import BOUNDS, NAMES
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.bundle import build_manifest, split_chunks
@@ -19,6 +18,7 @@ from shared.features import FeatureSpec
 from shared.schemas import ModelManifest
 from shared.signing import write_keypair
 from shared.tasks.fraud import INPUT_NAME, OUTPUT_NAME, FraudMLP, ScoringHead
+from tests.edge_agent.agent_testlib import BOUNDS, NAMES
 
 
 def make_spec() -> FeatureSpec:

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import AgentThread, Observer, wait_for
-from agent_testlib import payload, record
-from conftest import Bundle, Keys
 
 from edge_agent.config import AgentSettings
 from edge_agent.store import SqliteAgentStore
 from shared import topics
 from shared.features import FeatureSpec
 from shared.schemas import MAX_JSON_PAYLOAD_BYTES, LabelBatch
+from tests.edge_agent.agent_harness import AgentThread, Observer, wait_for
+from tests.edge_agent.agent_testlib import payload, record
+from tests.edge_agent.conftest import Bundle, Keys
 
 pytestmark = pytest.mark.integration
 

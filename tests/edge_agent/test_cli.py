@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import Observer, wait_for
-from agent_testlib import closed_port_url
-from conftest import Keys
 
 from edge_agent.cli import run_command
 from edge_agent.config import load_agent_settings
 from shared.errors import ConfigError
+from tests.edge_agent.agent_harness import Observer, wait_for
+from tests.edge_agent.agent_testlib import closed_port_url
+from tests.edge_agent.conftest import Keys
 
 
 def write_config(path: Path, data_dir: Path, keys: Keys, broker_url: str, fleet: str = "default") -> Path:

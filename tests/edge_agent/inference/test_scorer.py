@@ -7,12 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from conftest import Bundle, export_onnx
 
 from edge_agent.inference import LoadedModel, ModelSlot, OnnxScorer
 from shared.errors import BundleError
 from shared.features import FeatureSpec
 from shared.tasks.fraud import FraudMLP, ScoringHead
+from tests.edge_agent.conftest import Bundle, export_onnx
 
 
 def test_scores_match_torch(spec: FeatureSpec, onnx_bytes: bytes, make_bundle: Callable[..., Bundle]) -> None:

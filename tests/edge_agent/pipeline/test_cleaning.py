@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from agent_testlib import GOOD, NAMES, payload, record
 
 from edge_agent.pipeline import clean_payload
 from shared.features import FeatureSpec
 from shared.schemas import MAX_JSON_PAYLOAD_BYTES
+from tests.edge_agent.agent_testlib import GOOD, NAMES, payload, record
 
 
 def one(spec: FeatureSpec, obj: Any, seen: set[str] | None = None) -> str:

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Bundle, Keys
 
 from edge_agent.updater import Complete, Ignore, ModelFiles, ModelUpdater, Reject, StartDownload
 from shared import topics
 from shared.errors import BundleError
 from shared.signing import TrustStore
+from tests.edge_agent.conftest import Bundle, Keys
 
 
 class Clock:
