@@ -16,7 +16,6 @@ goes down (``Agent(settings, companions=[...])`` or ``agent.add_companion(...)``
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 import threading
@@ -48,6 +47,7 @@ from shared.schemas import (
     decode,
 )
 from shared.signing import TrustStore
+from shared.tasks.catalog import base_feature_spec
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,8 @@ def load_trust(settings: AgentSettings) -> TrustStore:
 
 
 def builtin_spec(task: str) -> FeatureSpec:
-    """The task's base FeatureSpec (imports the task module, and with it torch)."""
-    try:
-        module = importlib.import_module(f"shared.tasks.{task.replace('-', '_')}")
-        spec: FeatureSpec = module.base_feature_spec()
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"no built-in feature spec for task {task!r}: set feature_spec_path") from exc
-    return spec
+    """The task's base FeatureSpec, from the torch-free task catalog."""
+    return base_feature_spec(task)
 
 
 class Agent:

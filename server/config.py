@@ -45,6 +45,9 @@ class ServerSettings(FedforgeSettings):
     bootstrap_epochs: int = Field(default=5, ge=1)
     finetune_epochs: int = Field(default=1, ge=0)
     local_epochs: int = Field(default=1, ge=1)
+    # Small batches: an agent may hold only a few thousand labelled records per round.
+    local_batch_size: int = Field(default=64, ge=1)
+    local_lr: float = Field(default=1e-3, gt=0)
     device: str = "auto"
     seed: int = 0
     # A device whose last status is older than this is shown offline even without a will.

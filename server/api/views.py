@@ -33,6 +33,7 @@ def device_view(d: DeviceRecord, now: float, online_window_s: float) -> dict[str
         "serving_version": d.serving_version,
         "counters": d.counters,
         "queue_depth": d.queue_depth,
+        "scoring_latency_ms_p50": d.scoring_latency_ms_p50,
         "signature_verified": d.signature_verified,
         "last_rejection": d.last_rejection,
     }

@@ -125,8 +125,8 @@ class TrainingRun:
         return {
             "feature-spec": self.parent.feature_spec.model_dump_json(),
             "local-epochs": self.settings.local_epochs,
-            "batch-size": 256,
-            "lr": 1e-3,
+            "batch-size": self.settings.local_batch_size,
+            "lr": self.settings.local_lr,
             "proximal-mu": 0.0,
         }
 

@@ -39,6 +39,7 @@ class Device(Base):
     signature_verified: Mapped[bool]
     last_rejection: Mapped[dict[str, Any] | None]
     queue_depth: Mapped[int] = mapped_column(Integer, default=0)
+    scoring_latency_ms_p50: Mapped[float | None] = mapped_column(Double, nullable=True)
     public_key: Mapped[str | None] = mapped_column(Text)
 
 

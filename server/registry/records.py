@@ -30,6 +30,7 @@ class DeviceRecord:
     signature_verified: bool
     last_rejection: dict[str, Any] | None
     queue_depth: int = 0
+    scoring_latency_ms_p50: float | None = None
     public_key: str | None = None
 
     def online(self, now: float, window_s: float) -> bool:
@@ -102,6 +103,7 @@ def device_record_from_status(
         signature_verified=status.signature_verified,
         last_rejection=None if status.last_rejection is None else status.last_rejection.model_dump(),
         queue_depth=status.queue_depth,
+        scoring_latency_ms_p50=status.scoring_latency_ms_p50,
         public_key=public_key,
     )
 

@@ -60,6 +60,7 @@ def _device(row: Device) -> DeviceRecord:
         signature_verified=row.signature_verified,
         last_rejection=row.last_rejection,
         queue_depth=row.queue_depth,
+        scoring_latency_ms_p50=row.scoring_latency_ms_p50,
         public_key=row.public_key,
     )
 
@@ -131,6 +132,7 @@ class SqlRegistry:
                 "signature_verified": record.signature_verified,
                 "last_rejection": record.last_rejection,
                 "queue_depth": record.queue_depth,
+                "scoring_latency_ms_p50": record.scoring_latency_ms_p50,
             }
             if row is None:
                 s.add(Device(device_id=record.device_id, public_key=None, **values))

@@ -24,6 +24,7 @@ import platformdirs
 
 from shared.datasets.io import read_parquet, write_parquet_atomic
 from shared.errors import DatasetError
+from shared.tasks.fraud_spec import FEATURES, LABEL, PCA_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,12 @@ CSV_SHA256 = "76274b691b16a6c49d3f159c883398e03ccd6d1ee12d9d8ee38f4b4b98551a89"
 WHEEL_ENV = "FEDFORGE_FRAUD_WHEEL"
 PARQUET_NAME = "creditcard.parquet"
 
-# The CSV's schema. Feature columns equal shared.tasks.fraud.FEATURES (a test holds them
-# together); they are spelled here so that reading data never imports torch.
-PCA_COLUMNS = tuple(f"V{i}" for i in range(1, 29))
-RAW_FEATURES = (*PCA_COLUMNS, "Amount")
-COLUMNS = ("Time", *RAW_FEATURES, "Class")
+# The CSV's schema: the task's features (torch-free module) plus time and label.
+RAW_FEATURES = FEATURES
+COLUMNS = ("Time", *RAW_FEATURES, LABEL)
 ID_COLUMN = "record_id"
 TIME_COLUMN = "Time"
-LABEL_COLUMN = "Class"
+LABEL_COLUMN = LABEL
 # The capture spans two days; synthetic data uses the same clock.
 SPAN_SECONDS = 172_792.0
 # Synthetic frauds differ from normal rows along this many PCA columns.

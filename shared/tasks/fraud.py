@@ -14,25 +14,38 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from shared.features import FeatureSpec
+from shared.tasks.fraud_spec import (
+    ALERT_THRESHOLD,
+    FEATURES,
+    INPUT_NAME,
+    LABEL,
+    OUTPUT_NAME,
+    PCA_COLUMNS,
+    TASK,
+    base_feature_spec,
+)
 from shared.tasks.metrics import binary_metrics
 
-TASK = "fraud"
-PCA_COLUMNS = tuple(f"V{i}" for i in range(1, 29))
-FEATURES = (*PCA_COLUMNS, "Amount")
-LABEL = "Class"
-INPUT_NAME = "features"
-OUTPUT_NAME = "score"
-# Physically plausible bounds: the PCA components of the public set stay within about
-# +-120; amounts within 0..26,000 EUR. Beyond these a value is a sensor/encoding fault.
-_BOUNDS = {**{c: (-500.0, 500.0) for c in PCA_COLUMNS}, "Amount": (0.0, 1_000_000.0)}
-# Scores at or above this are published as alerts.
-ALERT_THRESHOLD = 0.5
-
-
-def base_feature_spec() -> FeatureSpec:
-    """The spec before statistics are fitted (mean 0, std 1)."""
-    return FeatureSpec.from_names(TASK, FEATURES, _BOUNDS, transforms={"Amount": "log1p"})
+__all__ = [
+    "ALERT_THRESHOLD",
+    "FEATURES",
+    "INPUT_NAME",
+    "LABEL",
+    "OUTPUT_NAME",
+    "PCA_COLUMNS",
+    "TASK",
+    "FraudMLP",
+    "ScoringHead",
+    "TrainConfig",
+    "TrainResult",
+    "base_feature_spec",
+    "build_model",
+    "evaluate",
+    "get_weights",
+    "predict_proba",
+    "set_weights",
+    "train",
+]
 
 
 class FraudMLP(nn.Module):

@@ -100,7 +100,9 @@ def test_status_messages_reach_the_registry_and_bad_ones_are_counted(
     monitor: tuple[FleetMonitor, InMemoryRegistry], plain_client: MqttClient, fleet: str
 ) -> None:
     mon, registry = monitor
-    status = DeviceStatus(device_id="edge-1", fleet=fleet, kind="birth", ts=time.time(), model_version=3)
+    status = DeviceStatus(
+        device_id="edge-1", fleet=fleet, kind="birth", ts=time.time(), model_version=3, scoring_latency_ms_p50=0.02
+    )
     plain_client.publish_and_wait(topics.status(fleet, "edge-1"), b"{not json", retain=False)
     plain_client.publish_and_wait(topics.status(fleet, "edge-2"), status.to_bytes(), retain=False)  # wrong topic
     plain_client.publish_and_wait(topics.status(fleet, "edge-1"), status.to_bytes(), retain=True)
@@ -109,6 +111,7 @@ def test_status_messages_reach_the_registry_and_bad_ones_are_counted(
     device = registry.get_device("edge-1")
     assert device is not None
     assert (device.serving_version, device.status) == (3, "birth")
+    assert device.scoring_latency_ms_p50 == 0.02
     assert registry.get_device("edge-2") is None
     offline = status.model_copy(update={"kind": "offline", "ts": time.time()})
     plain_client.publish_and_wait(topics.status(fleet, "edge-1"), offline.to_bytes(), retain=True)

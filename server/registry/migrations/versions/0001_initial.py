@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("signature_verified", sa.Boolean(), nullable=False),
         sa.Column("last_rejection", sa.JSON(), nullable=True),
         sa.Column("queue_depth", sa.Integer(), nullable=False),
+        sa.Column("scoring_latency_ms_p50", sa.Double(), nullable=True),
         sa.Column("public_key", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("device_id", name="pk_devices"),
     )
