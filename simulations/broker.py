@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +24,7 @@ from types import TracebackType
 from iotcore import Broker
 
 from shared.errors import FedforgeError
+from shared.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,6 @@ _START_ATTEMPTS = 3
 
 class EmbeddedBrokerError(FedforgeError):
     """The embedded broker could not be started."""
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (another process may still take it: start() retries)."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def render_config(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 
 from shared.errors import FedforgeError
+from shared.net import free_port, wait_port
 from shared.process import ManagedProcess, become_subreaper
 
 log = logging.getLogger(__name__)
@@ -29,23 +29,6 @@ log = logging.getLogger(__name__)
 
 class FleetError(FedforgeError):
     """The local fleet did not reach the expected state."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise FleetError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
 def _toml_value(value: Any) -> str:
@@ -150,7 +133,8 @@ class LocalFleet:
         )
         self.server.start()
         self.wait_for(lambda: bool(self.get("/api/models")), timeout, "the server to publish model v1")
-        wait_port(self.superlink_port, timeout=60)
+        if not wait_port(self.superlink_port, timeout=60):
+            raise FleetError(f"the SuperLink does not listen on {self.superlink_port}; see {self.server_dir}/logs")
 
     def start_agents(self) -> None:
         for device in self.device_ids:

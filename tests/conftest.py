@@ -5,36 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shared.net import free_port, wait_port
+
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 POSTGRES_ADMIN_URL = os.environ.get("FEDFORGE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -72,7 +55,8 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     )
     proc = subprocess.Popen([exe, "-c", str(conf)], start_new_session=True)
     try:
-        wait_port(port)
+        if not wait_port(port):
+            raise TimeoutError(f"mosquitto did not listen on {port}")
         yield Mosquitto(port, proc)
     finally:
         stop_process_group(proc)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from pathlib import Path
 
 from edge_agent.config import AgentSettings
+from shared.net import free_port
 from shared.process import ManagedProcess
 
 
@@ -49,14 +49,8 @@ def supernode_argv(settings: AgentSettings) -> list[str]:
         node_config,
     ]
     # Each SuperNode serves its ClientApps on a local port; two on one host must differ.
-    argv += ["--host", "127.0.0.1", "--port", str(settings.supernode_port or _free_port())]
+    argv += ["--host", "127.0.0.1", "--port", str(settings.supernode_port or free_port())]
     return argv
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SuperNodeCompanion:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ import pytest
 from shared import topics
 from shared.bundle import parse_manifest, verify_manifest
 from shared.mqtt import BrokerAddress, MqttClient
+from shared.net import free_port
 from shared.schemas import DeviceStatus
 from shared.signing import TrustStore
 
@@ -42,12 +42,6 @@ SCRIPT = textwrap.dedent(
     asyncio.run(serve(load_server_settings(Path(sys.argv[1])), [Marker(sys.argv[2])]))
     """
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
@@ -73,7 +67,7 @@ def test_server_bootstraps_serves_and_stops_on_sigterm(
     tmp_path: Path, mosquitto: Any, bootstrap_df: pd.DataFrame, holdout_df: pd.DataFrame
 ) -> None:
     fleet = f"svc{uuid.uuid4().hex[:6]}"
-    port = _free_port()
+    port = free_port()
     bootstrap_df.to_parquet(tmp_path / "boot.parquet")
     holdout_df.to_parquet(tmp_path / "holdout.parquet")
     conf = tmp_path / "server.toml"
