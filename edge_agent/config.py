@@ -33,6 +33,12 @@ class AgentSettings(FedforgeSettings):
     # FeatureSpec (JSON) used for cleaning until the first model (whose manifest carries one)
     # is installed; without it the task's built-in base spec is used.
     feature_spec_path: Path | None = None
+    # Undelivered prediction batches kept on disk; beyond this the oldest are dropped (counted, logged).
+    outbox_max_rows: int = Field(default=10_000, ge=1)
+    # Size the store (SQLite file + WAL) may reach before shipped data is evicted, oldest first.
+    disk_budget_mb: float = Field(default=512.0, gt=0)
+    # How often the budget is checked (a stat of two files) and the outbox re-sent after a reconnect.
+    disk_check_s: float = Field(default=30.0, gt=0)
 
     @property
     def db_path(self) -> Path:

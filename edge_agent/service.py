@@ -11,16 +11,21 @@ agent keeps running.
 Federation (``edge_agent.federation``) plugs in as *companions*: objects with
 ``async start()`` / ``async stop()``, started after the agent is up and stopped before it
 goes down (``Agent(settings, companions=[...])`` or ``agent.add_companion(...)``).
+
+Prediction batches go through the on-disk outbox (``edge_agent.outbox``): a crash or a
+broker outage delays them, never loses them. A housekeeping task re-sends the outbox after
+a reconnect and keeps the store inside its disk budget (``edge_agent.store.budget``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -29,8 +34,10 @@ import numpy as np
 from edge_agent.config import AgentSettings
 from edge_agent.inference import LoadedModel, ModelSlot, OnnxScorer
 from edge_agent.mqtt import AgentLink
+from edge_agent.outbox import Outbox
 from edge_agent.pipeline import CleanRecord, Quarantined, clean_payload
 from edge_agent.store import AgentStore, ScoredRecord, SqliteAgentStore
+from edge_agent.store.budget import enforce_budget, over_budget
 from edge_agent.telemetry import AgentCounters, LatencyWindow
 from edge_agent.updater import Action, Complete, Ignore, ModelFiles, ModelUpdater, Reject, StartDownload
 from shared import topics
@@ -50,6 +57,8 @@ from shared.signing import TrustStore
 from shared.tasks.catalog import base_feature_spec
 
 log = logging.getLogger(__name__)
+
+OUTBOX_SETTLE_S = 2.0
 
 Message = tuple[str, bytes]
 StatusKind = Literal["birth", "heartbeat", "offline"]
@@ -111,6 +120,8 @@ class Agent:
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self.outbox = Outbox(self.store, self.link.publish_tracked, self._call_soon, max_rows=settings.outbox_max_rows)
+        self._connects_seen = 0
 
     def _configured_spec(self) -> FeatureSpec | None:
         path = self.settings.feature_spec_path
@@ -148,12 +159,15 @@ class Agent:
         _ = self.spec  # fail early (ConfigError) when no spec can be found
         await loop.run_in_executor(None, self.link.start, self._on_message)
         self._started = True
+        self._connects_seen = self.link.connects
+        self._replay_outbox()  # what an earlier run scored but the broker never acknowledged
         self._publish_status("birth")
         self._score_backlog()
         self._tasks = [
             asyncio.create_task(self._consume(), name="agent-consume"),
             asyncio.create_task(self._heartbeat(), name="agent-heartbeat"),
             asyncio.create_task(self._tick(), name="agent-updater-tick"),
+            asyncio.create_task(self._housekeeping(), name="agent-housekeeping"),
         ]
         for companion in self.companions:
             await companion.start()
@@ -176,6 +190,7 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._drain()
+        await self._settle_outbox()
         loop = asyncio.get_running_loop()
         try:
             mid = self._publish_status("offline")
@@ -207,6 +222,14 @@ class Agent:
             await self.stop()
 
     # -- paho thread -> loop --------------------------------------------------------------
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread; dropped when the loop is gone (the outbox keeps the row)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed between the check and the call
+            loop.call_soon_threadsafe(fn)
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         loop = self._loop
@@ -248,6 +271,67 @@ class Agent:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             self._publish_status("heartbeat")
+
+    async def _housekeeping(self) -> None:
+        """Re-send the outbox after a reconnect (checked each second) and enforce the disk budget."""
+        last_check = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.disk_check_s))
+            connects = self.link.connects
+            if connects != self._connects_seen:
+                self._connects_seen = connects
+                self._replay_outbox()
+            if time.monotonic() - last_check >= self.settings.disk_check_s:
+                last_check = time.monotonic()
+                await self.check_disk_budget()
+
+    def _replay_outbox(self) -> None:
+        try:
+            self.outbox.replay()
+        except Exception:
+            log.exception("re-sending the outbox failed")
+
+    async def _settle_outbox(self) -> None:
+        """Give in-flight outbox messages a moment to be acked, so a clean stop leaves no duplicates."""
+        if not self.link.connected:
+            return
+        idle = asyncio.Event()
+        self.outbox.on_idle = idle.set
+        try:
+            if self.outbox.in_flight:
+                async with asyncio.timeout(OUTBOX_SETTLE_S):
+                    await idle.wait()
+        except TimeoutError:
+            log.info("%d outbox messages unacknowledged at stop: sent again on next start", self.outbox.in_flight)
+        finally:
+            self.outbox.on_idle = None
+
+    async def check_disk_budget(self) -> None:
+        """Evict shipped data when the store is over ``disk_budget_mb`` (off the loop thread)."""
+        budget = int(self.settings.disk_budget_mb * 1024 * 1024)
+        try:
+            if not over_budget(self.store, budget):
+                return
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(None, enforce_budget, self.store, budget)
+        except Exception:
+            log.exception("enforcing the disk budget failed")
+            return
+        self.counters.evicted_records += done.records
+        self.counters.evicted_quarantine += done.quarantined
+        if done.evicted:
+            log.warning(
+                "store over its %.0f MB budget: evicted %d shipped records and %d quarantine entries",
+                self.settings.disk_budget_mb,
+                done.records,
+                done.quarantined,
+            )
+        if done.over_budget:
+            log.warning(
+                "store still over its %.0f MB budget: nothing left that was shipped (%d undelivered messages)",
+                self.settings.disk_budget_mb,
+                self.outbox.depth(),
+            )
 
     async def _tick(self) -> None:
         period = max(0.05, min(1.0, self.settings.download_timeout_s / 4))
@@ -326,14 +410,16 @@ class Agent:
         scored = [
             ScoredRecord(r.record_id, float(s), bool(s >= threshold)) for r, s in zip(usable, scores, strict=True)
         ]
-        self.store.add_predictions(loaded.version, scored)
-        self.counters.scored += len(scored)
         batch = PredictionBatch(
             device_id=self.settings.device_id,
             model_version=loaded.version,
             predictions=tuple(Prediction(record_id=p.record_id, score=p.score, alert=p.alert) for p in scored),
         )
-        self.link.publish_predictions(batch)
+        # Outbox row first: a crash before add_predictions re-sends the batch and re-scores the
+        # records (duplicates are harmless); the other order could lose the batch for good.
+        self.outbox.send(self.link.predictions_topic, batch.to_bytes(), [p.record_id for p in scored])
+        self.store.add_predictions(loaded.version, scored)
+        self.counters.scored += len(scored)
         return len(scored)
 
     def _score_backlog(self) -> None:
@@ -446,6 +532,10 @@ class Agent:
             trained = self.store.trained_examples()
         except Exception:
             trained = 0
+        try:
+            outbox_depth = self.outbox.depth()
+        except Exception:
+            outbox_depth = 0
         version = self._version()
         health: Literal["ok", "degraded", "offline"] = (
             "offline" if kind == "offline" else ("ok" if version is not None else "degraded")
@@ -468,6 +558,7 @@ class Agent:
                 models_rejected=c.models_rejected,
             ),
             queue_depth=self.queue_depth,
+            outbox_depth=outbox_depth,
             scoring_latency_ms_p50=self.latency.p50(),
             last_rejection=self.last_rejection,
         )

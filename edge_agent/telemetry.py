@@ -28,6 +28,9 @@ class AgentCounters:
     scored: int = 0
     labelled: int = 0
     models_rejected: int = 0
+    # Since this process started (not rebuilt from the store, which no longer holds them).
+    evicted_records: int = 0
+    evicted_quarantine: int = 0
 
     @classmethod
     def from_store_counts(cls, counts: dict[str, int]) -> AgentCounters:

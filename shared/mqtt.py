@@ -87,7 +87,11 @@ class MqttClient:
         self._subs: dict[str, tuple[int, MessageHandler]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
-        self._pending: dict[int, threading.Event] = {}
+        # mid -> (event for wait_published, on_delivered callback); see publish() for the
+        # bookkeeping that closes the race with an acknowledgement arriving before we register.
+        self._pending: dict[int, tuple[threading.Event, Callable[[], None] | None]] = {}
+        self._acked_early: dict[int, bool] = {}  # mid -> success, for acks that beat publish() to the lock
+        self._qos0_unsent: set[int] = set()  # QoS 0 mids whose on_publish is not ours to report
         self.connects = 0
         self._client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -158,25 +162,48 @@ class MqttClient:
         if self.connected:
             self._client.unsubscribe(topic_filter)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
-        """Queue a publish; returns the message id (QoS > 0) for ``wait_published``."""
-        event = threading.Event()
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        on_delivered: Callable[[], None] | None = None,
+    ) -> int:
+        """Queue a publish; returns the message id (QoS > 0) for ``wait_published``.
+
+        ``on_delivered`` (QoS > 0 only) is called once when the broker acknowledges the
+        message with a success reason code: on paho's network thread, or on the caller's
+        before ``publish`` returns when the ack won the race; it must not block. It
+        is never called for a message paho loses (process exit), which is what an outbox
+        on disk is for.
+        """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
-        if qos == 0 or info.is_published():
-            return info.mid
+        mid = info.mid
+        fire = False
         with self._lock:
-            self._pending[info.mid] = event
-            if info.is_published():
-                self._pending.pop(info.mid, None)
-                event.set()
-        return info.mid
+            # paho calls on_publish *before* marking the message published, so an ack can
+            # come while we are here: whichever side takes the lock second completes it.
+            if qos == 0:
+                if self._acked_early.pop(mid, None) is None and info.rc == paho.MQTT_ERR_SUCCESS:
+                    self._qos0_unsent.add(mid)
+                return mid
+            self._qos0_unsent.discard(mid)
+            early = self._acked_early.pop(mid, None)
+            if early is not None or info.is_published():
+                fire = early is not False
+            else:
+                self._pending[mid] = (threading.Event(), on_delivered)
+        if fire and on_delivered is not None:
+            on_delivered()
+        return mid
 
     def wait_published(self, mid: int, timeout: float = 10.0) -> bool:
         with self._lock:
-            event = self._pending.get(mid)
-        return True if event is None else event.wait(timeout)
+            entry = self._pending.get(mid)
+        return True if entry is None else entry[0].wait(timeout)
 
     def publish_and_wait(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 10.0
@@ -227,9 +254,22 @@ class MqttClient:
         properties: Properties,
     ) -> None:
         with self._lock:
-            event = self._pending.pop(mid, None)
-        if event is not None:
-            event.set()
+            if mid in self._qos0_unsent:
+                self._qos0_unsent.discard(mid)
+                return
+            entry = self._pending.pop(mid, None)
+            if entry is None:
+                self._acked_early[mid] = not reason_code.is_failure
+                return
+        event, on_delivered = entry
+        event.set()
+        if reason_code.is_failure:
+            log.warning("broker refused message %d: %s", mid, reason_code)
+        elif on_delivered is not None:
+            try:
+                on_delivered()
+            except Exception:
+                log.exception("delivery callback for message %d failed", mid)  # never kill paho's thread
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         with self._lock:

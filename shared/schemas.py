@@ -128,6 +128,8 @@ class DeviceStatus(WireModel):
     health: Literal["ok", "degraded", "offline"] = "ok"
     counters: Counters = Counters()
     queue_depth: int = 0
+    # Messages in the agent's on-disk outbox not yet acknowledged by the broker.
+    outbox_depth: int = 0
     scoring_latency_ms_p50: float | None = None
     last_rejection: Rejection | None = None
 

@@ -8,6 +8,7 @@ cloud when it disappears without saying goodbye.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from shared import topics
 from shared.mqtt import BrokerAddress, MessageHandler, MqttClient, Will
@@ -64,6 +65,15 @@ class AgentLink:
 
     def publish_predictions(self, batch: PredictionBatch) -> int:
         return self._client.publish(self.predictions_topic, batch.to_bytes(), qos=1)
+
+    def publish_tracked(self, topic: str, payload: bytes, on_delivered: Callable[[], None]) -> int:
+        """QoS 1 publish whose broker ack calls ``on_delivered`` (on paho's thread; must not block)."""
+        return self._client.publish(topic, payload, qos=1, on_delivered=on_delivered)
+
+    @property
+    def connects(self) -> int:
+        """Successful connections so far: a change means a reconnect happened."""
+        return self._client.connects
 
     def wait_published(self, mid: int, timeout: float) -> bool:
         return self._client.wait_published(mid, timeout)

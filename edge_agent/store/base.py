@@ -46,6 +46,16 @@ class ModelEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A message written before it is published and deleted once the broker acknowledged it."""
+
+    id: int
+    topic: str
+    payload: bytes
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ScoredRecord:
     record_id: str
     score: float
@@ -93,6 +103,51 @@ class AgentStore(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Keys: ``COUNT_KEYS``."""
+        ...
+
+    # -- outbox: outgoing messages that must survive a crash until the broker acks them ----
+
+    def outbox_add(
+        self, topic: str, payload: bytes, record_ids: Sequence[str] = (), max_rows: int | None = None
+    ) -> tuple[int, int]:
+        """Append a message referencing ``record_ids`` (protected from eviction while pending).
+
+        Returns (entry id, how many oldest entries were dropped to keep at most ``max_rows``).
+        Ids are never reused, so a late ack for a dropped entry cannot delete a newer one.
+        """
+        ...
+
+    def outbox_delete(self, entry_id: int) -> bool:
+        """Forget an acknowledged entry; False when it was already gone."""
+        ...
+
+    def outbox_pending(self, limit: int = 1000, after_id: int = 0) -> list[OutboxEntry]:
+        """Entries with an id above ``after_id``, oldest first."""
+        ...
+
+    def outbox_count(self) -> int: ...
+
+    # -- disk budget ---------------------------------------------------------------------
+
+    def disk_usage(self) -> int:
+        """Bytes the store occupies now (cheap: file sizes, no query)."""
+        ...
+
+    def live_bytes(self) -> int:
+        """Bytes held by live data (what eviction can reduce; the file shrinks on ``compact``)."""
+        ...
+
+    def evict_shipped(self, limit: int) -> int:
+        """Delete up to ``limit`` oldest records whose predictions were delivered (scored and not
+        referenced by a pending outbox entry), with their predictions and labels; returns how many."""
+        ...
+
+    def evict_quarantine(self, limit: int) -> int:
+        """Delete up to ``limit`` oldest quarantine entries; returns how many."""
+        ...
+
+    def compact(self) -> None:
+        """Give freed space back to the file system where the implementation can."""
         ...
 
     def close(self) -> None: ...

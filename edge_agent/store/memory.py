@@ -1,9 +1,14 @@
-"""In-memory store: the reference behaviour for tests and for running without a disk."""
+"""In-memory store: the reference behaviour for tests and for running without a disk.
+
+Its "disk" usage is an estimate of the bytes its rows would take, so the disk-budget logic
+can be exercised against it exactly as against SQLite.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +19,7 @@ from edge_agent.store.base import (
     MODEL_EVENTS,
     ModelEvent,
     ModelEventKind,
+    OutboxEntry,
     QuarantineEntry,
     ScoredRecord,
     StoreError,
@@ -29,8 +35,12 @@ class InMemoryAgentStore:
         self._predictions: list[tuple[str, int, float, bool, float]] = []
         self._labels: dict[str, int] = {}
         self._quarantine: list[QuarantineEntry] = []
+        self._quarantine_seq = 0
         self._models: list[ModelEvent] = []
         self._training: list[tuple[str, int, int, float | None, float]] = []
+        self._outbox: dict[int, tuple[OutboxEntry, tuple[str, ...]]] = {}  # insertion order = id order
+        self._outbox_seq = 0
+        self._refs: Counter[str] = Counter()  # record_id -> pending outbox entries naming it
 
     def add_records(self, batch: Sequence[CleanRecord]) -> list[CleanRecord]:
         new: list[CleanRecord] = []
@@ -73,7 +83,8 @@ class InMemoryAgentStore:
         now = time.time()
         with self._lock:
             for q in items:
-                entry = QuarantineEntry(len(self._quarantine) + 1, q.record_id, q.reason, q.raw, now)
+                self._quarantine_seq += 1  # not len()+1: eviction must not make ids repeat
+                entry = QuarantineEntry(self._quarantine_seq, q.record_id, q.reason, q.raw, now)
                 self._quarantine.append(entry)
 
     def recent_quarantine(self, limit: int = 100) -> list[QuarantineEntry]:
@@ -122,6 +133,89 @@ class InMemoryAgentStore:
                 "trained_examples": sum(t[2] for t in self._training),
                 "models_rejected": sum(1 for m in self._models if m.event == "rejected"),
             }
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    def outbox_add(
+        self, topic: str, payload: bytes, record_ids: Sequence[str] = (), max_rows: int | None = None
+    ) -> tuple[int, int]:
+        with self._lock:
+            self._outbox_seq += 1
+            entry = OutboxEntry(self._outbox_seq, topic, bytes(payload), time.time())
+            refs = tuple(record_ids)
+            self._outbox[entry.id] = (entry, refs)
+            self._refs.update(refs)
+            dropped = 0
+            if max_rows is not None:
+                while len(self._outbox) > max(max_rows, 1):
+                    self._remove_entry(next(iter(self._outbox)))
+                    dropped += 1
+        return entry.id, dropped
+
+    def _remove_entry(self, entry_id: int) -> bool:
+        item = self._outbox.pop(entry_id, None)
+        if item is None:
+            return False
+        self._refs.subtract(item[1])
+        for rid in item[1]:
+            if self._refs[rid] <= 0:
+                del self._refs[rid]
+        return True
+
+    def outbox_delete(self, entry_id: int) -> bool:
+        with self._lock:
+            return self._remove_entry(entry_id)
+
+    def outbox_pending(self, limit: int = 1000, after_id: int = 0) -> list[OutboxEntry]:
+        with self._lock:
+            return [e for e, _ in self._outbox.values() if e.id > after_id][: max(limit, 0)]
+
+    def outbox_count(self) -> int:
+        with self._lock:
+            return len(self._outbox)
+
+    # -- disk budget -------------------------------------------------------------------------
+
+    def disk_usage(self) -> int:
+        return self.live_bytes()
+
+    def live_bytes(self) -> int:
+        with self._lock:
+            return (
+                sum(64 + len(rid) + 8 * len(r.values) for rid, r in self._records.items())
+                + sum(48 + len(p[0]) for p in self._predictions)
+                + sum(24 + len(rid) for rid in self._labels)
+                + sum(48 + len(q.reason) + len(q.raw) for q in self._quarantine)
+                + sum(
+                    32 + len(e.topic) + len(e.payload) + sum(len(r) for r in refs) for e, refs in self._outbox.values()
+                )
+            )
+
+    def evict_shipped(self, limit: int) -> int:
+        with self._lock:
+            victims: list[str] = []
+            for rid in self._records:
+                if len(victims) >= limit:
+                    break
+                if rid in self._scored and rid not in self._refs:
+                    victims.append(rid)
+            gone = set(victims)
+            for rid in victims:
+                del self._records[rid]
+                self._scored.discard(rid)
+                self._labels.pop(rid, None)
+            if gone:
+                self._predictions = [p for p in self._predictions if p[0] not in gone]
+            return len(victims)
+
+    def evict_quarantine(self, limit: int) -> int:
+        with self._lock:
+            n = min(max(limit, 0), len(self._quarantine))
+            del self._quarantine[:n]
+            return n
+
+    def compact(self) -> None:
+        """Python frees the memory itself."""
 
     def close(self) -> None:
         """Nothing to release."""

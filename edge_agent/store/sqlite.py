@@ -1,6 +1,9 @@
 """SQLite store (the only sqlite3 user): WAL journal, synchronous=NORMAL, survives kill -9.
 
-WAL lets the Flower ClientApp read from another process while the agent writes. A store
+WAL lets the Flower ClientApp read from another process while the agent writes. A new
+database is created with ``auto_vacuum=INCREMENTAL`` so that eviction (disk budget) can
+shrink the file; an older file without it still stops growing, because freed pages are
+reused, and eviction is driven by live pages, not by the file size. A store
 opened with ``readonly=True`` never creates or alters the schema and reads through a
 ``mode=ro`` connection; its one permitted write, ``record_training``, goes through a
 short-lived read-write connection so the ClientApp can report what it trained on.
@@ -8,11 +11,12 @@ short-lived read-write connection so the ClientApp can report what it trained on
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,7 @@ from edge_agent.store.base import (
     MODEL_EVENTS,
     ModelEvent,
     ModelEventKind,
+    OutboxEntry,
     QuarantineEntry,
     ScoredRecord,
     StoreError,
@@ -67,6 +72,18 @@ CREATE TABLE IF NOT EXISTS model_history (
     sha256 TEXT,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_refs (
+    outbox_id INTEGER NOT NULL,
+    record_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_refs_record ON outbox_refs(record_id);
+CREATE INDEX IF NOT EXISTS outbox_refs_outbox ON outbox_refs(outbox_id);
 CREATE TABLE IF NOT EXISTS training (
     id INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL,
@@ -99,6 +116,7 @@ class SqliteAgentStore:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._connect(str(self.path))
+            self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new, empty file only
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(SCHEMA)
 
@@ -260,6 +278,92 @@ class SqliteAgentStore:
         with self._lock:
             row = self._conn.execute("SELECT coalesce(sum(examples), 0) FROM training").fetchone()
         return int(row[0])
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    def outbox_add(
+        self, topic: str, payload: bytes, record_ids: Sequence[str] = (), max_rows: int | None = None
+    ) -> tuple[int, int]:
+        dropped = 0
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO outbox(topic, payload, created_at) VALUES (?, ?, ?)", (topic, bytes(payload), time.time())
+            )
+            entry_id = int(cur.lastrowid or 0)
+            conn.executemany(
+                "INSERT INTO outbox_refs(outbox_id, record_id) VALUES (?, ?)", [(entry_id, rid) for rid in record_ids]
+            )
+            if max_rows is not None:
+                (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+                excess = int(count) - max(max_rows, 1)
+                if excess > 0:
+                    victims = [
+                        (i,) for (i,) in conn.execute("SELECT id FROM outbox ORDER BY id LIMIT ?", (excess,)).fetchall()
+                    ]
+                    conn.executemany("DELETE FROM outbox_refs WHERE outbox_id = ?", victims)
+                    conn.executemany("DELETE FROM outbox WHERE id = ?", victims)
+                    dropped = len(victims)
+        return entry_id, dropped
+
+    def outbox_delete(self, entry_id: int) -> bool:
+        with self._write() as conn:
+            conn.execute("DELETE FROM outbox_refs WHERE outbox_id = ?", (entry_id,))
+            return conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount == 1
+
+    def outbox_pending(self, limit: int = 1000, after_id: int = 0) -> list[OutboxEntry]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, topic, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        return [OutboxEntry(i, topic, bytes(payload), at) for i, topic, payload, at in rows]
+
+    def outbox_count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    # -- disk budget ---------------------------------------------------------------------------
+
+    def disk_usage(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with suppress(FileNotFoundError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def live_bytes(self) -> int:
+        with self._lock:
+            pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+            free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+            size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        return (pages - free) * size
+
+    def evict_shipped(self, limit: int) -> int:
+        with self._write() as conn:
+            victims = conn.execute(
+                "SELECT r.record_id FROM records r "
+                "WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.record_id = r.record_id) "
+                "AND NOT EXISTS (SELECT 1 FROM outbox_refs o WHERE o.record_id = r.record_id) "
+                "ORDER BY r.rowid LIMIT ?",
+                (limit,),
+            ).fetchall()
+            for table in ("predictions", "labels", "records"):
+                conn.executemany(f"DELETE FROM {table} WHERE record_id = ?", victims)
+        return len(victims)
+
+    def evict_quarantine(self, limit: int) -> int:
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?)", (limit,)
+            )
+        return max(cur.rowcount, 0)
+
+    def compact(self) -> None:
+        if self.readonly:
+            raise StoreError("this store was opened read-only")
+        with self._lock:
+            self._conn.execute("PRAGMA incremental_vacuum").fetchall()
+            # TRUNCATE resets the WAL to zero bytes unless a reader (the ClientApp) holds it.
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
         with self._lock:

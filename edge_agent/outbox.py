@@ -1,0 +1,105 @@
+"""Durable delivery of the agent's QoS 1 messages that matter (prediction batches).
+
+paho's outgoing queue lives in memory: a crash or restart loses whatever the broker has not
+acknowledged. So a message is written to the store's outbox first, published, and deleted
+only when the broker's PUBACK arrives. On start, and after a reconnect, what is still in the
+outbox and not already handed to paho by this process is published again; consumers see
+at-least-once delivery, which is harmless because predictions carry record ids.
+
+Everything here runs on the agent's asyncio loop thread: the ack callback (paho's network
+thread) only schedules ``_acked`` with ``call_soon``, never touches the store itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from edge_agent.store import AgentStore
+
+log = logging.getLogger(__name__)
+
+REPLAY_PAGE = 500
+
+
+class Publisher(Protocol):
+    def __call__(self, topic: str, payload: bytes, on_delivered: Callable[[], None]) -> int: ...
+
+
+Scheduler = Callable[[Callable[[], None]], None]
+"""Runs a callable on the owner's thread; must be safe to call from any thread."""
+
+
+class Outbox:
+    def __init__(self, store: AgentStore, publish: Publisher, schedule: Scheduler, *, max_rows: int) -> None:
+        self.store = store
+        self._publish = publish
+        self._schedule = schedule
+        self.max_rows = max_rows
+        self._in_flight: set[int] = set()  # entry ids handed to paho by this process, not yet acked
+        self.dropped = 0  # undelivered messages given up on because the outbox was full
+        self.delivered = 0
+        # Called (on the owner's thread) when the last in-flight message is acked.
+        self.on_idle: Callable[[], None] | None = None
+
+    def send(self, topic: str, payload: bytes, record_ids: Sequence[str] = ()) -> None:
+        """Write, then publish. A failed write (disk full) degrades to a plain publish: a late
+        prediction kept in paho's memory is better than none."""
+        try:
+            entry_id, dropped = self.store.outbox_add(topic, payload, record_ids, max_rows=self.max_rows)
+        except Exception:
+            log.exception("outbox write failed; publishing %s without durability", topic)
+            self._publish(topic, payload, _nothing)
+            return
+        if dropped:
+            self.dropped += dropped
+            log.warning("outbox full (%d rows): dropped the %d oldest undelivered messages", self.max_rows, dropped)
+        self._send(entry_id, topic, payload)
+
+    def replay(self) -> int:
+        """Publish pending entries not already in paho's hands; returns how many."""
+        sent = 0
+        after = 0
+        while True:
+            page = self.store.outbox_pending(REPLAY_PAGE, after_id=after)
+            for entry in page:
+                if entry.id not in self._in_flight:
+                    self._send(entry.id, entry.topic, entry.payload)
+                    sent += 1
+            if len(page) < REPLAY_PAGE:
+                break
+            after = page[-1].id
+        if sent:
+            log.info("re-published %d undelivered outbox messages", sent)
+        return sent
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def depth(self) -> int:
+        return self.store.outbox_count()
+
+    def _send(self, entry_id: int, topic: str, payload: bytes) -> None:
+        try:
+            self._publish(topic, payload, lambda: self._schedule(lambda: self._acked(entry_id)))
+        except Exception:
+            # Stays in the outbox: retried after the next reconnect or restart.
+            log.exception("publishing outbox entry %d to %s failed", entry_id, topic)
+            return
+        self._in_flight.add(entry_id)
+
+    def _acked(self, entry_id: int) -> None:
+        self._in_flight.discard(entry_id)
+        if not self._in_flight and self.on_idle is not None:
+            self.on_idle()
+        try:
+            if self.store.outbox_delete(entry_id):
+                self.delivered += 1
+        except Exception:
+            log.exception("could not delete delivered outbox entry %d (it will be sent again)", entry_id)
+
+
+def _nothing() -> None:
+    """Delivery of a message that has no outbox row needs no bookkeeping."""
