@@ -191,9 +191,10 @@ class MqttClient:
                     self._qos0_unsent.add(mid)
                 return mid
             self._qos0_unsent.discard(mid)
+            # (info.is_published() cannot tell: it raises for a message queued while offline.)
             early = self._acked_early.pop(mid, None)
-            if early is not None or info.is_published():
-                fire = early is not False
+            if early is not None:
+                fire = early
             else:
                 self._pending[mid] = (threading.Event(), on_delivered)
         if fire and on_delivered is not None:

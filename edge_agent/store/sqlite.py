@@ -361,7 +361,8 @@ class SqliteAgentStore:
         if self.readonly:
             raise StoreError("this store was opened read-only")
         with self._lock:
-            self._conn.execute("PRAGMA incremental_vacuum").fetchall()
+            # executescript steps the pragma to completion; execute() would free a single page.
+            self._conn.executescript("PRAGMA incremental_vacuum;")
             # TRUNCATE resets the WAL to zero bytes unless a reader (the ClientApp) holds it.
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 

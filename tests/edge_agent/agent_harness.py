@@ -7,13 +7,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.config import AgentSettings
 from edge_agent.service import Agent
 from shared import topics
 from shared.mqtt import BrokerAddress, MqttClient
 from shared.schemas import DeviceStatus, PredictionBatch
+
+T = TypeVar("T")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
@@ -55,6 +57,15 @@ class AgentThread:
             await self._stop.wait()
         finally:
             await self.agent.stop()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the agent's loop thread (where the agent's own code runs) and return its result."""
+        assert self._loop is not None, "agent not started"
+
+        async def _run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(_run(), self._loop).result(60)
 
     def __enter__(self) -> AgentThread:
         self._thread.start()

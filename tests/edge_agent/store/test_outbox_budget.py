@@ -1,0 +1,132 @@
+"""Outbox and disk-budget behaviour, the same for both store implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.pipeline import CleanRecord, Quarantined
+from edge_agent.store import AgentStore, InMemoryAgentStore, ScoredRecord, SqliteAgentStore
+from edge_agent.store.budget import enforce_budget
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AgentStore]:
+    s: AgentStore = InMemoryAgentStore() if request.param == "memory" else SqliteAgentStore(tmp_path / "a.db")
+    yield s
+    s.close()
+
+
+def rec(i: int, width: int = 8) -> CleanRecord:
+    return CleanRecord(f"r{i}", float(i), tuple(float(i + j) for j in range(width)))
+
+
+def scored(*ids: int) -> list[ScoredRecord]:
+    return [ScoredRecord(f"r{i}", 0.5, False) for i in ids]
+
+
+def remaining(store: AgentStore, n: int) -> list[str]:
+    return [f"r{i}" for i in range(n) if store.has_record(f"r{i}")]
+
+
+# -- outbox ---------------------------------------------------------------------------------
+
+
+def test_outbox_add_list_delete(store: AgentStore) -> None:
+    ids = [store.outbox_add("t/p", f"m{i}".encode(), [f"r{i}"])[0] for i in range(3)]
+    assert ids == sorted(ids)
+    assert store.outbox_count() == 3
+    pending = store.outbox_pending()
+    assert [(e.id, e.topic, e.payload) for e in pending] == [(ids[i], "t/p", f"m{i}".encode()) for i in range(3)]
+    assert [e.id for e in store.outbox_pending(limit=1, after_id=ids[0])] == [ids[1]]
+    assert store.outbox_delete(ids[1]) is True
+    assert store.outbox_delete(ids[1]) is False
+    assert [e.payload for e in store.outbox_pending()] == [b"m0", b"m2"]
+    assert store.outbox_count() == 2
+
+
+def test_outbox_is_bounded_oldest_dropped_and_ids_never_reused(store: AgentStore) -> None:
+    first, dropped = store.outbox_add("t", b"a", max_rows=2)
+    assert dropped == 0
+    store.outbox_add("t", b"b", max_rows=2)
+    third, dropped = store.outbox_add("t", b"c", max_rows=2)
+    assert dropped == 1
+    assert [e.payload for e in store.outbox_pending()] == [b"b", b"c"]
+    for e in store.outbox_pending():
+        store.outbox_delete(e.id)
+    again, _ = store.outbox_add("t", b"d", max_rows=2)
+    assert again > third > first  # a late ack for a dropped entry cannot delete a new one
+    assert store.outbox_delete(first) is False
+    assert store.outbox_count() == 1
+
+
+# -- eviction -------------------------------------------------------------------------------
+
+
+def test_evict_shipped_oldest_first_and_never_pending_or_unscored(store: AgentStore) -> None:
+    store.add_records([rec(i) for i in range(6)])
+    entry, _ = store.outbox_add("t", b"batch with r1", ["r1"])
+    store.add_predictions(1, scored(0, 1, 2, 4))
+    store.add_labels([("r0", 1), ("r2", 0), ("r3", 1)])
+    assert store.evict_shipped(2) == 2
+    assert remaining(store, 6) == ["r1", "r3", "r4", "r5"]  # r0, r2: oldest delivered
+    counts = store.counts()
+    assert (counts["predictions"], counts["labels"]) == (2, 1)  # their predictions and labels went too
+    assert store.evict_shipped(10) == 1  # r4; r1 is in a pending outbox entry, r3/r5 unscored
+    assert remaining(store, 6) == ["r1", "r3", "r5"]
+    store.outbox_delete(entry)
+    assert store.evict_shipped(10) == 1
+    assert remaining(store, 6) == ["r3", "r5"]
+    assert [r.record_id for r in store.unscored_records(10)] == ["r3", "r5"]
+
+
+def test_evict_quarantine_oldest_first(store: AgentStore) -> None:
+    store.quarantine([Quarantined(f"q{i}", "bad", b"x" * 10) for i in range(3)])
+    assert store.evict_quarantine(2) == 2
+    assert [q.record_id for q in store.recent_quarantine()] == ["q2"]
+    store.quarantine([Quarantined("q3", "bad", b"y")])
+    ids = [q.id for q in store.recent_quarantine()]
+    assert len(set(ids)) == 2
+    assert store.evict_quarantine(10) == 2
+    assert store.recent_quarantine() == []
+
+
+def fill(store: AgentStore, n: int) -> None:
+    for start in range(0, n, 500):
+        ids = range(start, min(n, start + 500))
+        store.add_records([rec(i, width=32) for i in ids])
+        store.add_predictions(1, scored(*ids))
+    store.quarantine([Quarantined(f"q{i}", "out of range", b"z" * 2000) for i in range(200)])
+
+
+def test_budget_evicts_oldest_shipped_until_under_target(store: AgentStore) -> None:
+    n = 6000
+    fill(store, n)
+    store.add_records([rec(n + i, width=32) for i in range(3)])  # unscored: must survive
+    store.outbox_add("t", b"pending", ["r0"])  # oldest record, but its prediction is undelivered
+    store.compact()
+    budget = store.disk_usage() // 2
+    result = enforce_budget(store, budget, chunk=250)
+    assert result.records > 0
+    assert result.quarantined > 0
+    assert not result.over_budget
+    assert store.live_bytes() <= budget * 0.9
+    assert store.disk_usage() <= budget  # the file itself shrank
+    left = remaining(store, n + 3)
+    assert left[0] == "r0"
+    assert left[-3:] == [f"r{n + i}" for i in range(3)]
+    survivors = [int(r[1:]) for r in left[1:-3]]
+    assert survivors == list(range(n - len(survivors), n))  # the newest shipped ones, contiguous
+    assert store.counts()["records"] == len(left)
+    assert store.outbox_count() == 1
+
+
+def test_budget_noop_when_under_and_stuck_when_nothing_evictable(store: AgentStore) -> None:
+    store.add_records([rec(i, width=32) for i in range(300)])  # never scored: nothing shipped
+    assert enforce_budget(store, store.disk_usage() * 10).evicted == 0
+    result = enforce_budget(store, 1)
+    assert result.evicted == 0
+    assert result.over_budget
+    assert store.counts()["records"] == 300
