@@ -32,16 +32,14 @@ from typing import Literal, Protocol
 import numpy as np
 
 from edge_agent.config import AgentSettings
-from edge_agent.inference import LoadedModel, ModelSlot, OnnxScorer
+from edge_agent.housekeeping import Housekeeping
+from edge_agent.models import ModelManager
 from edge_agent.mqtt import AgentLink
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import CleanRecord, Quarantined, clean_payload
 from edge_agent.store import AgentStore, ScoredRecord, SqliteAgentStore
-from edge_agent.store.budget import enforce_budget, over_budget
 from edge_agent.telemetry import AgentCounters, LatencyWindow
-from edge_agent.updater import Action, Complete, Ignore, ModelFiles, ModelUpdater, Reject, StartDownload
-from shared import topics
-from shared.errors import BundleError, ConfigError, FedforgeError, PayloadError
+from shared.errors import ConfigError, FedforgeError, PayloadError
 from shared.features import FeatureSpec
 from shared.schemas import (
     Command,
@@ -50,15 +48,12 @@ from shared.schemas import (
     LabelBatch,
     Prediction,
     PredictionBatch,
-    Rejection,
     decode,
 )
 from shared.signing import TrustStore
 from shared.tasks.catalog import base_feature_spec
 
 log = logging.getLogger(__name__)
-
-OUTBOX_SETTLE_S = 2.0
 
 Message = tuple[str, bytes]
 StatusKind = Literal["birth", "heartbeat", "offline"]
@@ -105,14 +100,14 @@ class Agent:
         self._own_store = store is None
         self.store: AgentStore = store if store is not None else SqliteAgentStore(settings.db_path)
         self._fallback_spec = feature_spec or self._configured_spec()
-        self.slot = ModelSlot()
-        self.files = ModelFiles(settings.models_dir)
-        self.updater = ModelUpdater(settings.fleet, settings.task, self.trust, timeout_s=settings.download_timeout_s)
         self.link = AgentLink(settings.broker_url, settings.fleet, settings.device_id, settings.task)
         self.companions: list[Companion] = list(companions)
         self.counters = AgentCounters.from_store_counts(self.store.counts())
         self.latency = LatencyWindow(1000)
-        self.last_rejection: Rejection | None = None
+        self.models = ModelManager(
+            settings, self.store, self.trust, self.link, on_change=self._on_model_change, on_chunk=self._on_message
+        )
+        self.slot = self.models.slot
         self._seq = 0
         self._space = threading.Semaphore(settings.queue_size)
         self._stopping = threading.Event()
@@ -121,7 +116,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self.outbox = Outbox(self.store, self.link.publish_tracked, self._call_soon, max_rows=settings.outbox_max_rows)
-        self._connects_seen = 0
+        self.housekeeping = Housekeeping(settings, self.store, self.link, self.outbox, self.counters)
 
     def _configured_spec(self) -> FeatureSpec | None:
         path = self.settings.feature_spec_path
@@ -155,19 +150,18 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stopping.clear()
-        self._load_from_disk()
+        self.models.load_from_disk()
         _ = self.spec  # fail early (ConfigError) when no spec can be found
         await loop.run_in_executor(None, self.link.start, self._on_message)
         self._started = True
-        self._connects_seen = self.link.connects
-        self._replay_outbox()  # what an earlier run scored but the broker never acknowledged
+        self.housekeeping.resend_after_start()
         self._publish_status("birth")
         self._score_backlog()
         self._tasks = [
             asyncio.create_task(self._consume(), name="agent-consume"),
             asyncio.create_task(self._heartbeat(), name="agent-heartbeat"),
             asyncio.create_task(self._tick(), name="agent-updater-tick"),
-            asyncio.create_task(self._housekeeping(), name="agent-housekeeping"),
+            asyncio.create_task(self.housekeeping.run(), name="agent-housekeeping"),
         ]
         for companion in self.companions:
             await companion.start()
@@ -190,7 +184,7 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._drain()
-        await self._settle_outbox()
+        await self.housekeeping.settle_outbox()
         loop = asyncio.get_running_loop()
         try:
             mid = self._publish_status("offline")
@@ -272,74 +266,14 @@ class Agent:
             await asyncio.sleep(self.settings.heartbeat_s)
             self._publish_status("heartbeat")
 
-    async def _housekeeping(self) -> None:
-        """Re-send the outbox after a reconnect (checked each second) and enforce the disk budget."""
-        last_check = time.monotonic()
-        while True:
-            await asyncio.sleep(min(1.0, self.settings.disk_check_s))
-            connects = self.link.connects
-            if connects != self._connects_seen:
-                self._connects_seen = connects
-                self._replay_outbox()
-            if time.monotonic() - last_check >= self.settings.disk_check_s:
-                last_check = time.monotonic()
-                await self.check_disk_budget()
-
-    def _replay_outbox(self) -> None:
-        try:
-            self.outbox.replay()
-        except Exception:
-            log.exception("re-sending the outbox failed")
-
-    async def _settle_outbox(self) -> None:
-        """Give in-flight outbox messages a moment to be acked, so a clean stop leaves no duplicates."""
-        if not self.link.connected:
-            return
-        idle = asyncio.Event()
-        self.outbox.on_idle = idle.set
-        try:
-            if self.outbox.in_flight:
-                async with asyncio.timeout(OUTBOX_SETTLE_S):
-                    await idle.wait()
-        except TimeoutError:
-            log.info("%d outbox messages unacknowledged at stop: sent again on next start", self.outbox.in_flight)
-        finally:
-            self.outbox.on_idle = None
-
     async def check_disk_budget(self) -> None:
-        """Evict shipped data when the store is over ``disk_budget_mb`` (off the loop thread)."""
-        budget = int(self.settings.disk_budget_mb * 1024 * 1024)
-        try:
-            if not over_budget(self.store, budget):
-                return
-            loop = asyncio.get_running_loop()
-            done = await loop.run_in_executor(None, enforce_budget, self.store, budget)
-        except Exception:
-            log.exception("enforcing the disk budget failed")
-            return
-        self.counters.evicted_records += done.records
-        self.counters.evicted_quarantine += done.quarantined
-        if done.evicted:
-            log.warning(
-                "store over its %.0f MB budget: evicted %d shipped records and %d quarantine entries",
-                self.settings.disk_budget_mb,
-                done.records,
-                done.quarantined,
-            )
-        if done.over_budget:
-            log.warning(
-                "store still over its %.0f MB budget: nothing left that was shipped (%d undelivered messages)",
-                self.settings.disk_budget_mb,
-                self.outbox.depth(),
-            )
+        await self.housekeeping.check_disk_budget()
 
     async def _tick(self) -> None:
         period = max(0.05, min(1.0, self.settings.download_timeout_s / 4))
         while True:
             await asyncio.sleep(period)
-            rejection = self.updater.tick()
-            if rejection is not None:
-                self._apply(rejection)
+            self.models.tick()
 
     # -- message handling (loop thread) -----------------------------------------------------
 
@@ -441,15 +375,11 @@ class Agent:
 
     def _handle_control(self, topic: str, payload: bytes) -> None:
         if topic == self.link.manifest_topic:
-            self._apply(self.updater.on_manifest(payload))
+            self.models.on_manifest(payload)
         elif topic == self.link.commands_topic:
             self._handle_command(payload)
         else:
-            parsed = topics.parse(topic)
-            if parsed.kind == "chunk" and parsed.version is not None and parsed.index is not None:
-                self._apply(self.updater.on_chunk(parsed.version, parsed.index, payload))
-            else:
-                log.warning("unexpected message on %s", topic)
+            self.models.on_chunk_topic(topic, payload)
 
     def _handle_command(self, payload: bytes) -> None:
         try:
@@ -462,68 +392,18 @@ class Agent:
             return
         log.warning("command %s (%s) is not supported by this agent yet", command.command_id, command.kind)
 
-    # -- model updates ----------------------------------------------------------------------
-
-    def _apply(self, action: Action) -> None:
-        if isinstance(action, Ignore):
-            log.debug("updater: %s", action.reason)
-        elif isinstance(action, StartDownload):
-            if action.unsubscribe:
-                self.link.unsubscribe(action.unsubscribe)
-            log.info("downloading model v%d (%d chunks)", action.manifest.version, action.manifest.chunk_count)
-            self.link.subscribe(action.subscribe, self._on_message)
-        elif isinstance(action, Reject):
-            if action.unsubscribe:
-                self.link.unsubscribe(action.unsubscribe)
-            self._reject(action.version, action.reason, action.sha256)
-        elif isinstance(action, Complete):
-            self.link.unsubscribe(action.unsubscribe)
-            self._install(action)
-
-    def _install(self, done: Complete) -> None:
-        manifest = done.manifest
-        try:
-            scorer = OnnxScorer(done.model_bytes, manifest)  # fully built before the swap
-            self.files.save(manifest, done.model_bytes)
-        except (BundleError, OSError) as exc:
-            self.updater.install_failed(manifest)
-            self._reject(manifest.version, str(exc), manifest.sha256)
-            return
-        old = self.slot.swap(LoadedModel(scorer, manifest))
-        self.updater.installed(manifest.version)
-        self.store.record_model_event(manifest.version, "installed", "", manifest.sha256)
-        log.info("model v%d installed (was %s)", manifest.version, old.version if old else "none")
-        self._publish_status("heartbeat")
-        self._score_backlog()
-
-    def _reject(self, version: int | None, reason: str, sha256: str | None) -> None:
-        log.warning("model v%s rejected: %s", version, reason)
-        self.last_rejection = Rejection(version=version, reason=reason, at=time.time())
-        self.counters.models_rejected += 1
-        try:
-            self.store.record_model_event(version, "rejected", reason, sha256)
-        finally:
-            self._publish_status("heartbeat")
-
-    def _load_from_disk(self) -> None:
-        if self.files.current_version() is None:
-            return
-        try:
-            stored = self.files.load_current(self.trust)
-            scorer = OnnxScorer(stored.model_bytes, stored.manifest)
-        except BundleError as exc:
-            log.error("the model on disk is not served: %s", exc)
-            self.last_rejection = Rejection(version=self.files.current_version(), reason=str(exc), at=time.time())
-            return
-        self.slot.swap(LoadedModel(scorer, stored.manifest))
-        self.updater.installed(stored.manifest.version)
-        log.info("loaded model v%d from %s", stored.manifest.version, self.files.directory)
-
     # -- status -------------------------------------------------------------------------------
 
     def _version(self) -> int | None:
-        loaded = self.slot.current
-        return loaded.version if loaded else None
+        return self.models.version
+
+    def _on_model_change(self, installed: bool) -> None:
+        """After an install or a rejection: tell the cloud, then score what waited."""
+        if not installed:
+            self.counters.models_rejected += 1
+        self._publish_status("heartbeat")
+        if installed:
+            self._score_backlog()
 
     def status(self, kind: StatusKind) -> DeviceStatus:
         self._seq += 1
@@ -560,7 +440,7 @@ class Agent:
             queue_depth=self.queue_depth,
             outbox_depth=outbox_depth,
             scoring_latency_ms_p50=self.latency.p50(),
-            last_rejection=self.last_rejection,
+            last_rejection=self.models.last_rejection,
         )
 
     def _publish_status(self, kind: StatusKind) -> int | None:

@@ -1,0 +1,133 @@
+"""The served model's lifecycle on the agent: download, verify, install, swap, reject.
+
+The updater (``edge_agent.updater``) decides; this class carries its decisions out against
+MQTT subscriptions, the model files on disk and the ONNX Runtime slot. A new scorer is
+fully built before the swap, so a batch in flight finishes on the old model and the next
+one uses the new; a bundle that fails any check is rejected with its reason, recorded in
+the store, and the current model keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from edge_agent.config import AgentSettings
+from edge_agent.inference import LoadedModel, ModelSlot, OnnxScorer
+from edge_agent.mqtt import AgentLink
+from edge_agent.store import AgentStore
+from edge_agent.updater import Action, Complete, Ignore, ModelFiles, ModelUpdater, Reject, StartDownload
+from shared import topics
+from shared.errors import BundleError, TopicError
+from shared.mqtt import MessageHandler
+from shared.schemas import Rejection
+from shared.signing import TrustStore
+
+log = logging.getLogger(__name__)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: AgentStore,
+        trust: TrustStore,
+        link: AgentLink,
+        *,
+        on_change: Callable[[bool], None],
+        on_chunk: MessageHandler,
+    ) -> None:
+        self.store = store
+        self.trust = trust
+        self.link = link
+        self.slot = ModelSlot()
+        self.files = ModelFiles(settings.models_dir)
+        self.updater = ModelUpdater(settings.fleet, settings.task, trust, timeout_s=settings.download_timeout_s)
+        self.last_rejection: Rejection | None = None
+        # Called with True after an install, False after a rejection (on the agent's loop).
+        self._on_change = on_change
+        # Chunk subscriptions deliver through the agent's hand-off, like every other message.
+        self._on_chunk = on_chunk
+
+    @property
+    def version(self) -> int | None:
+        loaded = self.slot.current
+        return loaded.version if loaded else None
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def on_manifest(self, payload: bytes) -> None:
+        self._apply(self.updater.on_manifest(payload))
+
+    def on_chunk_topic(self, topic: str, payload: bytes) -> None:
+        try:
+            parsed = topics.parse(topic)
+        except TopicError:
+            parsed = None
+        if parsed is None or parsed.kind != "chunk" or parsed.version is None or parsed.index is None:
+            log.warning("unexpected message on %s", topic)
+            return
+        self._apply(self.updater.on_chunk(parsed.version, parsed.index, payload))
+
+    def tick(self) -> None:
+        """Abandon a stalled download (it is retried when the manifest is delivered again)."""
+        rejection = self.updater.tick()
+        if rejection is not None:
+            self._apply(rejection)
+
+    def load_from_disk(self) -> None:
+        """Serve the installed model after a restart, verified again (files can be tampered with)."""
+        if self.files.current_version() is None:
+            return
+        try:
+            stored = self.files.load_current(self.trust)
+            scorer = OnnxScorer(stored.model_bytes, stored.manifest)
+        except BundleError as exc:
+            log.error("the model on disk is not served: %s", exc)
+            self.last_rejection = Rejection(version=self.files.current_version(), reason=str(exc), at=time.time())
+            return
+        self.slot.swap(LoadedModel(scorer, stored.manifest))
+        self.updater.installed(stored.manifest.version)
+        log.info("loaded model v%d from %s", stored.manifest.version, self.files.directory)
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def _apply(self, action: Action) -> None:
+        if isinstance(action, Ignore):
+            log.debug("updater: %s", action.reason)
+        elif isinstance(action, StartDownload):
+            if action.unsubscribe:
+                self.link.unsubscribe(action.unsubscribe)
+            log.info("downloading model v%d (%d chunks)", action.manifest.version, action.manifest.chunk_count)
+            self.link.subscribe(action.subscribe, self._on_chunk)
+        elif isinstance(action, Reject):
+            if action.unsubscribe:
+                self.link.unsubscribe(action.unsubscribe)
+            self._reject(action.version, action.reason, action.sha256)
+        elif isinstance(action, Complete):
+            self.link.unsubscribe(action.unsubscribe)
+            self._install(action)
+
+    def _install(self, done: Complete) -> None:
+        manifest = done.manifest
+        try:
+            scorer = OnnxScorer(done.model_bytes, manifest)  # fully built before the swap
+            self.files.save(manifest, done.model_bytes)
+        except (BundleError, OSError) as exc:
+            self.updater.install_failed(manifest)
+            self._reject(manifest.version, str(exc), manifest.sha256)
+            return
+        old = self.slot.swap(LoadedModel(scorer, manifest))
+        self.updater.installed(manifest.version)
+        self.store.record_model_event(manifest.version, "installed", "", manifest.sha256)
+        log.info("model v%d installed (was %s)", manifest.version, old.version if old else "none")
+        self._on_change(True)
+
+    def _reject(self, version: int | None, reason: str, sha256: str | None) -> None:
+        log.warning("model v%s rejected: %s", version, reason)
+        self.last_rejection = Rejection(version=version, reason=reason, at=time.time())
+        try:
+            self.store.record_model_event(version, "rejected", reason, sha256)
+        finally:
+            self._on_change(False)
