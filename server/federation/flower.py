@@ -171,7 +171,9 @@ def submit_run(settings: ServerSettings, config_path: Path, run_id: str, rounds:
     )
     out = _json_tail(_flwr(settings, "run", str(app_dir), CONNECTION, "--run-config", run_config, "--format", "json"))
     if not out.get("success"):
-        raise FlowerRunError(f"SuperLink refused the run: {out.get('error-message', out)}")
+        raise FlowerRunError(
+            f"could not submit the run (is `fedforge server` running?): {out.get('error-message', out)}"
+        )
     return str(out["run-id"])
 
 
