@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.procs import processes_mentioning
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{entry}: {cmdline}")
-    return found
 
 
 def test_demo_prints_the_verdict_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -62,4 +49,4 @@ def test_demo_prints_the_verdict_and_leaves_nothing_behind(tmp_path: Path) -> No
     records = verdict["records"]
     assert records["scored"] == records["ingested"] > 0
     assert records["quarantined"] == 3 * 10  # the demo's faulty payloads, every one caught
-    assert _processes_mentioning(str(workdir)) == []
+    assert processes_mentioning(str(workdir)) == []

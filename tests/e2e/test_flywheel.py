@@ -16,6 +16,7 @@ from shared.schemas import DeviceStatus, decode
 from simulations.demo import prepare_split
 from simulations.fleet import LocalFleet, agent_store_state
 from simulations.replay import Replayer
+from tests.e2e.procs import processes_mentioning
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration]
 
@@ -96,3 +97,4 @@ def test_one_training_run_reaches_every_agent(mosquitto, tmp_path: Path) -> None
     finally:
         fleet.stop()
         watcher.client.stop()
+    assert processes_mentioning(str(tmp_path)) == []
