@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.config import FedforgeSettings, load_settings
+from shared.mqtt import TlsKwargs, tls_kwargs
 
 
 class AgentSettings(FedforgeSettings):
@@ -16,6 +17,11 @@ class AgentSettings(FedforgeSettings):
     fleet: str = "default"
     task: str = "fraud"
     broker_url: str = "mqtt://127.0.0.1:1883"
+    # Mutual TLS (mqtts:// only): the CA that signed the broker, and this device's certificate
+    # (CN = device_id: the broker's ACL keys on it) with its key. Checked at start.
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     data_dir: Path
     # Operator public keys (PEM): only manifests signed by one of these are installed.
     trusted_keys: list[Path] = Field(default_factory=list)
@@ -39,6 +45,15 @@ class AgentSettings(FedforgeSettings):
     disk_budget_mb: float = Field(default=512.0, gt=0)
     # How often the budget is checked (a stat of two files) and the outbox re-sent after a reconnect.
     disk_check_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_mqtt_tls(self) -> AgentSettings:
+        self.mqtt_tls()  # a bad TLS file stops the agent at start, not at its first connect
+        return self
+
+    def mqtt_tls(self) -> TlsKwargs:
+        """The TLS keyword arguments of the agent's MqttClient."""
+        return tls_kwargs(self.broker_url, self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
 
     @property
     def db_path(self) -> Path:

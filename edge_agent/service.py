@@ -100,7 +100,9 @@ class Agent:
         self._own_store = store is None
         self.store: AgentStore = store if store is not None else SqliteAgentStore(settings.db_path)
         self._fallback_spec = feature_spec or self._configured_spec()
-        self.link = AgentLink(settings.broker_url, settings.fleet, settings.device_id, settings.task)
+        self.link = AgentLink(
+            settings.broker_url, settings.fleet, settings.device_id, settings.task, tls=settings.mqtt_tls()
+        )
         self.companions: list[Companion] = list(companions)
         self.counters = AgentCounters.from_store_counts(self.store.counts())
         self.latency = LatencyWindow(1000)

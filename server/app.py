@@ -118,7 +118,7 @@ class ServerService:
         s = self.settings
         registry = self.open()
         key = ensure_signing_key(s)
-        self.client = server_client(s.broker_url, s.fleet)
+        self.client = server_client(s.broker_url, s.fleet, tls=s.mqtt_tls())
         self.monitor = FleetMonitor(self.client, registry, s.fleet, s.task)
         self.monitor.start()
         self.client.start()

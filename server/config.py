@@ -13,6 +13,7 @@ import platformdirs
 from pydantic import Field, model_validator
 
 from shared.config import FedforgeSettings, load_settings
+from shared.mqtt import TlsKwargs, tls_kwargs
 
 
 def default_data_dir() -> Path:
@@ -25,6 +26,11 @@ class ServerSettings(FedforgeSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str = ""
     broker_url: str = "mqtt://127.0.0.1:1883"
+    # Mutual TLS (mqtts:// only): the CA that signed the broker, and the server's certificate
+    # (CN = fedforge-server: the broker's ACL keys on it) with its key. Checked at start.
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     # Base URL agents use for large-file HTTPS downloads; None leaves ``url`` out of manifests.
@@ -69,6 +75,15 @@ class ServerSettings(FedforgeSettings):
         if not out.get("signing_public_key"):
             out["signing_public_key"] = data_dir / "keys" / "operator.pub.pem"
         return out
+
+    @model_validator(mode="after")
+    def _check_mqtt_tls(self) -> ServerSettings:
+        self.mqtt_tls()  # a bad TLS file stops the server (and the ServerApp) at start
+        return self
+
+    def mqtt_tls(self) -> TlsKwargs:
+        """The TLS keyword arguments of every MqttClient the server side builds."""
+        return tls_kwargs(self.broker_url, self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
 
 
 def load_server_settings(path: Path | None = None, **overrides: Any) -> ServerSettings:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from shared import topics
-from shared.mqtt import BrokerAddress, MessageHandler, MqttClient, Will
+from shared.mqtt import BrokerAddress, MessageHandler, MqttClient, TlsKwargs, Will
 from shared.schemas import DeviceStatus, PredictionBatch
 
 
@@ -20,7 +20,7 @@ def client_id_for(fleet: str, device_id: str) -> str:
 
 
 class AgentLink:
-    def __init__(self, broker_url: str, fleet: str, device_id: str, task: str) -> None:
+    def __init__(self, broker_url: str, fleet: str, device_id: str, task: str, tls: TlsKwargs | None = None) -> None:
         self.fleet = fleet
         self.device_id = device_id
         self.task = task
@@ -32,7 +32,11 @@ class AgentLink:
         self.predictions_topic = topics.predictions(fleet, device_id)
         will = Will(self.status_topic, self.offline_status(seq=0).to_bytes(), qos=1, retain=True)
         self._client = MqttClient(
-            BrokerAddress.parse(broker_url), client_id_for(fleet, device_id), persistent=True, will=will
+            BrokerAddress.parse(broker_url),
+            client_id_for(fleet, device_id),
+            persistent=True,
+            will=will,
+            **(tls or TlsKwargs()),
         )
 
     def offline_status(self, seq: int, **fields: object) -> DeviceStatus:

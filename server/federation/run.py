@@ -187,7 +187,10 @@ class TrainingRun:
     def _release(self, metrics: dict[str, float]) -> ModelManifest:
         key = load_private_key(self.settings.signing_key)
         client = MqttClient(
-            BrokerAddress.parse(self.settings.broker_url), f"fedforge-release-{self.run_id}", persistent=False
+            BrokerAddress.parse(self.settings.broker_url),
+            f"fedforge-release-{self.run_id}",
+            persistent=False,
+            **self.settings.mqtt_tls(),
         )
         client.start()
         try:

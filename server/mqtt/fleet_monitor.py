@@ -18,7 +18,7 @@ from server.registry.records import Registry
 from server.release.publisher import publish_chunks
 from shared import topics
 from shared.errors import FedforgeError, TopicError
-from shared.mqtt import BrokerAddress, MqttClient
+from shared.mqtt import BrokerAddress, MqttClient, TlsKwargs
 from shared.schemas import ChunkRequest, DeviceStatus, ModelManifest, decode
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,11 @@ QUEUE_SIZE = 10_000
 MAX_CHUNKS_PER_REQUEST = 4096
 
 
-def server_client(broker_url: str, fleet: str) -> MqttClient:
+def server_client(broker_url: str, fleet: str, tls: TlsKwargs | None = None) -> MqttClient:
     """The server's one MQTT client: stable id + persistent session, so no status is missed across restarts."""
-    return MqttClient(BrokerAddress.parse(broker_url), f"fedforge-server-{fleet}", persistent=True)
+    return MqttClient(
+        BrokerAddress.parse(broker_url), f"fedforge-server-{fleet}", persistent=True, **(tls or TlsKwargs())
+    )
 
 
 @dataclass
