@@ -17,11 +17,20 @@ from edge_agent.config import AgentSettings
 from edge_agent.inference import LoadedModel, ModelSlot, OnnxScorer
 from edge_agent.mqtt import AgentLink
 from edge_agent.store import AgentStore
-from edge_agent.updater import Action, Complete, Ignore, ModelFiles, ModelUpdater, Reject, StartDownload
+from edge_agent.updater import (
+    Action,
+    Complete,
+    Ignore,
+    ModelFiles,
+    ModelUpdater,
+    Reject,
+    RequestChunks,
+    StartDownload,
+)
 from shared import topics
 from shared.errors import BundleError, TopicError
 from shared.mqtt import MessageHandler
-from shared.schemas import Rejection
+from shared.schemas import ChunkRequest, Rejection
 from shared.signing import TrustStore
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,8 @@ class ModelManager:
         self.slot = ModelSlot()
         self.files = ModelFiles(settings.models_dir)
         self.updater = ModelUpdater(settings.fleet, settings.task, trust, timeout_s=settings.download_timeout_s)
+        self.device_id = settings.device_id
+        self.task = settings.task
         self.last_rejection: Rejection | None = None
         # Called with True after an install, False after a rejection (on the agent's loop).
         self._on_change = on_change
@@ -71,10 +82,10 @@ class ModelManager:
         self._apply(self.updater.on_chunk(parsed.version, parsed.index, payload))
 
     def tick(self) -> None:
-        """Abandon a stalled download (it is retried when the manifest is delivered again)."""
-        rejection = self.updater.tick()
-        if rejection is not None:
-            self._apply(rejection)
+        """Resume a stalled download, or abandon it (retried when the manifest comes again)."""
+        action = self.updater.tick()
+        if action is not None:
+            self._apply(action)
 
     def load_from_disk(self) -> None:
         """Serve the installed model after a restart, verified again (files can be tampered with)."""
@@ -108,6 +119,12 @@ class ModelManager:
         elif isinstance(action, Complete):
             self.link.unsubscribe(action.unsubscribe)
             self._install(action)
+        elif isinstance(action, RequestChunks):
+            log.info("model v%d: no chunk for a while, asking again for %s", action.version, list(action.missing[:5]))
+            request = ChunkRequest(
+                device_id=self.device_id, task=self.task, version=action.version, missing=action.missing
+            )
+            self.link.publish_chunk_request(request)
 
     def _install(self, done: Complete) -> None:
         manifest = done.manifest

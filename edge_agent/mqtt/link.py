@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from shared import topics
 from shared.mqtt import BrokerAddress, MessageHandler, MqttClient, TlsKwargs, Will
-from shared.schemas import DeviceStatus, PredictionBatch
+from shared.schemas import ChunkRequest, DeviceStatus, PredictionBatch
 
 
 def client_id_for(fleet: str, device_id: str) -> str:
@@ -30,6 +30,7 @@ class AgentLink:
         self.manifest_topic = topics.manifest(fleet, task)
         self.status_topic = topics.status(fleet, device_id)
         self.predictions_topic = topics.predictions(fleet, device_id)
+        self.model_request_topic = topics.model_request(fleet, device_id)
         will = Will(self.status_topic, self.offline_status(seq=0).to_bytes(), qos=1, retain=True)
         self._client = MqttClient(
             BrokerAddress.parse(broker_url),
@@ -66,6 +67,9 @@ class AgentLink:
 
     def publish_status(self, status: DeviceStatus) -> int:
         return self._client.publish(self.status_topic, status.to_bytes(), qos=1, retain=True)
+
+    def publish_chunk_request(self, request: ChunkRequest) -> int:
+        return self._client.publish(self.model_request_topic, request.to_bytes(), qos=1)
 
     def publish_predictions(self, batch: PredictionBatch) -> int:
         return self._client.publish(self.predictions_topic, batch.to_bytes(), qos=1)

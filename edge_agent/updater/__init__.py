@@ -6,8 +6,9 @@ from edge_agent.updater.core import (
     Ignore,
     ModelUpdater,
     Reject,
+    RequestChunks,
     StartDownload,
 )
 from edge_agent.updater.files import ModelFiles
 
-__all__ = ["Action", "Complete", "Ignore", "ModelFiles", "ModelUpdater", "Reject", "StartDownload"]
+__all__ = ["Action", "Complete", "Ignore", "ModelFiles", "ModelUpdater", "Reject", "RequestChunks", "StartDownload"]

@@ -48,7 +48,15 @@ class Complete:
     unsubscribe: str
 
 
-Action = Ignore | StartDownload | Reject | Complete
+@dataclass(frozen=True, slots=True)
+class RequestChunks:
+    """A download stalled: ask the cloud to send these chunk ranges again (pull-by-block resume)."""
+
+    version: int
+    missing: tuple[tuple[int, int], ...]
+
+
+Action = Ignore | StartDownload | Reject | Complete | RequestChunks
 
 
 @dataclass(slots=True)
@@ -57,6 +65,7 @@ class _Download:
     assembler: ChunkAssembler
     filter: str
     last_progress: float
+    last_request: float = 0.0
 
 
 class ModelUpdater:
@@ -68,6 +77,7 @@ class ModelUpdater:
         *,
         current_version: int | None = None,
         timeout_s: float = 60.0,
+        resume_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
@@ -75,6 +85,8 @@ class ModelUpdater:
         self.trust = trust
         self.current_version = current_version
         self.timeout_s = timeout_s
+        # Ask for missing chunks well before giving up: by default four times per timeout.
+        self.resume_after_s = resume_after_s if resume_after_s is not None else timeout_s / 4
         self._clock = clock
         self._download: _Download | None = None
         self._rejected: set[tuple[int, str]] = set()  # (version, signature)
@@ -122,11 +134,17 @@ class ModelUpdater:
         self._download = None
         return Complete(dl.manifest, model_bytes, dl.filter)
 
-    def tick(self) -> Reject | None:
-        """Abandon a download that made no progress for ``timeout_s``."""
+    def tick(self) -> Reject | RequestChunks | None:
+        """Ask again for what is missing after ``resume_after_s`` without progress; give up after ``timeout_s``."""
         dl = self._download
-        if dl is None or self._clock() - dl.last_progress < self.timeout_s:
+        if dl is None:
             return None
+        now = self._clock()
+        if now - dl.last_progress < self.timeout_s:
+            if now - max(dl.last_progress, dl.last_request) < self.resume_after_s:
+                return None
+            dl.last_request = now
+            return RequestChunks(dl.manifest.version, tuple(dl.assembler.missing_ranges()))
         got, total = dl.assembler.received(), dl.manifest.chunk_count
         missing = dl.assembler.missing_ranges()
         reason = f"download timed out after {self.timeout_s:g} s: {got} of {total} chunks, missing {missing[:5]}"

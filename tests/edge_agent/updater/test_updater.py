@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.updater import Complete, Ignore, ModelFiles, ModelUpdater, Reject, StartDownload
+from edge_agent.updater import Complete, Ignore, ModelFiles, ModelUpdater, Reject, RequestChunks, StartDownload
 from shared import topics
 from shared.errors import BundleError
 from shared.signing import TrustStore
@@ -154,3 +154,27 @@ def test_model_files_roundtrip_and_reverify(
     path.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="sha256"):
         files.load_current(trust)
+
+
+def test_stalled_download_asks_for_missing_chunks_before_giving_up(
+    updater: ModelUpdater, make_bundle: Callable[..., Bundle], clock: Clock
+) -> None:
+    bundle = make_bundle(8)
+    feed(updater, bundle, order=[0, 1, 4])
+    clock.now = 10.0
+    assert updater.tick() is None  # not stalled long enough (resume after 15 s by default)
+    clock.now = 16.0
+    request = updater.tick()
+    assert isinstance(request, RequestChunks)
+    assert request.version == bundle.manifest.version
+    assert request.missing == ((2, 3), (5, len(bundle.chunks) - 1))
+    clock.now = 20.0
+    assert updater.tick() is None  # asked recently: no request storm
+    clock.now = 32.0
+    assert isinstance(updater.tick(), RequestChunks)
+    for i in (2, 3, 5):
+        updater.on_chunk(bundle.manifest.version, i, bundle.chunks[i])
+    clock.now = 40.0
+    assert updater.tick() is None  # progress resets the clock
+    last = [updater.on_chunk(bundle.manifest.version, i, bundle.chunks[i]) for i in range(6, len(bundle.chunks))][-1]
+    assert isinstance(last, Complete)
