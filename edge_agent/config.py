@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
 from shared.config import FedforgeSettings, load_settings
+from shared.errors import ConfigError
 from shared.mqtt import TlsKwargs, tls_kwargs
 
 
@@ -29,6 +31,11 @@ class AgentSettings(FedforgeSettings):
     # Flower Fleet API "host:port"; used by edge_agent.federation, not by the agent core.
     superlink_address: str | None = None
     supernode_port: int | None = None
+    # Flower node authentication (opt-in, needs TLS): the CA that signed the SuperLink, and
+    # this device's private key (EC P-384, OpenSSH format; created with its .pub beside it on
+    # first start). The operator registers the .pub: `fedforge devices register`.
+    superlink_ca_file: Path | None = None
+    supernode_key: Path | None = None
     max_batch: int = Field(default=256, ge=1, le=100_000)
     # Bound of the hand-off queue between paho's thread and the asyncio loop (messages).
     queue_size: int = Field(default=10_000, ge=1)
@@ -49,6 +56,18 @@ class AgentSettings(FedforgeSettings):
     @model_validator(mode="after")
     def _check_mqtt_tls(self) -> AgentSettings:
         self.mqtt_tls()  # a bad TLS file stops the agent at start, not at its first connect
+        return self
+
+    @model_validator(mode="after")
+    def _check_superlink_tls(self) -> AgentSettings:
+        """Flower refuses a node key over plaintext; say so at start rather than in supernode.log."""
+        if self.supernode_key is not None and self.superlink_ca_file is None:
+            raise ConfigError("supernode_key needs superlink_ca_file: Flower authenticates SuperNodes only over TLS")
+        if self.superlink_ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=str(self.superlink_ca_file))
+            except OSError as exc:
+                raise ConfigError(f"superlink_ca_file {self.superlink_ca_file} cannot be read: {exc}") from None
         return self
 
     def mqtt_tls(self) -> TlsKwargs:

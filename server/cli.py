@@ -1,4 +1,4 @@
-"""``fedforge server``, ``fedforge train`` and ``fedforge keys``.
+"""``fedforge server``, ``fedforge train``, ``fedforge keys`` and ``fedforge devices``.
 
 Exit codes: 0 success; 1 runtime failure (a run that failed or was not published);
 2 usage or configuration error.
@@ -22,6 +22,11 @@ def _parser(name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"fedforge {name}")
     parser.add_argument("--config", type=Path, help="server TOML file (FEDFORGE_* variables override it)")
     parser.add_argument("--log-level", default="INFO")
+    if name == "devices":
+        parser.add_argument("action", choices=["register", "unregister"])
+        parser.add_argument("--public-key", type=Path, help="the device's node public key (supernode_key + .pub)")
+        parser.add_argument("--node-id", help="unregister: the Flower node id (default: looked up by --public-key)")
+        parser.add_argument("--name", help="register: a name shown by `flwr supernode list`")
     if name == "train":
         parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: settings.rounds)")
         parser.add_argument("--min-agents", type=int, default=None)
@@ -52,6 +57,8 @@ def run_command(name: str, argv: list[str]) -> int:
             ensure_signing_key(settings)
             sys.stdout.write(f"{settings.signing_public_key}\n")
             return 0
+        if name == "devices":
+            return _devices(settings, args)
         if name == "train":
             if args.config is None:
                 log.error("fedforge train needs --config (the ServerApp reads the same file)")
@@ -62,6 +69,35 @@ def run_command(name: str, argv: list[str]) -> int:
         return 1
     log.error("unknown command %s", name)
     return 2
+
+
+def _devices(settings: object, args: argparse.Namespace) -> int:
+    """Register or unregister a device's Flower node key; prints the node id."""
+    from server.config import ServerSettings
+    from server.federation.node_auth import key_fingerprint, node_id_of_key, register_device, unregister_device
+    from server.registry.migrate import migrate
+    from server.registry.sql import SqlRegistry
+
+    assert isinstance(settings, ServerSettings)
+    if args.action == "register" and args.public_key is None:
+        log.error("fedforge devices register needs --public-key")
+        return 2
+    if args.action == "unregister" and args.public_key is None and args.node_id is None:
+        log.error("fedforge devices unregister needs --node-id or --public-key")
+        return 2
+    migrate(settings.database_url)
+    registry = SqlRegistry(settings.database_url)
+    try:
+        if args.action == "register":
+            node_id = register_device(settings, registry, args.public_key, name=args.name)
+        else:
+            node_id = args.node_id or node_id_of_key(registry, args.public_key)
+            fingerprint = key_fingerprint(args.public_key) if args.public_key is not None else None
+            unregister_device(settings, registry, node_id, fingerprint=fingerprint)
+    finally:
+        registry.close()
+    sys.stdout.write(json.dumps({"action": args.action, "node_id": node_id}) + "\n")
+    return 0
 
 
 def _train(settings: object, config_path: Path, args: argparse.Namespace) -> int:

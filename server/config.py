@@ -6,6 +6,7 @@ Paths that live under ``data_dir`` (database, signing keys) default from it, so 
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import platformdirs
 from pydantic import Field, model_validator
 
 from shared.config import FedforgeSettings, load_settings
+from shared.errors import ConfigError
 from shared.mqtt import TlsKwargs, tls_kwargs
 
 
@@ -39,6 +41,14 @@ class ServerSettings(FedforgeSettings):
     signing_public_key: Path = Path()
     superlink_host: str = "127.0.0.1"
     superlink_port: int = Field(default=9092, ge=0, le=65535)
+    # Flower node authentication (opt-in): only SuperNodes whose public key was registered
+    # (`fedforge devices register`) may join, and a restarted SuperNode keeps its node id.
+    # Flower refuses it without TLS, so it needs the SuperLink's CA, certificate and key;
+    # the SuperLink's state (registered keys) then lives in data_dir/superlink.db.
+    supernode_auth: bool = False
+    superlink_ca_file: Path | None = None
+    superlink_cert_file: Path | None = None
+    superlink_key_file: Path | None = None
     min_agents: int = Field(default=1, ge=1)
     rounds: int = Field(default=3, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
@@ -80,6 +90,37 @@ class ServerSettings(FedforgeSettings):
     def _check_mqtt_tls(self) -> ServerSettings:
         self.mqtt_tls()  # a bad TLS file stops the server (and the ServerApp) at start
         return self
+
+    @model_validator(mode="after")
+    def _check_superlink_tls(self) -> ServerSettings:
+        """Refuse half a TLS setup here: Flower would only fail later, inside the supervised SuperLink."""
+        files = {
+            "superlink_ca_file": self.superlink_ca_file,
+            "superlink_cert_file": self.superlink_cert_file,
+            "superlink_key_file": self.superlink_key_file,
+        }
+        given = {name: path for name, path in files.items() if path is not None}
+        if self.supernode_auth and len(given) < len(files):
+            missing = ", ".join(name for name in files if name not in given)
+            raise ConfigError(f"supernode_auth needs TLS on the SuperLink (Flower refuses it otherwise): set {missing}")
+        if given and len(given) < len(files):
+            raise ConfigError("superlink_ca_file, superlink_cert_file and superlink_key_file must be set together")
+        for name, path in given.items():
+            try:
+                path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{name} {path} cannot be read: {exc.strerror or exc}") from None
+        if given:
+            try:
+                context = ssl.create_default_context(cafile=str(self.superlink_ca_file))
+                context.load_cert_chain(str(self.superlink_cert_file), str(self.superlink_key_file))
+            except ssl.SSLError as exc:
+                raise ConfigError(f"SuperLink TLS files are not a usable CA / certificate / key: {exc}") from None
+        return self
+
+    @property
+    def superlink_tls(self) -> bool:
+        return self.superlink_ca_file is not None
 
     def mqtt_tls(self) -> TlsKwargs:
         """The TLS keyword arguments of every MqttClient the server side builds."""

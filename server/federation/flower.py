@@ -86,18 +86,33 @@ def executable(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def superlink_tls_args(settings: ServerSettings) -> list[str]:
+    """TLS and node-authentication flags: ``--insecure`` unless the SuperLink has certificates.
+
+    With node authentication the SuperLink keeps its state in a database file: registered
+    keys (and so node ids) must survive the supervisor restarting a SuperLink that died.
+    """
+    if not settings.superlink_tls:
+        return ["--insecure"]
+    argv = [
+        "--ssl-ca-certfile",
+        str(settings.superlink_ca_file),
+        "--ssl-certfile",
+        str(settings.superlink_cert_file),
+        "--ssl-keyfile",
+        str(settings.superlink_key_file),
+    ]
+    if settings.supernode_auth:
+        argv += ["--enable-supernode-auth", "--database", str(settings.data_dir / "superlink.db")]
+    return argv
+
+
 def superlink_process(settings: ServerSettings) -> ManagedProcess:
     home = flwr_home(settings)
     (settings.data_dir / "logs").mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
-    argv = [
-        executable("flower-superlink"),
-        "--insecure",
-        "--host",
-        settings.superlink_host,
-        "--port",
-        str(settings.superlink_port),
-    ]
+    argv = [executable("flower-superlink"), *superlink_tls_args(settings)]
+    argv += ["--host", settings.superlink_host, "--port", str(settings.superlink_port)]
     return ManagedProcess(
         "flower-superlink", argv, env=flower_env(home), log_path=settings.data_dir / "logs" / "superlink.log"
     )
@@ -120,13 +135,24 @@ def write_app(settings: ServerSettings) -> Path:
     app_dir = settings.data_dir / "flower-app"
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "pyproject.toml").write_text(APP_PYPROJECT)
+    write_connection_config(settings)
+    return app_dir
+
+
+def write_connection_config(settings: ServerSettings) -> Path:
+    """The flwr CLI's ``$FLWR_HOME/config.toml``: one connection to our SuperLink (TLS when it has it)."""
     home = flwr_home(settings)
     home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(
+    if settings.superlink_tls:
+        security = f"root-certificates = {json.dumps(str(Path(str(settings.superlink_ca_file)).resolve()))}\n"
+    else:
+        security = "insecure = true\n"
+    path = home / "config.toml"
+    path.write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "{settings.superlink_host}:{settings.superlink_port}"\ninsecure = true\n'
+        f'address = "{settings.superlink_host}:{settings.superlink_port}"\n{security}'
     )
-    return app_dir
+    return path
 
 
 def _flwr(settings: ServerSettings, *args: str, timeout: float | None = None) -> str:
