@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import stat
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,10 +15,11 @@ from edge_agent.config import AgentSettings
 from edge_agent.federation.node_key import public_key_path
 from edge_agent.federation.supernode import SuperNodeCompanion
 from server.config import ServerSettings
-from server.federation.flower import CONNECTION, executable, flower_env, flwr_home, superlink_process, write_app
+from server.federation.flower import superlink_process, write_app
 from server.federation.node_auth import ACTION_REGISTER, register_device, unregister_device
 from server.registry.memory import InMemoryRegistry
 from shared.net import free_port, wait_port
+from tests.e2e.flower_nodes import listed_nodes, online, wait_until
 from tests.e2e.procs import processes_mentioning
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,34 +32,6 @@ def make_certs(out: Path) -> Path:
     script = REPO / "deploy" / "pki" / "make-certs.sh"
     subprocess.run(["bash", str(script), str(out), "localhost,127.0.0.1"], check=True, capture_output=True)
     return out
-
-
-def listed_nodes(settings: ServerSettings) -> dict[str, dict[str, Any]]:
-    proc = subprocess.run(
-        [executable("flwr"), "supernode", "list", CONNECTION, "--format", "json"],
-        env=flower_env(flwr_home(settings)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    start = proc.stdout.find("{")
-    if start < 0:
-        return {}
-    return {str(n["node-id"]): n for n in json.loads(proc.stdout[start:]).get("nodes", [])}
-
-
-def online(settings: ServerSettings) -> set[str]:
-    return {node_id for node_id, n in listed_nodes(settings).items() if n.get("status") == "online"}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def test_only_registered_supernodes_join_and_keep_their_node_id(tmp_path: Path) -> None:
