@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared.errors import SignatureError
+from shared.fileio import atomic_write_bytes
 
 
 def canonical_json(obj: Mapping[str, Any]) -> bytes:
@@ -40,20 +40,16 @@ def generate_private_key() -> Ed25519PrivateKey:
 
 
 def write_keypair(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
-    """Create a key pair; the private key file is written 0600 before any byte lands in it."""
+    """Create a key pair; the private key file is 0600 from its first byte, and written atomically."""
     key = generate_private_key()
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    public_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    atomic_write_bytes(private_path, private_pem, mode=0o600)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    atomic_write_bytes(public_path, public_pem)
     return key
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from shared import topics
 from shared.datasets import fraud as fraud_data
-from shared.datasets.split import dirichlet_partition, time_split, write_split
+from shared.datasets.split import dirichlet_partition, read_agent_parts, time_split, write_split
 from shared.mqtt import BrokerAddress, MqttClient
 from simulations.broker import EmbeddedBroker
 from simulations.fleet import FleetError, LocalFleet, agent_store_state
@@ -71,8 +71,6 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         broker_url = broker.url
     try:
         split_dir = prepare_split(root / "split", args.agents, args.synthetic, args.seed)
-        from shared.datasets.split import read_agent_parts
-
         parts = read_agent_parts(split_dir)
         with LocalFleet(
             root, broker_url, split_dir, n_agents=args.agents, fleet="demo", local_epochs=args.local_epochs

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -213,7 +212,6 @@ class LocalFleet:
     # -- actions -------------------------------------------------------------------
 
     def train(self, rounds: int, timeout: float = 900.0) -> dict[str, Any]:
-        env = dict(os.environ)
         proc = subprocess.run(
             self._command(
                 "train", "--config", str(self.server_config), "--rounds", str(rounds), "--timeout", str(timeout)
@@ -221,7 +219,6 @@ class LocalFleet:
             capture_output=True,
             text=True,
             timeout=timeout + 60,
-            env=env,
             check=False,
         )
         (self.root / "train.log").write_text(proc.stderr)

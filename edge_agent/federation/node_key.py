@@ -9,7 +9,6 @@ OpenSSH format satisfies both. The public half is written beside the private key
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -17,25 +16,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.errors import ConfigError
+from shared.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
 def public_key_path(private_key: Path) -> Path:
     return private_key.with_name(private_key.name + ".pub")
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write to a temporary name, fsync, then rename: a crash never leaves half a key."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask
-    os.replace(tmp, path)
 
 
 def _load(private_key: Path) -> ec.EllipticCurvePrivateKey:
@@ -64,10 +51,10 @@ def ensure_node_key(private_key: Path) -> Path:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
         )
-        _write(private_key, pem, 0o600)
+        atomic_write_bytes(private_key, pem, mode=0o600)
         log.info("created the Flower node key %s: register %s on the server", private_key, public_key_path(private_key))
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     pub_path = public_key_path(private_key)
     if not pub_path.exists() or pub_path.read_bytes().split()[:2] != public.split()[:2]:
-        _write(pub_path, public + b"\n", 0o644)
+        atomic_write_bytes(pub_path, public + b"\n")
     return pub_path

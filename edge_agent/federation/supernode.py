@@ -12,33 +12,12 @@ session offline (two missed 30 s heartbeats), then rejoins under the same node i
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-from pathlib import Path
 
 from edge_agent.config import AgentSettings
 from edge_agent.federation.node_key import ensure_node_key
+from shared.flower_env import flower_env, venv_executable
 from shared.net import free_port
 from shared.process import ManagedProcess
-
-
-def _executable(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def supernode_env(flwr_home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(
-        {
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": env.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"),
-        }
-    )
-    return env
 
 
 def supernode_security_args(settings: AgentSettings) -> list[str]:
@@ -55,7 +34,7 @@ def supernode_argv(settings: AgentSettings) -> list[str]:
     if not settings.superlink_address:
         raise ValueError("superlink_address is not set")
     node_config = f"store-path='{settings.db_path.resolve()}' device-id='{settings.device_id}'"
-    argv = [_executable("flower-supernode"), *supernode_security_args(settings)]
+    argv = [venv_executable("flower-supernode"), *supernode_security_args(settings)]
     argv += ["--superlink", settings.superlink_address, "--node-config", node_config]
     # Each SuperNode serves its ClientApps on a local port; two on one host must differ.
     argv += ["--host", "127.0.0.1", "--port", str(settings.supernode_port or free_port())]
@@ -73,7 +52,7 @@ class SuperNodeCompanion:
         self.process = ManagedProcess(
             f"flower-supernode[{settings.device_id}]",
             supernode_argv(settings),
-            env=supernode_env(home),
+            env=flower_env(home),
             log_path=settings.data_dir / "supernode.log",
         )
 

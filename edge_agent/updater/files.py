@@ -8,12 +8,12 @@ What is loaded back is verified again (signature, size, sha256): the disk is not
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.bundle import parse_manifest, verify_manifest, verify_model_bytes
 from shared.errors import BundleError
+from shared.fileio import atomic_write_bytes
 from shared.schemas import ModelManifest
 from shared.signing import TrustStore
 
@@ -26,24 +26,6 @@ POINTER = "current"
 class StoredModel:
     manifest: ModelManifest
     model_bytes: bytes
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class ModelFiles:
@@ -59,9 +41,9 @@ class ModelFiles:
     def save(self, manifest: ModelManifest, model_bytes: bytes) -> None:
         """Write the model and its manifest, then point ``current`` at them."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.model_path(manifest.version), model_bytes)
-        _atomic_write(self.manifest_path(manifest.version), manifest.to_bytes())
-        _atomic_write(self.directory / POINTER, f"{manifest.version}\n".encode())
+        atomic_write_bytes(self.model_path(manifest.version), model_bytes)
+        atomic_write_bytes(self.manifest_path(manifest.version), manifest.to_bytes())
+        atomic_write_bytes(self.directory / POINTER, f"{manifest.version}\n".encode())
 
     def current_version(self) -> int | None:
         try:

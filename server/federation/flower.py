@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,8 @@ from typing import Any
 
 from server.config import ServerSettings
 from server.errors import ServerError
+from shared.flower_env import flower_env
+from shared.flower_env import venv_executable as executable
 from shared.process import ManagedProcess
 
 log = logging.getLogger(__name__)
@@ -60,30 +60,8 @@ class FlowerRunError(ServerError):
     """A Flower run could not be submitted or did not complete."""
 
 
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for every Flower process we start: quiet, offline, and fast polling."""
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    env.update(
-        {
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": env.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"),
-        }
-    )
-    return env
-
-
 def flwr_home(settings: ServerSettings) -> Path:
     return settings.flwr_home or settings.data_dir / "flwr"
-
-
-def executable(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
 
 
 def superlink_tls_args(settings: ServerSettings) -> list[str]:

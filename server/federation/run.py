@@ -23,6 +23,7 @@ from server.federation.strategy import SanitizedFedAvg
 from server.registry.records import Registry, RoundRecord
 from server.registry.sql import SqlRegistry
 from server.release.release import release_model
+from server.training.bootstrap import resolve_device
 from server.training.checkpoints import load_state, save_state
 from server.training.data import labels, load_frame, model_inputs
 from shared.features import FeatureSpec
@@ -32,12 +33,6 @@ from shared.signing import load_private_key
 from shared.tasks import fraud
 
 log = logging.getLogger(__name__)
-
-
-def torch_device(setting: str) -> str:
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
 
 
 @dataclass
@@ -165,7 +160,9 @@ class TrainingRun:
         self.model.load_state_dict(state)
         if self.finetune is not None and len(self.finetune.x):
             cfg = fraud.TrainConfig(
-                epochs=self.settings.finetune_epochs, seed=self.settings.seed, device=torch_device(self.settings.device)
+                epochs=self.settings.finetune_epochs,
+                seed=self.settings.seed,
+                device=resolve_device(self.settings.device),
             )
             result = fraud.train(self.model, self.finetune.x, self.finetune.y, cfg)
             log.info("fine-tuned on %d server records on %s: loss %.4f", len(self.finetune.x), cfg.device, result.loss)

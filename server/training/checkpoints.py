@@ -6,8 +6,7 @@ reverse-engineering initializers out of an exported graph.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from server.errors import ServerError
+from shared.fileio import atomic_write_bytes
 
 
 def checkpoint_path(data_dir: Path, task: str, version: int) -> Path:
@@ -23,15 +23,10 @@ def checkpoint_path(data_dir: Path, task: str, version: int) -> Path:
 
 def save_state(data_dir: Path, task: str, version: int, state: dict[str, torch.Tensor]) -> Path:
     path = checkpoint_path(data_dir, task, version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        arrays: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in state.items()}
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    arrays: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in state.items()}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_state(data_dir: Path, task: str, version: int) -> dict[str, torch.Tensor]:

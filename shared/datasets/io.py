@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import pandas as pd  # type: ignore[import-untyped,unused-ignore]  # no pandas-stubs in the venv
 
 from shared.errors import DatasetError
+from shared.fileio import atomic_write_bytes
 
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write next to the target and rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Readers see the old file or the whole new one (``shared.fileio``)."""
     try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        df.to_parquet(buffer, index=False)
+        return atomic_write_bytes(path, buffer.getvalue())
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         raise DatasetError(f"cannot write {path}: {exc}") from exc
-    return path
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def read_parquet(path: Path) -> pd.DataFrame:

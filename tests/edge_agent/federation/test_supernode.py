@@ -9,7 +9,8 @@ import pytest
 from flwr.common.config import parse_config_args
 
 from edge_agent.config import AgentSettings
-from edge_agent.federation.supernode import SuperNodeCompanion, supernode_argv, supernode_env
+from edge_agent.federation.supernode import SuperNodeCompanion, supernode_argv
+from shared.flower_env import flower_env as supernode_env
 
 
 def settings(tmp_path: Path, **extra: object) -> AgentSettings:
