@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: venv demo test lint unit clean
+.PHONY: venv demo test lint unit clean bench bench-quick
 
 $(BIN)/fedforge: pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need Python 3.11 ($(PY))"; exit 2; }
@@ -33,3 +33,15 @@ test: lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (benchmarks/README.md): `make bench` writes benchmarks/results.md; `make bench-quick`
+# runs every script at toy sizes (make test runs it through tests/benchmarks) so none rots.
+BENCH_SCRIPTS = $(sort $(basename $(notdir $(wildcard benchmarks/bench_*.py))))
+
+bench: venv
+	rm -rf benchmarks/results
+	@set -e; for s in $(BENCH_SCRIPTS); do echo "== $$s"; $(BIN)/python -m benchmarks.$$s; done
+	$(BIN)/python -m benchmarks.report
+
+bench-quick: venv
+	@set -e; out=$$(mktemp -d); for s in $(BENCH_SCRIPTS); do echo "== $$s"; $(BIN)/python -m benchmarks.$$s --quick --out $$out; done; rm -rf $$out
