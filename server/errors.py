@@ -19,3 +19,7 @@ class NotFoundError(RegistryError):
 
 class ReleaseError(ServerError):
     """A model cannot be released: export failed or the ONNX graph disagrees with torch."""
+
+
+class AggregationError(ServerError):
+    """Updates cannot be aggregated: undecodable bytes, mismatched layouts, bad weights."""

@@ -111,7 +111,7 @@ class TrainingRun:
     # -- federated part ------------------------------------------------------------
 
     def strategy(self) -> SanitizedFedAvg:
-        self._strategy = SanitizedFedAvg(min_nodes=self.min_agents)
+        self._strategy = SanitizedFedAvg(min_nodes=self.min_agents, device=self.settings.device)
         return self._strategy
 
     def train_config(

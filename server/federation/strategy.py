@@ -7,6 +7,11 @@ round. Those replies are dropped and counted as failures before Flower aggregate
 Flower's FedAvg also raises (ending the whole run) when replies differ in shape: several
 ArrayRecords or MetricRecords, other array keys, other metric keys. A reply that does not
 match the model sent, or whose metric keys differ from most replies', is dropped too.
+
+The arrays are averaged by fedforge's kernels (``server.aggregation``, through
+``server.federation.aggregate``), not by Flower's ``aggregate_arrayrecords``: the bytes are
+read in place, once, and the same pass yields each update's norm, so checking for NaN/Inf
+and exploding norms costs no extra pass (benchmarks/bench_aggregation.py, figure 4).
 """
 
 from __future__ import annotations
@@ -16,12 +21,23 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
+from server.aggregation.fedavg import Averaged, screen
+from server.errors import AggregationError
+from server.federation.aggregate import record_views, screened_average, to_record
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _most_common(items: list[T]) -> T | None:
+    return Counter(items).most_common(1)[0][0] if items else None
 
 
 @dataclass
@@ -34,19 +50,40 @@ class RoundOutcome:
     started: float = field(default_factory=time.monotonic)
 
 
-def _shapes(record: ArrayRecord) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(array.shape) for key, array in record.items()}
+Layout = tuple[tuple[str, tuple[int, ...], str], ...]
 
 
-def reply_problem(msg: Message, max_norm: float, expected: ArrayRecord | None = None) -> str | None:
-    """Why a train reply must not be aggregated, or None when it is sound.
+def _layout(record: ArrayRecord) -> Layout:
+    return tuple((key, tuple(array.shape), str(array.dtype)) for key, array in record.items())
 
-    ``expected`` (the arrays sent to the nodes) makes a reply for another model a problem.
+
+@dataclass(frozen=True)
+class ParsedReply:
+    """A train reply whose form is sound, taken apart once (Flower rebuilds its record views per access)."""
+
+    msg: Message
+    metrics: MetricRecord
+    arrays: ArrayRecord
+    views: list[npt.NDArray[np.generic]]
+    weight: float
+    layout: Layout
+
+    @property
+    def node(self) -> str:
+        return f"node {self.msg.metadata.src_node_id}"
+
+
+def parse_reply(msg: Message, expected: ArrayRecord | None = None) -> ParsedReply | str:
+    """The reply taken apart, or what is wrong with its form (error, metrics, weight, arrays' layout).
+
+    Values are not read here (that is the aggregation pass's job). ``expected`` (the arrays
+    sent to the nodes) makes a reply for another model a problem.
     """
     node = f"node {msg.metadata.src_node_id}"
     if msg.has_error():
         return f"{node}: error {msg.error.reason}"
-    metrics = list(msg.content.metric_records.values())
+    content = msg.content
+    metrics = list(content.metric_records.values())
     if len(metrics) != 1:
         return f"{node}: expected one MetricRecord, got {len(metrics)}"
     examples = metrics[0].get("num-examples", 0)
@@ -54,19 +91,30 @@ def reply_problem(msg: Message, max_norm: float, expected: ArrayRecord | None = 
         return f"{node}: num-examples is not a finite number: {examples!r}"
     if examples <= 0:
         return f"{node}: no labelled examples"
-    arrays = list(msg.content.array_records.values())
+    arrays = list(content.array_records.values())
     if len(arrays) != 1:
         return f"{node}: expected one ArrayRecord, got {len(arrays)}"
-    if expected is not None and _shapes(arrays[0]) != _shapes(expected):
+    layout = _layout(arrays[0])
+    if expected is not None and [(k, s) for k, s, _ in layout] != [(k, s) for k, s, _ in _layout(expected)]:
         return f"{node}: arrays do not match the model sent (keys or shapes differ)"
-    sq = 0.0
-    for nd in arrays[0].to_numpy_ndarrays():
-        if not np.all(np.isfinite(nd)):
-            return f"{node}: non-finite values in update"
-        sq += float(np.square(nd, dtype=np.float64).sum())
-    if sq**0.5 > max_norm:
-        return f"{node}: update norm {sq**0.5:.3g} above bound {max_norm:.3g}"
-    return None
+    try:
+        views = record_views(arrays[0])
+    except AggregationError as exc:
+        return f"{node}: undecodable arrays: {exc}"
+    if [tuple(v.shape) for v in views] != [s for _, s, _ in layout]:
+        return f"{node}: array bytes do not match their declared shapes"
+    if expected is not None and layout != _layout(expected):
+        return f"{node}: arrays do not match the model sent (dtypes differ)"
+    return ParsedReply(msg, metrics[0], arrays[0], views, float(examples), layout)
+
+
+def reply_problem(msg: Message, max_norm: float, expected: ArrayRecord | None = None) -> str | None:
+    """Why one train reply must not be aggregated, or None when it is sound (form and values)."""
+    parsed = parse_reply(msg, expected)
+    if isinstance(parsed, str):
+        return parsed
+    _, problems = screen([parsed.views], [parsed.weight], max_norm=max_norm)
+    return f"{parsed.node}: {problems[0]}" if problems else None
 
 
 class SanitizedFedAvg(FedAvg):
@@ -75,6 +123,7 @@ class SanitizedFedAvg(FedAvg):
         *,
         min_nodes: int,
         max_update_norm: float = 1e4,
+        device: str = "cpu",
         on_round: Callable[[RoundOutcome], None] | None = None,
     ) -> None:
         super().__init__(
@@ -84,6 +133,7 @@ class SanitizedFedAvg(FedAvg):
             min_available_nodes=min_nodes,
         )
         self.max_update_norm = max_update_norm
+        self.device = device  # "auto" lets aggregation use a GPU when there is one
         self.on_round = on_round
         self.outcomes: dict[int, RoundOutcome] = {}
         self._sent: dict[int, ArrayRecord] = {}
@@ -98,22 +148,50 @@ class SanitizedFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         outcome = self.outcomes.setdefault(server_round, RoundOutcome(server_round))
         expected = self._sent.get(server_round)
-        checked = [(msg, reply_problem(msg, self.max_update_norm, expected)) for msg in replies]
-        # Flower refuses replies whose metric keys differ: keep the most common key set.
-        key_sets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m, p in checked if p is None]
-        common = Counter(key_sets).most_common(1)[0][0] if key_sets else frozenset()
-        sound: list[Message] = []
-        for msg, problem in checked:
-            if problem is None and frozenset(next(iter(msg.content.metric_records.values())).keys()) != common:
-                problem = f"node {msg.metadata.src_node_id}: metric keys differ from the other replies'"
-            if problem is None:
-                sound.append(msg)
+        parsed: list[ParsedReply] = []
+        for msg in replies:
+            reply = parse_reply(msg, expected)
+            if isinstance(reply, str):
+                self._drop(outcome, reply)
             else:
-                outcome.failures += 1
-                outcome.reasons.append(problem)
-                log.warning("round %d: dropped reply: %s", server_round, problem)
+                parsed.append(reply)
+        # Flower refuses replies whose metric keys differ: keep the most common key set; and
+        # without the model sent to compare with, the most common array layout is the model.
+        common_keys = _most_common([frozenset(r.metrics.keys()) for r in parsed])
+        usual_layout = _most_common([r.layout for r in parsed])
+        candidates: list[ParsedReply] = []
+        for reply in parsed:
+            if frozenset(reply.metrics.keys()) != common_keys:
+                self._drop(outcome, f"{reply.node}: metric keys differ from the other replies'")
+            elif reply.layout != usual_layout:
+                self._drop(outcome, f"{reply.node}: arrays differ from the other replies' (keys, shapes or dtypes)")
+            else:
+                candidates.append(reply)
+        averaged, problems = self._average(candidates)
+        for i, problem in sorted(problems.items()):
+            self._drop(outcome, f"{candidates[i].node}: {problem}")
+        sound = [reply for i, reply in enumerate(candidates) if i not in problems]
         outcome.participants = len(sound)
-        arrays, metrics = super().aggregate_train(server_round, sound) if sound else (None, None)
+        if averaged is None or not sound:
+            return None, None
+        arrays = to_record([key for key, _, _ in sound[0].layout], averaged.arrays)
+        metrics = self.train_metrics_aggr_fn([reply.msg.content for reply in sound], self.weighted_by_key)
         if metrics is not None:
             outcome.train_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         return arrays, metrics
+
+    def _average(self, candidates: list[ParsedReply]) -> tuple[Averaged | None, dict[int, str]]:
+        if not candidates:
+            return None, {}
+        return screened_average(
+            [r.views for r in candidates],
+            [r.weight for r in candidates],
+            max_norm=self.max_update_norm,
+            device=self.device,
+        )
+
+    @staticmethod
+    def _drop(outcome: RoundOutcome, problem: str) -> None:
+        outcome.failures += 1
+        outcome.reasons.append(problem)
+        log.warning("round %d: dropped reply: %s", outcome.server_round, problem)

@@ -1,0 +1,71 @@
+"""Zero-copy views of ``.npy`` bytes, the serialisation Flower uses for every array of an update.
+
+``np.load`` copies each array out of its bytes (and ``BytesIO`` copies them once more); an
+aggregation only reads the values, so a read-only view past the header is enough. The
+header is parsed and checked here (dtype, order, shape against the byte count) so that a
+truncated or forged payload is an ``AggregationError`` with a reason, never garbage read.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import io
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from server.errors import AggregationError
+
+MAGIC = b"\x93NUMPY"
+# Header-length field size per format major version (1.0: uint16; 2.0 and 3.0: uint32).
+_LEN_BYTES = {1: 2, 2: 4, 3: 4}
+MAX_HEADER = 1 << 16
+
+
+def npy_view(data: bytes | bytearray | memoryview) -> npt.NDArray[np.generic]:
+    """The array stored in ``data`` as a read-only view of the same memory (no copy)."""
+    buf = memoryview(data)
+    if buf.nbytes < len(MAGIC) + 4 or bytes(buf[: len(MAGIC)]) != MAGIC:
+        raise AggregationError("not .npy bytes (bad magic)")
+    major = buf[len(MAGIC)]
+    width = _LEN_BYTES.get(major)
+    if width is None:
+        raise AggregationError(f"unsupported .npy format version {major}")
+    start = len(MAGIC) + 2
+    header_len = int.from_bytes(buf[start : start + width], "little")
+    offset = start + width + header_len
+    if header_len > MAX_HEADER or offset > buf.nbytes:
+        raise AggregationError(f".npy header length {header_len} is out of bounds")
+    dtype, fortran, shape = _parse_header(bytes(buf[start + width : offset]))
+    if dtype.hasobject or any(n < 0 for n in shape):
+        raise AggregationError(f".npy array of {dtype} {shape} cannot be aggregated")
+    count = math.prod(shape)
+    if buf.nbytes - offset != count * dtype.itemsize:
+        raise AggregationError(
+            f".npy payload has {buf.nbytes - offset} bytes, {dtype} {shape} needs {count * dtype.itemsize}"
+        )
+    flat = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_header(text: bytes) -> tuple[np.dtype[np.generic], bool, tuple[int, ...]]:
+    """Cached: the K updates of a round share their headers, and ``literal_eval`` is not cheap."""
+    try:
+        header = ast.literal_eval(text.decode("latin1"))
+        dtype = np.dtype(header["descr"])
+        fortran = bool(header["fortran_order"])
+        shape = tuple(int(n) for n in header["shape"])
+    except (ValueError, SyntaxError, TypeError, KeyError, AttributeError, MemoryError, RecursionError) as exc:
+        raise AggregationError(f"malformed .npy header: {exc}") from None
+    return dtype, fortran, shape
+
+
+def npy_bytes(array: npt.NDArray[np.generic]) -> bytes:
+    """``np.save``'s bytes with one copy of the values (``np.save`` to a ``BytesIO`` makes two)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(np.asarray(array)))
+    return b"".join((head.getvalue(), flat.data.cast("B")))
