@@ -128,8 +128,13 @@ class MqttClient:
         ca_certs: str | None = None,
         certfile: str | None = None,
         keyfile: str | None = None,
+        receive_maximum: int | None = None,
     ) -> None:
+        """``receive_maximum`` (MQTT 5): at most this many QoS 1/2 messages in flight to us; bounds broker memory."""
+        if receive_maximum is not None and not 1 <= receive_maximum <= 65535:
+            raise ConfigError(f"receive_maximum must be 1..65535, got {receive_maximum}")
         self.broker = broker
+        self._receive_maximum = receive_maximum
         self.client_id = client_id
         self._persistent = persistent
         self._keepalive = keepalive
@@ -165,6 +170,8 @@ class MqttClient:
         """Connect and start the network thread; retries in the background after that."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S if self._persistent else 0
+        if self._receive_maximum is not None:
+            props.ReceiveMaximum = self._receive_maximum
         deadline = time.monotonic() + timeout
         while True:
             try:

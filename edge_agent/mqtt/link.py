@@ -3,6 +3,15 @@
 A stable client id plus a persistent session (shared.mqtt) means ingest published while
 the agent was down is delivered when it comes back; the retained offline will tells the
 cloud when it disappears without saying goodbye.
+
+The link also tells the broker how many QoS 1 messages it may have in flight to this agent
+(MQTT 5 Receive Maximum). Without it a model release is a burst: every agent subscribes to
+the retained chunks as the manifest arrives, and the broker serialises all of them for all
+agents at once (a 10 MiB model to 100 agents peaked Mosquitto at 330-450 MB). With a window
+of 16 the broker holds at most 16 chunks per agent (4 MiB at 256 KiB chunks; measured peak
+~30 MB) and the rest as shared references; 4 halved that again but cost ~30 % in time
+(benchmarks/bench_distribution.py, figure 7). Ingest is QoS 1 too, but its messages are small
+and the agent acknowledges on receipt, so the window does not limit it.
 """
 
 from __future__ import annotations
@@ -13,6 +22,9 @@ from collections.abc import Callable
 from shared import topics
 from shared.mqtt import BrokerAddress, MessageHandler, MqttClient, TlsKwargs, Will
 from shared.schemas import ChunkRequest, DeviceStatus, PredictionBatch
+
+# Unacknowledged QoS 1 messages the broker may push to one agent (see the module docstring).
+RECEIVE_MAXIMUM = 16
 
 
 def client_id_for(fleet: str, device_id: str) -> str:
@@ -37,6 +49,7 @@ class AgentLink:
             client_id_for(fleet, device_id),
             persistent=True,
             will=will,
+            receive_maximum=RECEIVE_MAXIMUM,
             **(tls or TlsKwargs()),
         )
 
