@@ -24,6 +24,7 @@ import os
 import queue
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,14 @@ class Workers:
                     times.append(float(parts[2]))
         return times
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the subscriber processes so far (all their threads)."""
+        total = 0
+        for proc in self.procs:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def wait_done(self, key: str, timeout: float) -> float:
         """``time.monotonic()`` at which the last client of every process had ``key``."""
         return max(self._wait_all("done", key, timeout))
@@ -246,6 +255,8 @@ def _run(size: Size, workdir: Path, quick: bool, out: Path | None) -> int:
         bare = BarePublisher(brokers["bare"])
         times: dict[str, list[float]] = {"fedforge": [], "bare": []}
         peaks: dict[str, list[float]] = {"fedforge": [], "bare": []}
+        publish_times: list[float] = []
+        cpu: dict[str, list[float]] = {"fedforge": [], "bare": []}
         for trial in range(1, size.repeats + 2):  # the first round of each side is a warm-up
             manifest = build_manifest(
                 model_bytes=model,
@@ -258,15 +269,23 @@ def _run(size: Size, workdir: Path, quick: bool, out: Path | None) -> int:
                 chunk_size=size.chunk_size,
             )
             with brokers["fedforge"].peak_rss() as fed_peak:
+                cpu_before = workers["fedforge"].cpu_seconds()
                 start = time.monotonic()
                 publish_release(publisher, FLEET, manifest, model)
+                published = time.monotonic() - start
                 fed_time = workers["fedforge"].wait_done(str(trial), size.timeout_s) - start
+                fed_cpu = workers["fedforge"].cpu_seconds() - cpu_before
             clear_release(publisher, FLEET, TASK, trial, manifest.chunk_count)
             with brokers["bare"].peak_rss() as bare_peak:
+                cpu_before = workers["bare"].cpu_seconds()
                 start = time.monotonic()
                 bare.publish(trial, chunks)
                 bare_time = workers["bare"].wait_done(str(trial), size.timeout_s) - start
+                bare_cpu = workers["bare"].cpu_seconds() - cpu_before
             if trial > 1:
+                publish_times.append(published)
+                cpu["fedforge"].append(fed_cpu)
+                cpu["bare"].append(bare_cpu)
                 times["fedforge"].append(fed_time)
                 times["bare"].append(bare_time)
                 peaks["fedforge"].append(fed_peak[0])
@@ -284,13 +303,20 @@ def _run(size: Size, workdir: Path, quick: bool, out: Path | None) -> int:
             side.stop()
         for broker in brokers.values():
             broker.stop()
-    figures = _figures(size, times, peaks)
+    cpu_median = {side: statistics.median(values) for side, values in cpu.items()}
+    figures = _figures(size, times, peaks, statistics.median(publish_times), cpu_median)
     path = write_result("bench_distribution", figures, quick=quick, out=out)
     print(f"wrote {path}")
     return 0
 
 
-def _figures(size: Size, times: dict[str, list[float]], peaks: dict[str, list[float]]) -> list[Figure]:
+def _figures(
+    size: Size,
+    times: dict[str, list[float]],
+    peaks: dict[str, list[float]],
+    publish_s: float,
+    cpu: dict[str, float],
+) -> list[Figure]:
     label = f"{size.model_bytes / MIB:g} MiB model to {size.updaters} updaters"
     chunks = -(-size.model_bytes // size.chunk_size)
     layout = (
@@ -308,7 +334,12 @@ def _figures(size: Size, times: dict[str, list[float]], peaks: dict[str, list[fl
             better="lower",
             goal=TIME_GOAL,
             goal_met=fed_t.median <= 2 * bare_t.median,
-            notes=layout,
+            notes=(
+                f"{layout}; publish_release returned after {publish_s:.2f} s (median), the rest is delivery and "
+                f"verification in the subscriber processes, which used {cpu['fedforge']:.2f} s of CPU per release "
+                f"(bare subscribers: {cpu['bare']:.2f} s) on {os.cpu_count()} cores"
+            ),
+            extra={"publish_s": publish_s, "subscriber_cpu_s": cpu["fedforge"], "bare_subscriber_cpu_s": cpu["bare"]},
         ),
         Figure(
             figure=f"7b broker peak memory, {label}",
