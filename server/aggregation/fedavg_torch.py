@@ -150,7 +150,8 @@ def weighted_sum_resident(stack: torch.Tensor, weights: Sequence[float]) -> tupl
     factors = torch.tensor(normalised(weights), dtype=stack.dtype, device=stack.device)
     with torch.no_grad():
         mean = factors @ stack
-        sq = torch.linalg.vector_norm(stack, dim=1, dtype=torch.float64).square()
+        # In the stack's dtype: a float64 reduction could materialise a float64 copy of the stack.
+        sq = torch.linalg.vector_norm(stack, dim=1).to(torch.float64).square()
     return mean, sq
 
 

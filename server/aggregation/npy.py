@@ -65,7 +65,9 @@ def _parse_header(text: bytes) -> tuple[np.dtype[np.generic], bool, tuple[int, .
 
 def npy_bytes(array: npt.NDArray[np.generic]) -> bytes:
     """``np.save``'s bytes with one copy of the values (``np.save`` to a ``BytesIO`` makes two)."""
-    flat = np.ascontiguousarray(array).reshape(-1)
+    # The header must describe the order the values are written in (and 0-d arrays stay 0-d,
+    # which np.ascontiguousarray would not keep).
+    c_order = array if array.flags.c_contiguous else array.copy(order="C")
     head = io.BytesIO()
-    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(np.asarray(array)))
-    return b"".join((head.getvalue(), flat.data.cast("B")))
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(c_order))
+    return b"".join((head.getvalue(), c_order.reshape(-1).data.cast("B")))

@@ -7,11 +7,11 @@ import io
 import numpy as np
 import pytest
 
-from server.aggregation.npy import npy_view
+from server.aggregation.npy import npy_bytes, npy_view
 from server.errors import AggregationError
 
 
-def npy_bytes(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
+def saved(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
     buf = io.BytesIO()
     if version is None:
         np.save(buf, array, allow_pickle=False)
@@ -33,7 +33,7 @@ def npy_bytes(array: np.ndarray, version: tuple[int, int] | None = None) -> byte
     ],
 )
 def test_view_equals_np_load(array: np.ndarray) -> None:
-    data = npy_bytes(array)
+    data = saved(array)
     view = npy_view(data)
     loaded = np.load(io.BytesIO(data), allow_pickle=False)
     assert view.dtype == loaded.dtype
@@ -43,7 +43,7 @@ def test_view_equals_np_load(array: np.ndarray) -> None:
 
 
 def test_view_reads_the_bytes_in_place() -> None:
-    data = bytearray(npy_bytes(np.zeros(4, dtype=np.float32)))
+    data = bytearray(saved(np.zeros(4, dtype=np.float32)))
     view = npy_view(data)
     data[-4:] = np.float32(7.0).tobytes()
     assert view[-1] == 7.0  # the change shows through: no copy was made
@@ -51,7 +51,7 @@ def test_view_reads_the_bytes_in_place() -> None:
 
 def test_format_version_2_is_read() -> None:
     array = np.arange(10, dtype=np.float32)
-    np.testing.assert_array_equal(npy_view(npy_bytes(array, version=(2, 0))), array)
+    np.testing.assert_array_equal(npy_view(saved(array, version=(2, 0))), array)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_format_version_2_is_read() -> None:
     ],
 )
 def test_malformed_bytes_are_refused_with_a_reason(mutate, fragment: str) -> None:  # type: ignore[no-untyped-def]
-    data = npy_bytes(np.arange(4, dtype=np.float32))
+    data = saved(np.arange(4, dtype=np.float32))
     with pytest.raises(AggregationError, match=fragment):
         npy_view(mutate(data))
 
@@ -77,3 +77,20 @@ def test_object_arrays_are_refused() -> None:
     data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1") + b"\x00" * 8
     with pytest.raises(AggregationError, match="cannot be aggregated"):
         npy_view(data)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array(2.5, dtype=np.float64),
+        np.zeros((0, 2), dtype=np.float32),
+        np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),
+    ],
+)
+def test_npy_bytes_are_what_np_save_writes(array: np.ndarray) -> None:
+    data = npy_bytes(array)
+    loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    np.testing.assert_array_equal(loaded, array)
+    assert loaded.shape == array.shape
+    np.testing.assert_array_equal(npy_view(data), array)
