@@ -8,6 +8,7 @@ NumPy one otherwise (Flower-exact, see ``server.aggregation.fedavg``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ from flwr.app import Array, ArrayRecord
 from server.aggregation.fedavg import Averaged, default_workers, fedavg, screen
 from server.aggregation.npy import npy_bytes, npy_view
 from server.errors import AggregationError
+
+log = logging.getLogger(__name__)
 
 NUMPY_STYPE = "numpy.ndarray"  # flwr.common.constant.SType.NUMPY
 # Below this many values in a round (K x P) the GPU's transfers and set-up cost more than they save.
@@ -65,7 +68,10 @@ def average(
     if use_gpu(device, len(updates), values):
         from server.aggregation.fedavg_torch import fedavg_torch
 
-        return fedavg_torch(updates, weights, device="cuda" if device == "auto" else device)
+        try:
+            return fedavg_torch(updates, weights, device="cuda" if device == "auto" else device)
+        except RuntimeError as exc:  # CUDA out of memory, a lost device: the CPU still gets the round done
+            log.warning("GPU aggregation failed (%s); aggregating on the CPU", exc)
     workers = default_workers() if len(updates) * values >= PARALLEL_MIN_VALUES else 1
     return fedavg(updates, weights, workers=workers)
 
