@@ -154,7 +154,11 @@ class Workers:
             )
             self.procs.append(proc)
             threading.Thread(target=self._read, args=(len(self.procs) - 1, proc), daemon=True).start()
-        self._wait_all("ready", None, size.timeout_s)
+        try:
+            self._wait_all("ready", None, size.timeout_s)
+        except BaseException:
+            self.stop()  # the caller never gets this object: reap what was started here
+            raise
 
     def _read(self, index: int, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -241,11 +245,13 @@ def _run(size: Size, workdir: Path, quick: bool, out: Path | None) -> int:
     model = os.urandom(size.model_bytes)
     chunks = split_chunks(model, size.chunk_size)
     spec = base_feature_spec()
-    brokers = {"fedforge": Broker(workdir, "fedforge"), "bare": Broker(workdir, "bare")}
+    brokers: dict[str, Broker] = {}
     workers: dict[str, Workers] = {}
     publisher: MqttClient | None = None
     bare: BarePublisher | None = None
     try:
+        for side in ("fedforge", "bare"):
+            brokers[side] = Broker(workdir, side)
         workers["fedforge"] = Workers("fedforge", brokers["fedforge"], size, workdir / "operator.pub")
         workers["bare"] = Workers("bare", brokers["bare"], size, None)
         publisher = MqttClient(
