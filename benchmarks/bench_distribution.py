@@ -305,8 +305,8 @@ def _run(size: Size, workdir: Path, quick: bool, out: Path | None) -> int:
             publisher.stop()
         if bare is not None:
             bare.stop()
-        for side in workers.values():
-            side.stop()
+        for subscribers in workers.values():
+            subscribers.stop()
         for broker in brokers.values():
             broker.stop()
     cpu_median = {side: statistics.median(values) for side, values in cpu.items()}
