@@ -101,8 +101,8 @@ def parse_reply(msg: Message, expected: ArrayRecord | None = None) -> ParsedRepl
         views = record_views(arrays[0])
     except AggregationError as exc:
         return f"{node}: undecodable arrays: {exc}"
-    if [tuple(v.shape) for v in views] != [s for _, s, _ in layout]:
-        return f"{node}: array bytes do not match their declared shapes"
+    if [(tuple(v.shape), str(v.dtype)) for v in views] != [(s, d) for _, s, d in layout]:
+        return f"{node}: array bytes do not match their declared shapes or dtypes"
     if expected is not None and layout != _layout(expected):
         return f"{node}: arrays do not match the model sent (dtypes differ)"
     return ParsedReply(msg, metrics[0], arrays[0], views, float(examples), layout)

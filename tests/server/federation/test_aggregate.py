@@ -7,6 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from server.aggregation.npy import npy_bytes
 from server.errors import AggregationError
 from server.federation.aggregate import aggregate_records, record_views, use_gpu
 from server.federation.strategy import SanitizedFedAvg, reply_problem
@@ -75,3 +76,15 @@ def test_a_reply_with_another_layout_is_dropped_even_without_the_model_sent() ->
 def test_small_rounds_stay_on_the_cpu() -> None:
     assert not use_gpu("auto", 3, 1000)
     assert not use_gpu("cpu", 100, 10_000_000)
+
+
+def test_bytes_that_contradict_the_declared_dtype_make_a_reply_problem() -> None:
+    forged = ArrayRecord(
+        {
+            "0": Array(dtype="float32", shape=(4, 3), stype="numpy.ndarray", data=npy_bytes(np.zeros((4, 3)))),
+            "1": Array(np.zeros(3, dtype=np.float32)),
+        }
+    )
+    problem = reply_problem(reply(9, forged, 10), 1e4)
+    assert problem is not None
+    assert "node 9: array bytes do not match their declared shapes or dtypes" in problem
