@@ -88,7 +88,7 @@ def not_measured(size: Size) -> list[Figure]:
     return [
         Figure(
             figure=f"5 FedAvg on GPU, {size.updates} x {size.parameters / 1e6:g} M",
-            fedforge=Sample((diff,), "max |diff| torch-CPU vs NumPy"),
+            fedforge=Sample((diff,), "max abs diff, torch-CPU vs NumPy"),
             anchor=None,
             anchor_name="device-to-device copy (not measured)",
             better="lower",
