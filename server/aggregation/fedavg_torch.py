@@ -21,6 +21,7 @@ views of the bytes are added in place (tests run this path; production uses
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -55,6 +56,14 @@ def _readonly_ok() -> Iterator[None]:
         yield
 
 
+def _tensor(layer: npt.NDArray[np.generic]) -> torch.Tensor:
+    """A flat CPU tensor over the layer's memory (torch takes native byte order only)."""
+    flat = np.ravel(layer)
+    if not flat.dtype.isnative:
+        flat = flat.astype(flat.dtype.newbyteorder("="))
+    return torch.from_numpy(flat)
+
+
 def fedavg_torch(updates: Sequence[Update], weights: Sequence[float], *, device: str = "auto") -> Averaged:
     """Weighted mean of ``updates`` computed with torch on ``device``; the result is on the host.
 
@@ -70,7 +79,7 @@ def fedavg_torch(updates: Sequence[Update], weights: Sequence[float], *, device:
     out_dtypes = [accumulator_dtype(dtype) for _, dtype in layout]
     acc_dtype = torch.float64 if any(d == np.float64 for d in out_dtypes) else torch.float32
     sizes = [math.prod(shape) for shape, _ in layout]
-    offsets = [sum(sizes[:j]) for j in range(len(sizes))]
+    offsets = [0, *itertools.accumulate(sizes)][:-1]
     total = sum(sizes)
     with torch.no_grad(), _readonly_ok():
         if dev.type == "cuda":
@@ -98,7 +107,7 @@ def _accumulate_in_place(
     sq = torch.zeros(len(updates), dtype=torch.float64)
     for k, update in enumerate(updates):
         for layer, off, n in zip(update, offsets, sizes, strict=True):
-            x = torch.from_numpy(np.ravel(layer))
+            x = _tensor(layer)
             if x.dtype != acc_dtype:
                 x = x.to(acc_dtype)
             acc[off : off + n].add_(x, alpha=factors[k])
@@ -128,7 +137,7 @@ def _accumulate_streamed(
             pending.synchronize()  # the copy out of this pinned buffer has finished: reuse it
         stage = stages[slot]
         for layer, off, n in zip(update, offsets, sizes, strict=True):
-            stage[off : off + n].copy_(torch.from_numpy(np.ravel(layer)))
+            stage[off : off + n].copy_(_tensor(layer))
         landed[slot].copy_(stage, non_blocking=True)
         event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record()

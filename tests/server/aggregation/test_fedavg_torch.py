@@ -53,6 +53,12 @@ def test_mixed_dtypes_accumulate_in_float64() -> None:
     np.testing.assert_allclose(got.arrays[1], [1.0])
 
 
+def test_big_endian_layers_are_read_too() -> None:
+    updates = [[np.arange(6, dtype=">f4")], [(np.arange(6) * 3).astype(">f4")]]
+    got = fedavg_torch(updates, [1, 1], device="cpu")
+    np.testing.assert_allclose(got.arrays[0], np.arange(6) * 2.0)
+
+
 def test_resident_stack_reduces_to_the_same_mean() -> None:
     rng = np.random.default_rng(7)
     stack = rng.standard_normal((6, 1000)).astype(np.float32)
