@@ -18,10 +18,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.actions.fleet import FleetActions
+from server.api.action_routes import install_action_errors, install_action_routes
 from server.api.auth_routes import install_auth_routes
 from server.api.metrics import ApiMetrics
 from server.api.security import install_auth_errors, require_viewer
-from server.api.views import device_view, model_view, round_view, run_view
+from server.api.views import VersionPath, device_view, model_view, round_view, run_view
 from server.auth.memory import InMemoryAuthStore
 from server.auth.service import AuthService
 from server.auth.throttle import LoginThrottle
@@ -51,7 +53,13 @@ def auth_service_for(settings: ServerSettings, store: Any, registry: Registry) -
     )
 
 
-def create_app(settings: ServerSettings, registry: Registry, auth: AuthService | None = None) -> FastAPI:
+def create_app(
+    settings: ServerSettings,
+    registry: Registry,
+    auth: AuthService | None = None,
+    actions: FleetActions | None = None,
+) -> FastAPI:
+    """``actions`` defaults to one without a broker link or launcher: actions then answer 503."""
     app = FastAPI(title="fedforge server", version="1")
     metrics = ApiMetrics(registry, settings.fleet, settings.task, settings.online_window_s)
     app.state.settings = settings
@@ -59,6 +67,9 @@ def create_app(settings: ServerSettings, registry: Registry, auth: AuthService |
     app.state.metrics = metrics
     app.state.auth = auth or default_auth(settings, registry)
     install_auth_errors(app)
+    install_action_errors(app)
+    actions = actions or FleetActions(settings, registry, channel=None, signing_key=None)
+    app.state.actions = actions
 
     @app.exception_handler(ApiNotFoundError)
     async def _not_found(_request: Request, exc: ApiNotFoundError) -> JSONResponse:
@@ -91,6 +102,7 @@ def create_app(settings: ServerSettings, registry: Registry, auth: AuthService |
 
     install_auth_routes(app, settings)
     install_read_routes(app, settings, registry)
+    install_action_routes(app, settings, registry, actions)
     return app
 
 
@@ -111,21 +123,21 @@ def install_read_routes(app: FastAPI, settings: ServerSettings, registry: Regist
         return [model_view(m) for m in versions]
 
     @app.get("/api/models/{version}", dependencies=viewer)
-    async def get_model(version: int) -> dict[str, Any]:
+    async def get_model(version: VersionPath) -> dict[str, Any]:
         record = await run_in_threadpool(registry.get_model_version, task, version)
         if record is None:
             raise ApiNotFoundError(f"model version {version} of task {task!r} not found")
         return model_view(record)
 
     @app.get("/api/models/{version}/manifest", dependencies=viewer)
-    async def get_manifest(version: int) -> dict[str, Any]:
+    async def get_manifest(version: VersionPath) -> dict[str, Any]:
         record = await run_in_threadpool(registry.get_model_version, task, version)
         if record is None:
             raise ApiNotFoundError(f"model version {version} of task {task!r} not found")
         return record.manifest
 
     @app.get("/api/models/{version}/artifact", dependencies=viewer)
-    async def get_artifact(version: int) -> Response:
+    async def get_artifact(version: VersionPath) -> Response:
         record = await run_in_threadpool(registry.get_model_version, task, version)
         data = None if record is None else await run_in_threadpool(registry.get_artifact, task, version)
         if record is None or data is None:
