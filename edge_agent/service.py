@@ -33,6 +33,7 @@ import numpy as np
 
 from edge_agent.config import AgentSettings
 from edge_agent.housekeeping import Housekeeping
+from edge_agent.metrics import AgentFigures, AgentMetrics
 from edge_agent.models import ModelManager
 from edge_agent.mqtt import AgentLink
 from edge_agent.outbox import Outbox
@@ -43,6 +44,7 @@ from shared.errors import ConfigError, FedforgeError, PayloadError
 from shared.features import FeatureSpec
 from shared.schemas import (
     Command,
+    CommandAck,
     Counters,
     DeviceStatus,
     LabelBatch,
@@ -106,8 +108,16 @@ class Agent:
         self.companions: list[Companion] = list(companions)
         self.counters = AgentCounters.from_store_counts(self.store.counts())
         self.latency = LatencyWindow(1000)
+        self.metrics = AgentMetrics(self._figures)
+        self._outbox_depth = 0  # refreshed with each status; the metrics thread must not touch the store
         self.models = ModelManager(
-            settings, self.store, self.trust, self.link, on_change=self._on_model_change, on_chunk=self._on_message
+            settings,
+            self.store,
+            self.trust,
+            self.link,
+            on_change=self._on_model_change,
+            on_chunk=self._on_message,
+            on_ack=self._publish_ack,
         )
         self.slot = self.models.slot
         self._seq = 0
@@ -155,6 +165,8 @@ class Agent:
         self.models.load_from_disk()
         _ = self.spec  # fail early (ConfigError) when no spec can be found
         await loop.run_in_executor(None, self.link.start, self._on_message)
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         self._started = True
         self.housekeeping.resend_after_start()
         self._publish_status("birth")
@@ -194,6 +206,7 @@ class Agent:
                 await loop.run_in_executor(None, self.link.wait_published, mid, 5.0)
         finally:
             await loop.run_in_executor(None, self.link.stop)
+            self.metrics.stop()
             if self._own_store:
                 self.store.close()
         log.info("agent %s/%s stopped", self.settings.fleet, self.settings.device_id)
@@ -341,7 +354,9 @@ class Agent:
             return 0
         started = time.perf_counter()
         scores = loaded.scorer.score_raw(np.array([r.values for r in usable], dtype=np.float64))
-        self.latency.add_batch(time.perf_counter() - started, len(usable))
+        elapsed = time.perf_counter() - started
+        self.latency.add_batch(elapsed, len(usable))
+        self.metrics.scoring_latency.observe(elapsed / len(usable))
         threshold = self.settings.alert_threshold
         scored = [
             ScoredRecord(r.record_id, float(s), bool(s >= threshold)) for r, s in zip(usable, scores, strict=True)
@@ -378,21 +393,44 @@ class Agent:
     def _handle_control(self, topic: str, payload: bytes) -> None:
         if topic == self.link.manifest_topic:
             self.models.on_manifest(payload)
-        elif topic == self.link.commands_topic:
+        elif topic in (self.link.commands_topic, self.link.fleet_commands_topic):
             self._handle_command(payload)
         else:
             self.models.on_chunk_topic(topic, payload)
 
     def _handle_command(self, payload: bytes) -> None:
+        if not payload:
+            return  # the cloud cleared the fleet's standing command
         try:
             command = decode(Command, payload)
         except PayloadError as exc:
             log.warning("ignoring an invalid command: %s", exc)
             return
+        if command.kind == "rollback":
+            self.models.on_command(command)  # verifies (signature, expiry, fleet, task) and acks
+            return
         if command.expires_at < time.time():
             log.info("ignoring expired command %s", command.command_id)
             return
-        log.warning("command %s (%s) is not supported by this agent yet", command.command_id, command.kind)
+        log.warning("command %s (%s) is not supported by this agent", command.command_id, command.kind)
+        self._publish_ack(
+            CommandAck(
+                command_id=command.command_id,
+                device_id=self.settings.device_id,
+                kind=command.kind,
+                version=command.version,
+                accepted=False,
+                reason=f"unsupported command kind {command.kind!r}",
+                serving_version=self._version(),
+                ts=time.time(),
+            )
+        )
+
+    def _publish_ack(self, ack: CommandAck) -> None:
+        try:
+            self.link.publish_ack(ack)
+        except Exception:
+            log.exception("publishing the ack of command %s failed", ack.command_id)
 
     # -- status -------------------------------------------------------------------------------
 
@@ -415,7 +453,7 @@ class Agent:
         except Exception:
             trained = 0
         try:
-            outbox_depth = self.outbox.depth()
+            outbox_depth = self._outbox_depth = self.outbox.depth()
         except Exception:
             outbox_depth = 0
         version = self._version()
@@ -443,6 +481,19 @@ class Agent:
             outbox_depth=outbox_depth,
             scoring_latency_ms_p50=self.latency.p50(),
             last_rejection=self.models.last_rejection,
+        )
+
+    def _figures(self) -> AgentFigures:
+        c = self.counters
+        return AgentFigures(
+            ingested=c.ingested,
+            quarantined=c.quarantined,
+            scored=c.scored,
+            labelled=c.labelled,
+            models_rejected=c.models_rejected,
+            serving_version=self._version(),
+            outbox_depth=self._outbox_depth,
+            queue_depth=self.queue_depth,
         )
 
     def _publish_status(self, kind: StatusKind) -> int | None:

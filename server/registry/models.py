@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, CheckConstraint, Double, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, CheckConstraint, Double, ForeignKey, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 # Deterministic constraint names keep Alembic autogenerate and both databases in step.
 NAMING = {
@@ -41,11 +42,12 @@ class Device(Base):
     queue_depth: Mapped[int] = mapped_column(Integer, default=0)
     scoring_latency_ms_p50: Mapped[float | None] = mapped_column(Double, nullable=True)
     public_key: Mapped[str | None] = mapped_column(Text)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (CheckConstraint("stage IN ('candidate', 'published', 'rejected')", name="stage"),)
+    __table_args__ = (CheckConstraint("stage IN ('candidate', 'published', 'rejected', 'withdrawn')", name="stage"),)
 
     task: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
@@ -95,3 +97,61 @@ class AuditLog(Base):
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]]
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("role IN ('viewer', 'operator', 'admin')", name="role"),)
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    created: Mapped[float]
+    disabled: Mapped[bool]
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), ForeignKey("users.username"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[float]
+    revoked_at: Mapped[float | None]
+    last_used: Mapped[float | None]
+
+
+class AuthSession(Base):
+    __tablename__ = "sessions"
+
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), ForeignKey("users.username"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created: Mapped[float]
+    expires: Mapped[float] = mapped_column(index=True)
+
+
+class FleetCommand(Base):
+    __tablename__ = "fleet_commands"
+
+    command_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64), index=True)
+    task: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int | None]
+    issued_at: Mapped[float]
+    expires_at: Mapped[float]
+    issued_by: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]]
+
+
+class CommandAck(Base):
+    __tablename__ = "command_acks"
+
+    command_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    accepted: Mapped[bool]
+    reason: Mapped[str] = mapped_column(Text)
+    serving_version: Mapped[int | None]
+    at: Mapped[float]

@@ -48,6 +48,18 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'db' / 'registry.db'}"
 
 
+REGISTRY_TABLES = (
+    "devices",
+    "model_versions",
+    "training_runs",
+    "rounds",
+    "audit_log",
+    "users",
+    "api_tokens",
+    "sessions",
+)
+
+
 @pytest.fixture(scope="session")
 def migrated_postgres(postgres_url: str) -> str:
     from server.registry.migrate import migrate
@@ -63,6 +75,6 @@ def clean_postgres(migrated_postgres: str) -> str:
 
     engine = sa.create_engine(migrated_postgres)
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE devices, model_versions, training_runs, rounds, audit_log RESTART IDENTITY"))
+        conn.execute(sa.text(f"TRUNCATE {', '.join(REGISTRY_TABLES)} RESTART IDENTITY"))
     engine.dispose()
     return migrated_postgres

@@ -11,6 +11,7 @@ from server.api.app import create_app
 from server.config import ServerSettings
 from server.registry import InMemoryRegistry, ModelVersionRecord, RoundRecord
 from shared.schemas import Counters, DeviceStatus, Rejection
+from tests.server.auth_support import identities
 
 
 @pytest.fixture
@@ -57,7 +58,11 @@ def registry() -> InMemoryRegistry:
 
 @pytest.fixture
 def client(registry: InMemoryRegistry, tmp_path: object) -> TestClient:
-    return TestClient(create_app(ServerSettings(data_dir=tmp_path), registry))
+    """A viewer's client: every read route needs at least that (authorization: test_api_authz.py)."""
+    ids = identities(registry)
+    client = TestClient(create_app(ServerSettings(data_dir=tmp_path), registry, ids.auth))
+    client.headers.update(ids.bearer("viewer"))
+    return client
 
 
 def test_healthz(client: TestClient) -> None:
@@ -120,4 +125,8 @@ def test_prometheus_metrics(client: TestClient) -> None:
     assert "fedforge_devices_online 1.0" in text
     assert 'fedforge_models_published_total{task="fraud"} 1.0' in text
     assert "fedforge_rounds_total 1.0" in text
+    # Rollout progress: edge-1 serves the release (v1), edge-2 serves nothing -> half the fleet.
+    assert 'fedforge_release_version{task="fraud"} 1.0' in text
+    assert 'fedforge_rollout_progress{task="fraud"} 0.5' in text
+    assert 'fedforge_devices_serving{version="1"} 1.0' in text
     assert 'fedforge_http_request_duration_seconds_count{method="GET",route="/api/models",status="200"} 1.0' in text
