@@ -32,11 +32,13 @@ from typing import Literal, Protocol
 import numpy as np
 
 from edge_agent.config import AgentSettings
+from edge_agent.drift import DriftMonitor
 from edge_agent.housekeeping import Housekeeping
 from edge_agent.models import ModelManager
 from edge_agent.mqtt import AgentLink
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import CleanRecord, Quarantined, clean_payload
+from edge_agent.quarantine_log import QuarantineLog
 from edge_agent.store import AgentStore, ScoredRecord, SqliteAgentStore
 from edge_agent.telemetry import AgentCounters, LatencyWindow
 from shared.errors import ConfigError, FedforgeError, PayloadError
@@ -106,6 +108,8 @@ class Agent:
         self.companions: list[Companion] = list(companions)
         self.counters = AgentCounters.from_store_counts(self.store.counts())
         self.latency = LatencyWindow(1000)
+        self.drift = DriftMonitor()
+        self.quarantine_log = QuarantineLog()
         self.models = ModelManager(
             settings, self.store, self.trust, self.link, on_change=self._on_model_change, on_chunk=self._on_message
         )
@@ -320,6 +324,7 @@ class Agent:
             if pending.quarantined:
                 self.store.quarantine(pending.quarantined)
                 self.counters.quarantined += len(pending.quarantined)
+                self.quarantine_log.add(pending.quarantined)
                 for q in pending.quarantined[:3]:
                     log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
             if pending.accepted:
@@ -340,7 +345,8 @@ class Agent:
         if not usable:
             return 0
         started = time.perf_counter()
-        scores = loaded.scorer.score_raw(np.array([r.values for r in usable], dtype=np.float64))
+        raw = np.array([r.values for r in usable], dtype=np.float64)
+        scores = loaded.scorer.score_raw(raw)
         self.latency.add_batch(time.perf_counter() - started, len(usable))
         threshold = self.settings.alert_threshold
         scored = [
@@ -356,6 +362,7 @@ class Agent:
         self.outbox.send(self.link.predictions_topic, batch.to_bytes(), [p.record_id for p in scored])
         self.store.add_predictions(loaded.version, scored)
         self.counters.scored += len(scored)
+        self.drift.observe(loaded.version, loaded.manifest.feature_spec, raw)
         return len(scored)
 
     def _score_backlog(self) -> None:
@@ -443,6 +450,8 @@ class Agent:
             outbox_depth=outbox_depth,
             scoring_latency_ms_p50=self.latency.p50(),
             last_rejection=self.models.last_rejection,
+            drift=self.drift.drift(),
+            recent_quarantine=self.quarantine_log.recent(),
         )
 
     def _publish_status(self, kind: StatusKind) -> int | None:

@@ -26,6 +26,8 @@ from server.mqtt.fleet_monitor import FleetMonitor, server_client
 from server.registry.migrate import migrate
 from server.registry.records import Registry
 from server.registry.sql import SqlRegistry
+from server.registry.telemetry import TelemetryStore
+from server.registry.telemetry_sql import SqlTelemetryStore
 from shared.mqtt import MqttClient
 from shared.signing import key_id, load_private_key, write_keypair
 
@@ -102,6 +104,7 @@ class ServerService:
     registry: Registry | None = None
     client: MqttClient | None = None
     monitor: FleetMonitor | None = None
+    telemetry: TelemetryStore | None = None
     _server: uvicorn.Server | None = None
     _started: list[Companion] = field(default_factory=list)
     _stop_requested: bool = False
@@ -110,7 +113,9 @@ class ServerService:
         """Migrate and open the SQL registry (idempotent)."""
         if self.registry is None:
             migrate(self.settings.database_url)
-            self.registry = SqlRegistry(self.settings.database_url)
+            registry = SqlRegistry(self.settings.database_url)
+            self.telemetry = SqlTelemetryStore(registry.engine)
+            self.registry = registry
         return self.registry
 
     def start_background(self) -> None:
@@ -119,7 +124,7 @@ class ServerService:
         registry = self.open()
         key = ensure_signing_key(s)
         self.client = server_client(s.broker_url, s.fleet, tls=s.mqtt_tls())
-        self.monitor = FleetMonitor(self.client, registry, s.fleet, s.task)
+        self.monitor = FleetMonitor(self.client, registry, s.fleet, s.task, telemetry=self.telemetry)
         self.monitor.start()
         self.client.start()
         if registry.latest_published(s.task) is not None:
@@ -150,6 +155,7 @@ class ServerService:
         if self.registry is not None:
             self.registry.close()
             self.registry = None
+            self.telemetry = None
 
     async def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then shut everything down in reverse order."""
@@ -157,7 +163,7 @@ class ServerService:
             try:
                 await asyncio.to_thread(self.start_background)
                 assert self.registry is not None
-                app = create_app(self.settings, self.registry)
+                app = create_app(self.settings, self.registry, self.telemetry)
                 config = uvicorn.Config(
                     app, host=self.settings.http_host, port=self.settings.http_port, log_level="info", lifespan="off"
                 )

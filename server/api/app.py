@@ -12,22 +12,22 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.api.dashboard import dashboard_router
+from server.api.errors import ApiNotFoundError
 from server.api.metrics import ApiMetrics
+from server.api.pages import pages_router, static_files
 from server.api.views import device_view, model_view, round_view, run_view
 from server.config import ServerSettings
 from server.registry.records import Registry
+from server.registry.telemetry import InMemoryTelemetryStore, TelemetryStore
 
 ONNX_MEDIA_TYPE = "application/octet-stream"
 
 
-class ApiNotFoundError(Exception):
-    def __init__(self, what: str) -> None:
-        super().__init__(what)
-        self.what = what
-
-
-def create_app(settings: ServerSettings, registry: Registry) -> FastAPI:
+def create_app(settings: ServerSettings, registry: Registry, telemetry: TelemetryStore | None = None) -> FastAPI:
     app = FastAPI(title="fedforge server", version="1")
+    telemetry = telemetry if telemetry is not None else InMemoryTelemetryStore()
+    app.state.telemetry = telemetry
     metrics = ApiMetrics(registry, settings.fleet, settings.task, settings.online_window_s)
     app.state.settings = settings
     app.state.registry = registry
@@ -55,6 +55,11 @@ def create_app(settings: ServerSettings, registry: Registry) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "fleet": settings.fleet, "task": task}
+
+    # The dashboard's routes first: /api/models/compare must win over /api/models/{version}.
+    app.include_router(dashboard_router(settings, registry, telemetry))
+    app.include_router(pages_router(settings))
+    app.mount("/static", static_files(), name="static")
 
     # Registry calls are blocking I/O: run them off the event loop.
     @app.get("/api/models")

@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 
 from server.registry.records import Registry
+from server.registry.telemetry import TelemetryStore
 from server.release.publisher import publish_chunks
+from server.telemetry.ingest import record_status
 from shared import topics
 from shared.errors import FedforgeError, TopicError
 from shared.mqtt import BrokerAddress, MqttClient, TlsKwargs
@@ -58,9 +60,12 @@ _STOP = _Message("stop", "", b"", False, 0.0)
 
 
 class FleetMonitor:
-    def __init__(self, client: MqttClient, registry: Registry, fleet: str, task: str) -> None:
+    def __init__(
+        self, client: MqttClient, registry: Registry, fleet: str, task: str, telemetry: TelemetryStore | None = None
+    ) -> None:
         self.client = client
         self.registry = registry
+        self.telemetry = telemetry
         self.fleet = fleet
         self.task = task
         self.stats = MonitorStats()
@@ -145,6 +150,8 @@ class FleetMonitor:
                 f"status for {status.fleet}/{status.device_id} published on the topic of {self.fleet}/{device}"
             )
         self.registry.upsert_device_status(status, received_at=msg.received_at, retained=msg.retained)
+        if self.telemetry is not None:
+            record_status(self.telemetry, status, msg.received_at, msg.retained)
         self.stats.statuses += 1
 
     def _handle_request(self, msg: _Message) -> None:
