@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, CheckConstraint, Double, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, CheckConstraint, Double, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Deterministic constraint names keep Alembic autogenerate and both databases in step.
@@ -95,3 +95,35 @@ class AuditLog(Base):
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]]
+
+
+# -- telemetry history for the dashboard (0003_telemetry; server.registry.telemetry_sql) --
+
+
+class TelemetryRow(Base):
+    __tablename__ = "telemetry"
+    __table_args__ = (Index("ix_telemetry_device_at", "device_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    at: Mapped[float]
+    ingested: Mapped[int]
+    quarantined: Mapped[int]
+    scored: Mapped[int]
+    serving_version: Mapped[int | None]
+    scoring_latency_ms: Mapped[float | None]
+    drift_score: Mapped[float | None]
+    queue_depth: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(16))
+
+
+class QuarantineSampleRow(Base):
+    __tablename__ = "quarantine_samples"
+    __table_args__ = (Index("ix_quarantine_samples_device_at", "device_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    at: Mapped[float]
+    record_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    excerpt: Mapped[str] = mapped_column(Text)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.registry.models import QuarantineSampleRow, TelemetryRow
 from server.registry.telemetry import PRUNE_EVERY, QUARANTINE_KEEP
-from server.registry.telemetry_models import QuarantineSampleRow, TelemetryRow
 from server.telemetry.points import QuarantineEntry, TelemetryPoint
 from server.telemetry.retention import RetentionPolicy, points_to_drop
 

@@ -14,16 +14,18 @@ RATE_POINTS = 12
 
 
 def device_row(d: DeviceRecord, recent: Sequence[TelemetryPoint], now: float, online_window_s: float) -> dict[str, Any]:
+    online = d.online(now, online_window_s)
     r = rates(recent)
     drift = next((p.drift_score for p in reversed(recent) if p.drift_score is not None), None)
     return {
         "device_id": d.device_id,
-        "online": d.online(now, online_window_s),
+        "online": online,
         "status": d.status,
         "health": d.health,
         "last_seen": d.last_seen,
         "serving_version": d.serving_version,
-        "records_per_s": None if r.records_per_s is None else round(r.records_per_s, 3),
+        # An offline device's last rate is history, not throughput.
+        "records_per_s": None if r.records_per_s is None or not online else round(r.records_per_s, 3),
         "quarantine_rate": None if r.quarantine_rate is None else round(r.quarantine_rate, 6),
         "drift_score": drift,
         "scoring_latency_ms": d.scoring_latency_ms_p50,

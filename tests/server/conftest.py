@@ -63,6 +63,7 @@ def clean_postgres(migrated_postgres: str) -> str:
 
     engine = sa.create_engine(migrated_postgres)
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE devices, model_versions, training_runs, rounds, audit_log RESTART IDENTITY"))
+        tables = "devices, model_versions, training_runs, rounds, audit_log, telemetry, quarantine_samples"
+        conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY"))
     engine.dispose()
     return migrated_postgres

@@ -6,7 +6,6 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from server.registry.models import Base
-from server.registry.telemetry_models import TelemetryRow  # noqa: F401  (registers its tables)
 
 target_metadata = Base.metadata
 

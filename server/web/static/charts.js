@@ -26,6 +26,7 @@ function defaultFormat(v) {
   const a = Math.abs(v);
   if (a >= 1000) return v.toFixed(0);
   if (a >= 10) return v.toFixed(1);
+  if (a >= 1) return v.toFixed(2);
   if (a >= 0.01 || a === 0) return v.toFixed(3);
   return v.toExponential(1);
 }
@@ -113,10 +114,8 @@ export function lineChart(container, series, opts = {}) {
   }
 }
 
-/** One horizontal bar split by share: items [{label, share, title}]. */
+/** One horizontal bar split by share: items [{label, share, title}] (HTML, so labels stay crisp). */
 export function shareBar(container, items, opts = {}) {
-  const width = opts.width ?? 600;
-  const height = opts.height ?? 28;
   container.replaceChildren();
   if (items.length === 0) {
     const empty = document.createElement("p");
@@ -125,21 +124,18 @@ export function shareBar(container, items, opts = {}) {
     container.append(empty);
     return;
   }
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "share-svg", role: "img" });
-  let x = 0;
+  const bar = document.createElement("div");
+  bar.className = "sharebar";
+  bar.setAttribute("role", "img");
+  bar.setAttribute("aria-label", items.map((it) => `${it.label} ${(it.share * 100).toFixed(0)}%`).join(", "));
   items.forEach((item, i) => {
-    const w = item.share * width;
-    const color = item.color ?? PALETTE[i % PALETTE.length];
-    const rect = svg("rect", { x, y: 0, width: Math.max(w, 0), height, fill: color, "data-label": item.label });
-    rect.append(svg("title", {}, item.title ?? `${item.label}: ${(item.share * 100).toFixed(1)} %`));
-    root.append(rect);
-    if (w > 48) {
-      root.append(
-        svg("text", { x: x + w / 2, y: height / 2 + 5, "text-anchor": "middle", class: "bar-label" }, item.label),
-      );
-    }
-    x += w;
+    const part = document.createElement("span");
+    part.style.flexGrow = String(item.share);
+    part.style.background = item.color ?? PALETTE[i % PALETTE.length];
+    part.dataset.label = item.label;
+    part.title = item.title ?? `${item.label}: ${(item.share * 100).toFixed(1)} %`;
+    part.textContent = item.share >= 0.08 ? item.label : "";
+    bar.append(part);
   });
-  root.setAttribute("aria-label", items.map((it) => `${it.label} ${(it.share * 100).toFixed(0)}%`).join(", "));
-  container.append(root);
+  container.append(bar);
 }

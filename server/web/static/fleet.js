@@ -1,5 +1,5 @@
 import { el, fmtAgo, fmtNum, fmtPct, onLive, sortRows, sortable, versionLabel } from "./app.js";
-import { shareBar } from "./charts.js";
+import { PALETTE, shareBar } from "./charts.js";
 
 const table = document.getElementById("devices");
 const tbody = table.querySelector("tbody");
@@ -50,6 +50,7 @@ function update(summary) {
     summary.versions.map((v) => ({
       label: versionLabel(v.version),
       share: v.share,
+      color: PALETTE[(v.version ?? 7) % PALETTE.length],
       title: `${versionLabel(v.version)}: ${v.devices} device(s), ${(v.share * 100).toFixed(1)} %`,
     })),
   );

@@ -1,5 +1,5 @@
 import { act, api, el, fmtTime, onLive, versionLabel } from "./app.js";
-import { shareBar } from "./charts.js";
+import { PALETTE, shareBar } from "./charts.js";
 
 let rolloutsAvailable = true;
 
@@ -8,7 +8,7 @@ function renderShares(versions, total) {
   const bar = el("div");
   shareBar(
     bar,
-    versions.map((v) => ({ label: versionLabel(v.version), share: v.share })),
+    versions.map((v) => ({ label: versionLabel(v.version), share: v.share, color: PALETTE[(v.version ?? 7) % PALETTE.length] })),
   );
   const rows = versions.map((v) =>
     el(
