@@ -20,9 +20,10 @@ from typing import Protocol
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server.api.app import create_app
+from server.api.app import auth_service_for, create_app
 from server.config import ServerSettings
 from server.mqtt.fleet_monitor import FleetMonitor, server_client
+from server.registry.auth_sql import SqlAuthStore
 from server.registry.migrate import migrate
 from server.registry.records import Registry
 from server.registry.sql import SqlRegistry
@@ -163,7 +164,9 @@ class ServerService:
             try:
                 await asyncio.to_thread(self.start_background)
                 assert self.registry is not None
-                app = create_app(self.settings, self.registry, self.telemetry)
+                auth_store = SqlAuthStore(self.registry.engine) if isinstance(self.registry, SqlRegistry) else None
+                auth = None if auth_store is None else auth_service_for(self.settings, auth_store, self.registry)
+                app = create_app(self.settings, self.registry, auth, self.telemetry)
                 config = uvicorn.Config(
                     app, host=self.settings.http_host, port=self.settings.http_port, log_level="info", lifespan="off"
                 )

@@ -1,4 +1,4 @@
-"""``fedforge server``, ``fedforge train``, ``fedforge keys`` and ``fedforge devices``.
+"""``fedforge server``, ``train``, ``keys``, ``devices``, ``users`` and ``tokens``.
 
 Exit codes: 0 success; 1 runtime failure (a run that failed or was not published);
 2 usage or configuration error.
@@ -27,6 +27,19 @@ def _parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--public-key", type=Path, help="the device's node public key (supernode_key + .pub)")
         parser.add_argument("--node-id", help="unregister: the Flower node id (default: looked up by --public-key)")
         parser.add_argument("--name", help="register: a name shown by `flwr supernode list`")
+    if name == "users":
+        parser.add_argument("action", choices=["create", "list", "disable", "enable", "set-password", "set-role"])
+        parser.add_argument("username", nargs="?")
+        parser.add_argument("--role", choices=["viewer", "operator", "admin"], help="create (default viewer), set-role")
+        parser.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin (else prompted twice)"
+        )
+        parser.add_argument("--no-password", action="store_true", help="create: a token-only user (cannot log in)")
+    if name == "tokens":
+        parser.add_argument("action", choices=["create", "list", "revoke"])
+        parser.add_argument("token_id", nargs="?", help="revoke: the token id (tok-...)")
+        parser.add_argument("--user", help="create: the user the token acts as; list: only theirs")
+        parser.add_argument("--name", default="", help="create: a label (what the token is for)")
     if name == "train":
         parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: settings.rounds)")
         parser.add_argument("--min-agents", type=int, default=None)
@@ -59,6 +72,10 @@ def run_command(name: str, argv: list[str]) -> int:
             return 0
         if name == "devices":
             return _devices(settings, args)
+        if name in ("users", "tokens"):
+            from server.auth_cli import run_auth_command
+
+            return run_auth_command(settings, name, args)
         if name == "train":
             if args.config is None:
                 log.error("fedforge train needs --config (the ServerApp reads the same file)")

@@ -68,6 +68,15 @@ class ServerSettings(FedforgeSettings):
     seed: int = 0
     # A device whose last status is older than this is shown offline even without a will.
     online_window_s: float = Field(default=120.0, gt=0)
+    # Operator sessions (docs/api.md): lifetime, and the cookie's Secure flag (on behind HTTPS).
+    session_ttl_s: float = Field(default=12 * 3600.0, gt=0)
+    cookie_secure: bool = False
+    # Failed logins allowed per user name and per client address in the window, then 429.
+    login_max_failures: int = Field(default=10, ge=1)
+    login_window_s: float = Field(default=300.0, gt=0)
+    # /metrics is open by default (scrapers, no secrets: counts and latencies); when true it
+    # needs a viewer token (Prometheus `authorization: credentials: fft_...`).
+    metrics_require_auth: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("server.cli", "start a federated training run: fedforge train --config server.toml --rounds N"),
     "keys": ("server.cli", "create the operator signing key pair"),
     "devices": ("server.cli", "node authentication: fedforge devices register|unregister --public-key KEY.pub"),
+    "users": ("server.cli", "operators: fedforge users create NAME --role admin | list | disable NAME"),
+    "tokens": ("server.cli", "API tokens: fedforge tokens create --user NAME [--name LABEL] | list | revoke ID"),
     "data": ("simulations.cli", "data sets: fedforge data fetch fraud | fedforge data split ..."),
     "replay": ("simulations.cli", "replay a partition to agents over MQTT, labels after a delay"),
     "demo": ("simulations.cli", "one full turn of the flywheel on this machine"),

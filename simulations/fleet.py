@@ -70,6 +70,8 @@ class LocalFleet:
     superlink_port: int = field(default_factory=free_port)
     server: ManagedProcess | None = None
     agents: list[AgentHandle] = field(default_factory=list)
+    # The API needs a credential: an admin API token made with `fedforge tokens create`.
+    api_token: str | None = None
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -122,8 +124,37 @@ class LocalFleet:
 
     # -- processes -----------------------------------------------------------------
 
+    def cli(self, *args: str, stdin: str | None = None) -> list[dict[str, Any]]:
+        """Run ``fedforge ARGS --config server.toml``; its JSON lines, or ``FleetError``."""
+        proc = subprocess.run(
+            self._command(*args, "--config", str(self.server_config)),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise FleetError(f"fedforge {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    def create_user(self, username: str, role: str, password: str | None = None) -> None:
+        """An operator account in the server's registry, as `fedforge users create` makes it."""
+        if password is None:
+            self.cli("users", "create", username, "--role", role, "--no-password")
+        else:
+            self.cli("users", "create", username, "--role", role, "--password-stdin", stdin=password + "\n")
+
+    def provision_api_token(self, username: str = "fleet-admin") -> str:
+        """A token-only admin for this harness's own API calls (before the server starts)."""
+        self.create_user(username, "admin")
+        self.api_token = str(self.cli("tokens", "create", "--user", username, "--name", "local-fleet")[0]["token"])
+        return self.api_token
+
     def start_server(self, timeout: float = 180.0) -> None:
         """Start the server and wait until its API answers and model v1 is published."""
+        if self.api_token is None:
+            self.provision_api_token()
         self.server = ManagedProcess(
             "fedforge-server",
             self._command("server", "--config", str(self.server_config)),
@@ -164,12 +195,23 @@ class LocalFleet:
 
     # -- observation ---------------------------------------------------------------
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {} if self.api_token is None else {"Authorization": f"Bearer {self.api_token}"}
+
     def get(self, path: str) -> Any:
         try:
-            response = httpx.get(self.api + path, timeout=5.0)
+            response = httpx.get(self.api + path, timeout=5.0, headers=self.auth_headers)
         except httpx.HTTPError:
             return None
         return response.json() if response.status_code == 200 else None
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """An action through the API; a refused one raises ``FleetError`` with the server's reason."""
+        response = httpx.post(self.api + path, json=body or {}, timeout=30.0, headers=self.auth_headers)
+        if response.status_code >= 400:
+            raise FleetError(f"POST {path} -> {response.status_code}: {response.text[:500]}")
+        return response.json()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.5) -> None:
         deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -26,6 +26,8 @@ from server.telemetry.points import series
 
 # How often the event stream sends a fresh fleet summary.
 EVENT_INTERVAL_S = 2.0
+# One stream ends after this long; EventSource reconnects by itself (and re-authenticates).
+EVENT_STREAM_MAX_S = 900.0
 # Devices' telemetry charts default to this much history.
 DEFAULT_HISTORY_S = 3600.0
 
@@ -46,8 +48,11 @@ def fleet_snapshot(settings: ServerSettings, registry: Registry, telemetry: Tele
     return summary
 
 
-def dashboard_router(settings: ServerSettings, registry: Registry, telemetry: TelemetryStore) -> APIRouter:
-    router = APIRouter(prefix="/api", dependencies=[Depends(require_viewer)])
+def install_dashboard_routes(
+    app: FastAPI, settings: ServerSettings, registry: Registry, telemetry: TelemetryStore
+) -> None:
+    """Viewer routes, registered on the app itself (see ``install_read_routes``)."""
+    viewer = [Depends(require_viewer)]
     fleet = settings.fleet
     task = settings.task
 
@@ -56,11 +61,11 @@ def dashboard_router(settings: ServerSettings, registry: Registry, telemetry: Te
         if device is None or device.fleet != fleet:
             raise ApiNotFoundError(f"device {device_id!r} not found in fleet {fleet!r}")
 
-    @router.get("/fleet/summary")
+    @app.get("/api/fleet/summary", dependencies=viewer)
     async def fleet_summary_endpoint() -> dict[str, Any]:
         return await run_in_threadpool(fleet_snapshot, settings, registry, telemetry)
 
-    @router.get("/devices/{device_id}/telemetry")
+    @app.get("/api/devices/{device_id}/telemetry", dependencies=viewer)
     async def device_telemetry(
         device_id: str, since: float | None = None, window_s: float = Query(DEFAULT_HISTORY_S, gt=0)
     ) -> dict[str, Any]:
@@ -69,7 +74,7 @@ def dashboard_router(settings: ServerSettings, registry: Registry, telemetry: Te
         points = await run_in_threadpool(telemetry.list_points, device_id, start)
         return {"device_id": device_id, "since": start, "points": series(points)}
 
-    @router.get("/devices/{device_id}/quarantine")
+    @app.get("/api/devices/{device_id}/quarantine", dependencies=viewer)
     async def device_quarantine(
         device_id: str, limit: int = Query(QUARANTINE_KEEP, ge=1, le=QUARANTINE_KEEP)
     ) -> list[dict[str, Any]]:
@@ -77,7 +82,7 @@ def dashboard_router(settings: ServerSettings, registry: Registry, telemetry: Te
         entries = await run_in_threadpool(telemetry.list_quarantine, device_id, limit)
         return [{"at": e.at, "record_id": e.record_id, "reason": e.reason, "excerpt": e.excerpt} for e in entries]
 
-    @router.get("/models/compare")
+    @app.get("/api/models/compare", dependencies=viewer)
     async def models_compare(a: int, b: int) -> dict[str, Any]:
         models = await run_in_threadpool(registry.list_model_versions, task)
         by_version = {m.version: m for m in models}
@@ -86,7 +91,7 @@ def dashboard_router(settings: ServerSettings, registry: Registry, telemetry: Te
                 raise ApiNotFoundError(f"model version {v} of task {task!r} not found")
         return compare_models(by_version[a], by_version[b], models)
 
-    @router.get("/models/{version}/lineage")
+    @app.get("/api/models/{version}/lineage", dependencies=viewer)
     async def model_lineage(version: int) -> list[int]:
         models = await run_in_threadpool(registry.list_model_versions, task)
         chain = lineage(models, version)
@@ -94,15 +99,17 @@ def dashboard_router(settings: ServerSettings, registry: Registry, telemetry: Te
             raise ApiNotFoundError(f"model version {version} of task {task!r} not found")
         return chain
 
-    @router.get("/events")
+    # Not in the OpenAPI schema: an endless text/event-stream is no JSON operation to fuzz.
+    @app.get("/api/events", dependencies=viewer, include_in_schema=False)
     async def events(request: Request, limit: int | None = Query(None, ge=1)) -> StreamingResponse:
         """Server-sent events: a ``fleet`` event with the summary every few seconds."""
         interval = float(getattr(request.app.state, "event_interval_s", EVENT_INTERVAL_S))
+        ends = time.monotonic() + EVENT_STREAM_MAX_S
 
         async def stream() -> AsyncIterator[str]:
             sent = 0
             yield f"retry: {int(interval * 1000)}\n\n"
-            while limit is None or sent < limit:
+            while (limit is None or sent < limit) and time.monotonic() < ends:
                 snapshot = await run_in_threadpool(fleet_snapshot, settings, registry, telemetry)
                 yield f"event: fleet\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n"
                 sent += 1
@@ -114,5 +121,3 @@ def dashboard_router(settings: ServerSettings, registry: Registry, telemetry: Te
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
-
-    return router

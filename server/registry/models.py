@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, CheckConstraint, Double, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, CheckConstraint, Double, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Deterministic constraint names keep Alembic autogenerate and both databases in step.
@@ -95,6 +95,39 @@ class AuditLog(Base):
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]]
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("role IN ('viewer', 'operator', 'admin')", name="role"),)
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    created: Mapped[float]
+    disabled: Mapped[bool]
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), ForeignKey("users.username"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[float]
+    revoked_at: Mapped[float | None]
+    last_used: Mapped[float | None]
+
+
+class AuthSession(Base):
+    __tablename__ = "sessions"
+
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), ForeignKey("users.username"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created: Mapped[float]
+    expires: Mapped[float] = mapped_column(index=True)
 
 
 # -- telemetry history for the dashboard (0003_telemetry; server.registry.telemetry_sql) --

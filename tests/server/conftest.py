@@ -48,6 +48,20 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'db' / 'registry.db'}"
 
 
+REGISTRY_TABLES = (
+    "devices",
+    "model_versions",
+    "training_runs",
+    "rounds",
+    "audit_log",
+    "users",
+    "api_tokens",
+    "sessions",
+    "telemetry",
+    "quarantine_samples",
+)
+
+
 @pytest.fixture(scope="session")
 def migrated_postgres(postgres_url: str) -> str:
     from server.registry.migrate import migrate
@@ -63,7 +77,6 @@ def clean_postgres(migrated_postgres: str) -> str:
 
     engine = sa.create_engine(migrated_postgres)
     with engine.begin() as conn:
-        tables = "devices, model_versions, training_runs, rounds, audit_log, telemetry, quarantine_samples"
-        conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY"))
+        conn.execute(sa.text(f"TRUNCATE {', '.join(REGISTRY_TABLES)} RESTART IDENTITY"))
     engine.dispose()
     return migrated_postgres

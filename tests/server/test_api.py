@@ -11,6 +11,7 @@ from server.api.app import create_app
 from server.config import ServerSettings
 from server.registry import InMemoryRegistry, ModelVersionRecord, RoundRecord
 from shared.schemas import Counters, DeviceStatus, Rejection
+from tests.server.auth_support import identities
 
 
 @pytest.fixture
@@ -57,7 +58,11 @@ def registry() -> InMemoryRegistry:
 
 @pytest.fixture
 def client(registry: InMemoryRegistry, tmp_path: object) -> TestClient:
-    return TestClient(create_app(ServerSettings(data_dir=tmp_path), registry))
+    """A viewer's client: every read route needs at least that (authorization: test_api_authz.py)."""
+    ids = identities(registry)
+    client = TestClient(create_app(ServerSettings(data_dir=tmp_path), registry, ids.auth))
+    client.headers.update(ids.bearer("viewer"))
+    return client
 
 
 def test_healthz(client: TestClient) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -58,13 +59,27 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) 
     raise AssertionError(f"no answer from {url}")
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def _get(url: str, token: str | None = None) -> Any:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
         return json.loads(response.read())
 
 
+def _viewer_token(conf: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """As an operator would: `fedforge users create` + `fedforge tokens create` on the server's database."""
+    from server.cli import run_command
+
+    assert run_command("users", ["create", "watcher", "--role", "viewer", "--no-password", "--config", str(conf)]) == 0
+    assert run_command("tokens", ["create", "--user", "watcher", "--config", str(conf)]) == 0
+    return str(json.loads(capsys.readouterr().out.splitlines()[-1])["token"])
+
+
 def test_server_bootstraps_serves_and_stops_on_sigterm(
-    tmp_path: Path, mosquitto: Any, bootstrap_df: pd.DataFrame, holdout_df: pd.DataFrame
+    tmp_path: Path,
+    mosquitto: Any,
+    bootstrap_df: pd.DataFrame,
+    holdout_df: pd.DataFrame,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     fleet = f"svc{uuid.uuid4().hex[:6]}"
     port = free_port()
@@ -76,13 +91,17 @@ def test_server_bootstraps_serves_and_stops_on_sigterm(
         f'http_port = {port}\nbootstrap_data = "{tmp_path / "boot.parquet"}"\n'
         f'holdout_data = "{tmp_path / "holdout.parquet"}"\nbootstrap_epochs = 2\ndevice = "cpu"\n'
     )
+    token = _viewer_token(conf, capsys)
     marker = tmp_path / "companion"
     env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(conf), str(marker)], env=env, start_new_session=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         assert marker.read_text() == "started"
-        models = _get(f"http://127.0.0.1:{port}/api/models")
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            _get(f"http://127.0.0.1:{port}/api/models")
+        assert anonymous.value.code == 401
+        models = _get(f"http://127.0.0.1:{port}/api/models", token)
         assert [(m["version"], m["stage"], m["training_run_id"]) for m in models] == [(1, "published", "bootstrap")]
 
         agent = MqttClient(BrokerAddress.parse(mosquitto.url), f"agent-{uuid.uuid4().hex[:6]}", persistent=False)
@@ -92,9 +111,9 @@ def test_server_bootstraps_serves_and_stops_on_sigterm(
         status = DeviceStatus(device_id="edge-1", fleet=fleet, kind="heartbeat", ts=time.time(), model_version=1)
         agent.publish_and_wait(topics.status(fleet, "edge-1"), status.to_bytes(), retain=True)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not _get(f"http://127.0.0.1:{port}/api/devices"):
+        while time.monotonic() < deadline and not _get(f"http://127.0.0.1:{port}/api/devices", token):
             time.sleep(0.05)
-        devices = _get(f"http://127.0.0.1:{port}/api/devices")
+        devices = _get(f"http://127.0.0.1:{port}/api/devices", token)
         assert [(d["device_id"], d["online"], d["serving_version"]) for d in devices] == [("edge-1", True, 1)]
         agent.publish_and_wait(topics.status(fleet, "edge-1"), b"", retain=True)
         agent.stop()

@@ -1,7 +1,8 @@
 // Shared helpers of every dashboard page: the JSON API (with the CSRF header), live
 // updates over server-sent events, formatting, sortable tables and a toast.
 
-let csrfToken = null;
+// The page shell carries the session's CSRF token; /api/auth/me is the fallback.
+let csrfToken = document.querySelector('meta[name="csrf-token"]')?.content || null;
 
 export const role = document.body.dataset.role || "viewer";
 export const canAct = role === "operator" || role === "admin";
