@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -26,6 +27,8 @@ from server.telemetry.points import series
 
 # How often the event stream sends a fresh fleet summary.
 EVENT_INTERVAL_S = 2.0
+# Pages opened together share one snapshot this long.
+SNAPSHOT_TTL_S = 1.0
 # One stream ends after this long; EventSource reconnects by itself (and re-authenticates).
 EVENT_STREAM_MAX_S = 900.0
 # Devices' telemetry charts default to this much history.
@@ -48,12 +51,35 @@ def fleet_snapshot(settings: ServerSettings, registry: Registry, telemetry: Tele
     return summary
 
 
+class SnapshotCache:
+    """One fleet snapshot shared by every open page for ``ttl_s``.
+
+    Each connected browser polls the summary through its event stream; without sharing,
+    N pages would cost N registry scans every interval.
+    """
+
+    def __init__(self, build: Callable[[], dict[str, Any]], ttl_s: float) -> None:
+        self._build = build
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._value: dict[str, Any] | None = None
+        self._at = 0.0
+
+    def get(self) -> dict[str, Any]:
+        with self._lock:
+            if self._value is None or time.monotonic() - self._at >= self._ttl_s:
+                self._value = self._build()
+                self._at = time.monotonic()
+            return self._value
+
+
 def install_dashboard_routes(
     app: FastAPI, settings: ServerSettings, registry: Registry, telemetry: TelemetryStore
 ) -> None:
     """Viewer routes, registered on the app itself (see ``install_read_routes``)."""
     viewer = [Depends(require_viewer)]
     fleet = settings.fleet
+    snapshots = SnapshotCache(lambda: fleet_snapshot(settings, registry, telemetry), SNAPSHOT_TTL_S)
     task = settings.task
 
     async def _device_or_404(device_id: str) -> None:
@@ -63,7 +89,7 @@ def install_dashboard_routes(
 
     @app.get("/api/fleet/summary", dependencies=viewer)
     async def fleet_summary_endpoint() -> dict[str, Any]:
-        return await run_in_threadpool(fleet_snapshot, settings, registry, telemetry)
+        return await run_in_threadpool(snapshots.get)
 
     @app.get("/api/devices/{device_id}/telemetry", dependencies=viewer)
     async def device_telemetry(
@@ -110,7 +136,7 @@ def install_dashboard_routes(
             sent = 0
             yield f"retry: {int(interval * 1000)}\n\n"
             while (limit is None or sent < limit) and time.monotonic() < ends:
-                snapshot = await run_in_threadpool(fleet_snapshot, settings, registry, telemetry)
+                snapshot = await run_in_threadpool(snapshots.get)
                 yield f"event: fleet\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n"
                 sent += 1
                 if limit is not None and sent >= limit:
