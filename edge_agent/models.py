@@ -28,9 +28,10 @@ from edge_agent.updater import (
     StartDownload,
 )
 from shared import topics
+from shared.commands import verify_rollback
 from shared.errors import BundleError, TopicError
 from shared.mqtt import MessageHandler
-from shared.schemas import ChunkRequest, Rejection
+from shared.schemas import ChunkRequest, Command, CommandAck, ModelManifest, Rejection
 from shared.signing import TrustStore
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class ModelManager:
         *,
         on_change: Callable[[bool], None],
         on_chunk: MessageHandler,
+        on_ack: Callable[[CommandAck], None] | None = None,
     ) -> None:
         self.store = store
         self.trust = trust
@@ -54,7 +56,11 @@ class ModelManager:
         self.files = ModelFiles(settings.models_dir)
         self.updater = ModelUpdater(settings.fleet, settings.task, trust, timeout_s=settings.download_timeout_s)
         self.device_id = settings.device_id
+        self.fleet = settings.fleet
         self.task = settings.task
+        # A verified rollback waiting for its download: (command, version served when it came).
+        self._pending: tuple[Command, int | None] | None = None
+        self._on_ack = on_ack
         self.last_rejection: Rejection | None = None
         # Called with True after an install, False after a rejection (on the agent's loop).
         self._on_change = on_change
@@ -100,7 +106,70 @@ class ModelManager:
             return
         self.slot.swap(LoadedModel(scorer, stored.manifest))
         self.updater.installed(stored.manifest.version)
+        self.updater.floor = self.files.floor()
         log.info("loaded model v%d from %s", stored.manifest.version, self.files.directory)
+
+    # -- signed commands (rollback) -----------------------------------------------------------
+
+    def on_command(self, command: Command) -> None:
+        """A rollback: verify it, then serve its version from the kept files or by download; ack either way."""
+        try:
+            manifest = verify_rollback(command, self.trust, fleet=self.fleet, task=self.task)
+        except BundleError as exc:
+            log.warning("refused command %s: %s", command.command_id, exc)
+            self._ack(command, False, str(exc))
+            return
+        current = self.slot.current
+        if current is not None and current.version == manifest.version:
+            self._ack(command, True, f"serving v{manifest.version}")
+            return
+        if current is not None and current.manifest.created > command.issued_at:
+            # A release made after the command supersedes it (the cloud also clears it, but retained
+            # messages and redeliveries can arrive in any order).
+            self._ack(command, False, f"superseded: serving v{current.version}, released after the command")
+            return
+        serving = self.version
+        if self.files.has_version(manifest.version):
+            try:
+                stored = self.files.load_version(manifest.version, self.trust)
+                if stored.manifest.sha256 != manifest.sha256:
+                    raise BundleError("the kept file has another digest")
+                scorer = OnnxScorer(stored.model_bytes, stored.manifest)
+            except BundleError as exc:
+                log.warning("kept v%d is unusable (%s); downloading it", manifest.version, exc)
+            else:
+                self._switch(command, manifest, stored.model_bytes, scorer, serving)
+                return
+        self._pending = (command, serving)
+        log.info("rollback %s: downloading v%d", command.command_id, manifest.version)
+        self._apply(self.updater.start_authorised(manifest))
+
+    def _switch(
+        self, command: Command, manifest: ModelManifest, model_bytes: bytes, scorer: OnnxScorer, serving: int | None
+    ) -> None:
+        self.files.save(manifest, model_bytes)
+        self.slot.swap(LoadedModel(scorer, manifest))
+        self.updater.rolled_back(serving, manifest.version)
+        self.files.save_floor(self.updater.floor)
+        self.store.record_model_event(manifest.version, "installed", f"command {command.command_id}", manifest.sha256)
+        log.info("rolled back to v%d (was %s) by command %s", manifest.version, serving, command.command_id)
+        self._ack(command, True, f"serving v{manifest.version} (was v{serving})")
+        self._on_change(True)
+
+    def _ack(self, command: Command, accepted: bool, reason: str) -> None:
+        if self._on_ack is None:
+            return
+        ack = CommandAck(
+            command_id=command.command_id,
+            device_id=self.device_id,
+            kind=command.kind,
+            version=command.version,
+            accepted=accepted,
+            reason=reason[:1000],
+            serving_version=self.version,
+            ts=time.time(),
+        )
+        self._on_ack(ack)
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -128,6 +197,16 @@ class ModelManager:
 
     def _install(self, done: Complete) -> None:
         manifest = done.manifest
+        pending = self._pending
+        if pending is not None and pending[0].version == manifest.version:
+            self._pending = None
+            try:
+                scorer = OnnxScorer(done.model_bytes, manifest)
+                self._switch(pending[0], manifest, done.model_bytes, scorer, pending[1])
+            except (BundleError, OSError) as exc:
+                self._ack(pending[0], False, str(exc))
+                self._reject(manifest.version, str(exc), manifest.sha256)
+            return
         try:
             scorer = OnnxScorer(done.model_bytes, manifest)  # fully built before the swap
             self.files.save(manifest, done.model_bytes)
@@ -142,6 +221,10 @@ class ModelManager:
         self._on_change(True)
 
     def _reject(self, version: int | None, reason: str, sha256: str | None) -> None:
+        pending = self._pending
+        if pending is not None and pending[0].version == version:
+            self._pending = None
+            self._ack(pending[0], False, reason)
         log.warning("model v%s rejected: %s", version, reason)
         self.last_rejection = Rejection(version=version, reason=reason, at=time.time())
         try:

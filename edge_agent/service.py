@@ -45,6 +45,7 @@ from shared.errors import ConfigError, FedforgeError, PayloadError
 from shared.features import FeatureSpec
 from shared.schemas import (
     Command,
+    CommandAck,
     Counters,
     DeviceStatus,
     LabelBatch,
@@ -111,7 +112,13 @@ class Agent:
         self.drift = DriftMonitor()
         self.quarantine_log = QuarantineLog()
         self.models = ModelManager(
-            settings, self.store, self.trust, self.link, on_change=self._on_model_change, on_chunk=self._on_message
+            settings,
+            self.store,
+            self.trust,
+            self.link,
+            on_change=self._on_model_change,
+            on_chunk=self._on_message,
+            on_ack=self._publish_ack,
         )
         self.slot = self.models.slot
         self._seq = 0
@@ -385,21 +392,44 @@ class Agent:
     def _handle_control(self, topic: str, payload: bytes) -> None:
         if topic == self.link.manifest_topic:
             self.models.on_manifest(payload)
-        elif topic == self.link.commands_topic:
+        elif topic in (self.link.commands_topic, self.link.fleet_commands_topic):
             self._handle_command(payload)
         else:
             self.models.on_chunk_topic(topic, payload)
 
     def _handle_command(self, payload: bytes) -> None:
+        if not payload:
+            return  # the cloud cleared the fleet's standing command
         try:
             command = decode(Command, payload)
         except PayloadError as exc:
             log.warning("ignoring an invalid command: %s", exc)
             return
+        if command.kind == "rollback":
+            self.models.on_command(command)  # verifies (signature, expiry, fleet, task) and acks
+            return
         if command.expires_at < time.time():
             log.info("ignoring expired command %s", command.command_id)
             return
-        log.warning("command %s (%s) is not supported by this agent yet", command.command_id, command.kind)
+        log.warning("command %s (%s) is not supported by this agent", command.command_id, command.kind)
+        self._publish_ack(
+            CommandAck(
+                command_id=command.command_id,
+                device_id=self.settings.device_id,
+                kind=command.kind,
+                version=command.version,
+                accepted=False,
+                reason=f"unsupported command kind {command.kind!r}",
+                serving_version=self._version(),
+                ts=time.time(),
+            )
+        )
+
+    def _publish_ack(self, ack: CommandAck) -> None:
+        try:
+            self.link.publish_ack(ack)
+        except Exception:
+            log.exception("publishing the ack of command %s failed", ack.command_id)
 
     # -- status -------------------------------------------------------------------------------
 

@@ -12,14 +12,16 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from server.actions import FleetActions, MqttReleaseChannel, RunStarter
 from server.api.app import auth_service_for, create_app
 from server.config import ServerSettings
 from server.mqtt.fleet_monitor import FleetMonitor, server_client
@@ -98,14 +100,49 @@ def ensure_bootstrap_model(
     return manifest.version
 
 
+def flower_run_starter(settings: ServerSettings, config_path: Path) -> RunStarter:
+    """Training runs from the API go the way `fedforge train` sends them: `flwr run` to our SuperLink."""
+
+    def start(run_id: str, rounds: int, strategy: str, min_agents: int) -> str:
+        from server.federation.flower import submit_run
+
+        log.info("submitting training run %s (%s, %d rounds, >= %d agents)", run_id, strategy, rounds, min_agents)
+        return submit_run(settings, config_path, run_id, rounds, min_agents)
+
+    return start
+
+
+def node_unregistrar(settings: ServerSettings, registry: Registry) -> Callable[[str, str], None] | None:
+    """With node auth, revoking a device unregisters the node key registered under its name."""
+    if not settings.supernode_auth:
+        return None
+
+    def unregister(device_id: str, actor: str) -> None:
+        from server.federation.node_auth import ACTION_REGISTER, ACTION_UNREGISTER, NodeAuthError, unregister_device
+
+        for entry in registry.list_audit(100_000):
+            if entry.action in (ACTION_REGISTER, ACTION_UNREGISTER) and entry.detail.get("name") == device_id:
+                if entry.action == ACTION_UNREGISTER:
+                    break
+                node_id, fingerprint = str(entry.detail["node_id"]), entry.detail.get("fingerprint")
+                unregister_device(settings, registry, node_id, fingerprint=fingerprint, actor=actor)
+                return
+        raise NodeAuthError(f"no node key registered under the name {device_id!r} (fedforge devices register --name)")
+
+    return unregister
+
+
 @dataclass
 class ServerService:
     settings: ServerSettings
     companions: list[Companion] = field(default_factory=list)
+    # The settings file the server was started with: the ServerApp of API-started runs reads it.
+    config_path: Path | None = None
     registry: Registry | None = None
     client: MqttClient | None = None
     monitor: FleetMonitor | None = None
     telemetry: TelemetryStore | None = None
+    signing_key: Ed25519PrivateKey | None = None
     _server: uvicorn.Server | None = None
     _started: list[Companion] = field(default_factory=list)
     _stop_requested: bool = False
@@ -123,7 +160,7 @@ class ServerService:
         """Everything but HTTP: registry, MQTT, model v1, companions."""
         s = self.settings
         registry = self.open()
-        key = ensure_signing_key(s)
+        key = self.signing_key = ensure_signing_key(s)
         self.client = server_client(s.broker_url, s.fleet, tls=s.mqtt_tls())
         self.monitor = FleetMonitor(self.client, registry, s.fleet, s.task, telemetry=self.telemetry)
         self.monitor.start()
@@ -137,6 +174,18 @@ class ServerService:
         for companion in self.companions:
             companion.start()
             self._started.append(companion)
+
+    def actions(self) -> FleetActions:
+        assert self.registry is not None
+        key = self.signing_key
+        return FleetActions(
+            self.settings,
+            self.registry,
+            channel=None if self.client is None else MqttReleaseChannel(self.client, self.settings.fleet),
+            signing_key=None if key is None else (lambda: key),
+            run_starter=None if self.config_path is None else flower_run_starter(self.settings, self.config_path),
+            unregister_node=node_unregistrar(self.settings, self.registry),
+        )
 
     def stop_background(self) -> None:
         """Reverse order; a failing stop is logged so the rest still stop."""
@@ -166,7 +215,7 @@ class ServerService:
                 assert self.registry is not None
                 auth_store = SqlAuthStore(self.registry.engine) if isinstance(self.registry, SqlRegistry) else None
                 auth = None if auth_store is None else auth_service_for(self.settings, auth_store, self.registry)
-                app = create_app(self.settings, self.registry, auth, self.telemetry)
+                app = create_app(self.settings, self.registry, auth, self.actions(), telemetry=self.telemetry)
                 config = uvicorn.Config(
                     app, host=self.settings.http_host, port=self.settings.http_port, log_level="info", lifespan="off"
                 )
@@ -208,11 +257,13 @@ class ServerService:
             self._server.should_exit = True
 
 
-async def serve(settings: ServerSettings, extra: list[Companion] | None = None) -> None:
-    await ServerService(settings, list(extra or [])).run()
+async def serve(
+    settings: ServerSettings, extra: list[Companion] | None = None, config_path: Path | None = None
+) -> None:
+    await ServerService(settings, list(extra or []), config_path).run()
 
 
-def run_server(settings: ServerSettings, extra: list[Companion] | None = None) -> int:
+def run_server(settings: ServerSettings, extra: list[Companion] | None = None, config_path: Path | None = None) -> int:
     """Blocking entry point for ``server.cli``; returns the exit code."""
-    asyncio.run(serve(settings, extra))
+    asyncio.run(serve(settings, extra, config_path))
     return 0

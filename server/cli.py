@@ -63,7 +63,7 @@ def run_command(name: str, argv: list[str]) -> int:
             from server.app import run_server
             from server.federation.flower import SuperLinkCompanion
 
-            return run_server(settings, [SuperLinkCompanion(settings)])
+            return run_server(settings, [SuperLinkCompanion(settings)], args.config)
         if name == "keys":
             from server.app import ensure_signing_key
 

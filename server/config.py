@@ -77,6 +77,8 @@ class ServerSettings(FedforgeSettings):
     # /metrics is open by default (scrapers, no secrets: counts and latencies); when true it
     # needs a viewer token (Prometheus `authorization: credentials: fft_...`).
     metrics_require_auth: bool = False
+    # How long a signed rollback command stays valid for agents that were offline when it was sent.
+    command_ttl_s: float = Field(default=7 * 86400.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -204,8 +204,37 @@ class ChunkRequest(WireModel):
 
 
 class Command(WireModel):
-    command_id: str
+    """A cloud -> agent instruction; a ``rollback`` is signed (shared.commands) and carries its manifest.
+
+    ``rollback`` means "serve exactly ``version`` (``sha256``) even if it is older than what
+    you serve": the one way past an agent's anti-downgrade rule, so only an operator key
+    may sign it. The manifest (signed on its own at release time) lets an agent that no
+    longer holds the version fetch and verify it.
+    """
+
+    command_id: str = Field(min_length=1, max_length=128)
     kind: Literal["rollback", "pin", "unpin", "config"]
     expires_at: float
     version: int | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
+    fleet: str | None = None
+    task: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    issued_at: float = 0.0
+    issued_by: str = ""
+    manifest: ModelManifest | None = None
+    signer: str = ""
+    signature: str = ""
+
+
+class CommandAck(WireModel):
+    """An agent's answer to a command: accepted (now serving ``serving_version``) or rejected, and why."""
+
+    command_id: str = Field(min_length=1, max_length=128)
+    device_id: str
+    kind: str
+    version: int | None = None
+    accepted: bool
+    reason: str = Field(default="", max_length=1000)
+    serving_version: int | None = None
+    ts: float

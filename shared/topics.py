@@ -14,7 +14,7 @@ from shared.errors import TopicError
 
 ROOT = "fedforge/v1"
 
-DeviceChannel = Literal["ingest", "labels", "predictions", "status", "commands", "models/request"]
+DeviceChannel = Literal["ingest", "labels", "predictions", "status", "commands", "models/request", "acks"]
 DEVICE_CHANNELS: tuple[DeviceChannel, ...] = (
     "ingest",
     "labels",
@@ -22,6 +22,7 @@ DEVICE_CHANNELS: tuple[DeviceChannel, ...] = (
     "status",
     "commands",
     "models/request",
+    "acks",
 )
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -65,6 +66,16 @@ def model_request(fleet: str, device: str) -> str:
     return device_topic(fleet, device, "models/request")
 
 
+def acks(fleet: str, device: str) -> str:
+    """Agent -> cloud: its answers to commands (CommandAck)."""
+    return device_topic(fleet, device, "acks")
+
+
+def fleet_commands(fleet: str) -> str:
+    """Cloud -> every agent, retained: the fleet's standing command (a signed rollback), or empty."""
+    return f"{ROOT}/{_check('fleet', fleet)}/commands"
+
+
 def manifest(fleet: str, task: str) -> str:
     return f"{ROOT}/{_check('fleet', fleet)}/models/{_check('task', task)}/manifest"
 
@@ -83,6 +94,10 @@ def chunks_filter(fleet: str, task: str, version: int) -> str:
 def all_status_filter(fleet: str) -> str:
     """Subscription filter the cloud uses to follow the whole fleet."""
     return f"{ROOT}/{_check('fleet', fleet)}/devices/+/status"
+
+
+def all_acks_filter(fleet: str) -> str:
+    return f"{ROOT}/{_check('fleet', fleet)}/devices/+/acks"
 
 
 def all_requests_filter(fleet: str) -> str:

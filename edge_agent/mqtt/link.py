@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from shared import topics
 from shared.mqtt import BrokerAddress, MessageHandler, MqttClient, TlsKwargs, Will
-from shared.schemas import ChunkRequest, DeviceStatus, PredictionBatch
+from shared.schemas import ChunkRequest, CommandAck, DeviceStatus, PredictionBatch
 
 
 def client_id_for(fleet: str, device_id: str) -> str:
@@ -27,6 +27,8 @@ class AgentLink:
         self.ingest_topic = topics.ingest(fleet, device_id)
         self.labels_topic = topics.labels(fleet, device_id)
         self.commands_topic = topics.commands(fleet, device_id)
+        self.fleet_commands_topic = topics.fleet_commands(fleet)
+        self.acks_topic = topics.acks(fleet, device_id)
         self.manifest_topic = topics.manifest(fleet, task)
         self.status_topic = topics.status(fleet, device_id)
         self.predictions_topic = topics.predictions(fleet, device_id)
@@ -55,7 +57,8 @@ class AgentLink:
 
     def start(self, handler: MessageHandler, timeout: float = 10.0) -> None:
         """Subscribe the agent's fixed topics (before connecting, so they survive reconnects)."""
-        for topic in (self.ingest_topic, self.labels_topic, self.manifest_topic, self.commands_topic):
+        fixed = (self.ingest_topic, self.labels_topic, self.manifest_topic, self.commands_topic)
+        for topic in (*fixed, self.fleet_commands_topic):
             self._client.subscribe(topic, handler, qos=topics.QOS_AT_LEAST_ONCE)
         self._client.start(timeout=timeout)
 
@@ -70,6 +73,9 @@ class AgentLink:
 
     def publish_chunk_request(self, request: ChunkRequest) -> int:
         return self._client.publish(self.model_request_topic, request.to_bytes(), qos=1)
+
+    def publish_ack(self, ack: CommandAck) -> int:
+        return self._client.publish(self.acks_topic, ack.to_bytes(), qos=1)
 
     def publish_predictions(self, batch: PredictionBatch) -> int:
         return self._client.publish(self.predictions_topic, batch.to_bytes(), qos=1)

@@ -76,6 +76,7 @@ class ModelUpdater:
         trust: TrustStore,
         *,
         current_version: int | None = None,
+        floor: int | None = None,
         timeout_s: float = 60.0,
         resume_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -84,6 +85,9 @@ class ModelUpdater:
         self.task = task
         self.trust = trust
         self.current_version = current_version
+        # After a rollback from version F, manifests up to F are refused (anti-downgrade's twin:
+        # a redelivered manifest of a withdrawn version must not undo the rollback).
+        self.floor = floor
         self.timeout_s = timeout_s
         # Ask for missing chunks well before giving up: by default four times per timeout.
         self.resume_after_s = resume_after_s if resume_after_s is not None else timeout_s / 4
@@ -104,6 +108,8 @@ class ModelUpdater:
             return Reject(manifest.version, f"manifest is for task {manifest.task!r}, this agent serves {self.task!r}")
         if self.current_version is not None and manifest.version <= self.current_version:
             return Ignore(f"version {manifest.version} is not newer than {self.current_version}")
+        if self.floor is not None and manifest.version <= self.floor:
+            return Ignore(f"version {manifest.version} was withdrawn by a rollback (refusing <= {self.floor})")
         if (manifest.version, manifest.signature) in self._rejected:
             return Ignore(f"version {manifest.version} was already rejected")
         dl = self._download
@@ -118,6 +124,28 @@ class ModelUpdater:
         new_filter = topics.chunks_filter(self.fleet, self.task, manifest.version)
         self._download = _Download(manifest, ChunkAssembler(manifest), new_filter, self._clock())
         return StartDownload(manifest, new_filter, old_filter if old_filter != new_filter else None)
+
+    def start_authorised(self, manifest: ModelManifest) -> Action:
+        """Download ``manifest`` whatever its version: a verified, signed command asked for exactly it."""
+        if manifest.task != self.task:
+            return Reject(manifest.version, f"manifest is for task {manifest.task!r}, this agent serves {self.task!r}")
+        try:
+            verify_manifest(manifest, self.trust)
+        except BundleError as exc:
+            return Reject(manifest.version, str(exc), sha256=manifest.sha256)
+        dl = self._download
+        if dl is not None and dl.manifest == manifest:
+            return Ignore(f"version {manifest.version} is already downloading")
+        old_filter = self._abandon()
+        new_filter = topics.chunks_filter(self.fleet, self.task, manifest.version)
+        self._download = _Download(manifest, ChunkAssembler(manifest), new_filter, self._clock())
+        return StartDownload(manifest, new_filter, old_filter if old_filter != new_filter else None)
+
+    def rolled_back(self, from_version: int | None, to_version: int) -> None:
+        """``to_version`` now serves by command; versions up to ``from_version`` stay refused by manifest."""
+        self.current_version = to_version
+        if from_version is not None and from_version > to_version:
+            self.floor = max(self.floor or 0, from_version)
 
     def on_chunk(self, version: int, index: int, data: bytes) -> Action:
         dl = self._download

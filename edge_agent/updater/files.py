@@ -20,6 +20,7 @@ from shared.signing import TrustStore
 log = logging.getLogger(__name__)
 
 POINTER = "current"
+FLOOR = "rollback-floor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +53,31 @@ class ModelFiles:
             return None
         return int(text) if text.isdigit() else None
 
+    def floor(self) -> int | None:
+        """Versions up to this were withdrawn by a rollback (survives restarts)."""
+        try:
+            text = (self.directory / FLOOR).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def save_floor(self, floor: int | None) -> None:
+        if floor is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.directory / FLOOR, f"{floor}\n".encode())
+
+    def has_version(self, version: int) -> bool:
+        return self.model_path(version).is_file() and self.manifest_path(version).is_file()
+
     def load_current(self, trust: TrustStore) -> StoredModel:
         """The current model, re-verified; ``BundleError`` if it is absent or fails a check."""
         version = self.current_version()
         if version is None:
             raise BundleError("no current model on disk")
+        return self.load_version(version, trust)
+
+    def load_version(self, version: int, trust: TrustStore) -> StoredModel:
+        """A kept model (the cache a rollback uses), re-verified; ``BundleError`` if absent or bad."""
         try:
             manifest_bytes = self.manifest_path(version).read_bytes()
             model_bytes = self.model_path(version).read_bytes()

@@ -18,13 +18,15 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.actions.fleet import FleetActions
+from server.api.action_routes import install_action_errors, install_action_routes
 from server.api.auth_routes import install_auth_routes
 from server.api.dashboard import install_dashboard_routes
 from server.api.errors import ApiNotFoundError
 from server.api.metrics import ApiMetrics
 from server.api.pages import install_pages
 from server.api.security import install_auth_errors, require_viewer
-from server.api.views import device_view, model_view, round_view, run_view
+from server.api.views import VersionPath, device_view, model_view, round_view, run_view
 from server.auth.memory import InMemoryAuthStore
 from server.auth.service import AuthService
 from server.auth.throttle import LoginThrottle
@@ -56,8 +58,13 @@ def create_app(
     settings: ServerSettings,
     registry: Registry,
     auth: AuthService | None = None,
+    actions: FleetActions | None = None,
     telemetry: TelemetryStore | None = None,
 ) -> FastAPI:
+    """``actions`` defaults to one without a broker link or launcher: actions then answer 503.
+
+    ``telemetry`` (the dashboard's device history) defaults to an in-memory store.
+    """
     app = FastAPI(title="fedforge server", version="1")
     telemetry = telemetry if telemetry is not None else InMemoryTelemetryStore()
     app.state.telemetry = telemetry
@@ -67,6 +74,9 @@ def create_app(
     app.state.metrics = metrics
     app.state.auth = auth or default_auth(settings, registry)
     install_auth_errors(app)
+    install_action_errors(app)
+    actions = actions or FleetActions(settings, registry, channel=None, signing_key=None)
+    app.state.actions = actions
 
     @app.exception_handler(ApiNotFoundError)
     async def _not_found(_request: Request, exc: ApiNotFoundError) -> JSONResponse:
@@ -101,6 +111,7 @@ def create_app(
     # The dashboard's routes first: /api/models/compare must win over /api/models/{version}.
     install_dashboard_routes(app, settings, registry, telemetry)
     install_read_routes(app, settings, registry)
+    install_action_routes(app, settings, registry, actions)
     install_pages(app, settings)
     return app
 
@@ -122,21 +133,21 @@ def install_read_routes(app: FastAPI, settings: ServerSettings, registry: Regist
         return [model_view(m) for m in versions]
 
     @app.get("/api/models/{version}", dependencies=viewer)
-    async def get_model(version: int) -> dict[str, Any]:
+    async def get_model(version: VersionPath) -> dict[str, Any]:
         record = await run_in_threadpool(registry.get_model_version, task, version)
         if record is None:
             raise ApiNotFoundError(f"model version {version} of task {task!r} not found")
         return model_view(record)
 
     @app.get("/api/models/{version}/manifest", dependencies=viewer)
-    async def get_manifest(version: int) -> dict[str, Any]:
+    async def get_manifest(version: VersionPath) -> dict[str, Any]:
         record = await run_in_threadpool(registry.get_model_version, task, version)
         if record is None:
             raise ApiNotFoundError(f"model version {version} of task {task!r} not found")
         return record.manifest
 
     @app.get("/api/models/{version}/artifact", dependencies=viewer)
-    async def get_artifact(version: int) -> Response:
+    async def get_artifact(version: VersionPath) -> Response:
         record = await run_in_threadpool(registry.get_model_version, task, version)
         data = None if record is None else await run_in_threadpool(registry.get_artifact, task, version)
         if record is None or data is None:

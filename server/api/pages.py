@@ -23,6 +23,7 @@ from server.api.security import SESSION_COOKIE, authenticate
 from server.auth.errors import AuthError
 from server.auth.roles import Principal, Role
 from server.config import ServerSettings
+from server.federation.catalog import DEFAULT_STRATEGY, STRATEGY_NAMES
 from server.web import STATIC_DIR, TEMPLATES_DIR
 
 # (path, page id, title) in navigation order.
@@ -104,7 +105,7 @@ def install_pages(app: FastAPI, settings: ServerSettings) -> None:
 
     @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
     async def runs_page(request: Request) -> Response:
-        return await page(request, "runs.html", "runs")
+        return await page(request, "runs.html", "runs", strategies=STRATEGY_NAMES, default_strategy=DEFAULT_STRATEGY)
 
     @app.get("/rollouts", response_class=HTMLResponse, include_in_schema=False)
     async def rollouts_page(request: Request) -> Response:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from server.registry.records import DeviceRecord, ModelVersionRecord, RoundRecord, RunRecord
+from fastapi import Path
+
+from server.registry.records import AuditEntry, DeviceRecord, ModelVersionRecord, RoundRecord, RunRecord
+
+# Versions are 32-bit integers in the registry: a larger id is a 422, not a database error.
+MAX_VERSION = 2**31 - 1
+VersionPath = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 
 def model_view(m: ModelVersionRecord) -> dict[str, Any]:
@@ -36,6 +42,7 @@ def device_view(d: DeviceRecord, now: float, online_window_s: float) -> dict[str
         "scoring_latency_ms_p50": d.scoring_latency_ms_p50,
         "signature_verified": d.signature_verified,
         "last_rejection": d.last_rejection,
+        "revoked": d.revoked,
     }
 
 
@@ -61,3 +68,7 @@ def round_view(r: RoundRecord) -> dict[str, Any]:
         "metrics": r.metrics,
         "duration_s": r.duration_s,
     }
+
+
+def audit_view(e: AuditEntry) -> dict[str, Any]:
+    return {"id": e.id, "at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail}

@@ -14,14 +14,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-from server.registry.records import Registry
+from server.registry.records import AckRecord, Registry
 from server.registry.telemetry import TelemetryStore
 from server.release.publisher import publish_chunks
 from server.telemetry.ingest import record_status
 from shared import topics
 from shared.errors import FedforgeError, TopicError
 from shared.mqtt import BrokerAddress, MqttClient, TlsKwargs
-from shared.schemas import ChunkRequest, DeviceStatus, ModelManifest, decode
+from shared.schemas import ChunkRequest, CommandAck, DeviceStatus, ModelManifest, decode
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,13 @@ class MonitorStats:
     dropped: int = 0
     chunk_requests: int = 0
     chunks_resent: int = 0
+    acks: int = 0
+    revoked_ignored: int = 0
 
 
 @dataclass(frozen=True)
 class _Message:
-    kind: str  # "status" | "request"
+    kind: str  # "status" | "request" | "ack"
     topic: str
     payload: bytes
     retained: bool
@@ -82,12 +84,14 @@ class FleetMonitor:
         self._worker.start()
         self.client.subscribe(topics.all_status_filter(self.fleet), self._on_status, qos=1)
         self.client.subscribe(topics.all_requests_filter(self.fleet), self._on_request, qos=1)
+        self.client.subscribe(topics.all_acks_filter(self.fleet), self._on_ack, qos=1)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._worker is None:
             return
         self.client.unsubscribe(topics.all_status_filter(self.fleet))
         self.client.unsubscribe(topics.all_requests_filter(self.fleet))
+        self.client.unsubscribe(topics.all_acks_filter(self.fleet))
         self._queue.put(_STOP)
         self._worker.join(timeout)
         self._worker = None
@@ -114,6 +118,9 @@ class FleetMonitor:
     def _on_request(self, topic: str, payload: bytes, retained: bool) -> None:
         self._enqueue("request", topic, payload, retained)
 
+    def _on_ack(self, topic: str, payload: bytes, retained: bool) -> None:
+        self._enqueue("ack", topic, payload, retained)
+
     # -- worker thread ------------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -123,6 +130,8 @@ class FleetMonitor:
                     return
                 if msg.kind == "status":
                     self._handle_status(msg)
+                elif msg.kind == "ack":
+                    self._handle_ack(msg)
                 else:
                     self._handle_request(msg)
             except FedforgeError as exc:
@@ -149,15 +158,43 @@ class FleetMonitor:
             raise TopicError(
                 f"status for {status.fleet}/{status.device_id} published on the topic of {self.fleet}/{device}"
             )
+        known = self.registry.get_device(device)
+        if known is not None and known.revoked:
+            self.stats.revoked_ignored += 1
+            log.debug("ignored the status of revoked device %s", device)
+            return
         self.registry.upsert_device_status(status, received_at=msg.received_at, retained=msg.retained)
         if self.telemetry is not None:
             record_status(self.telemetry, status, msg.received_at, msg.retained)
         self.stats.statuses += 1
 
+    def _handle_ack(self, msg: _Message) -> None:
+        if not msg.payload:
+            return
+        device = self._device_of(msg.topic)
+        ack = decode(CommandAck, msg.payload)
+        if ack.device_id != device:
+            raise TopicError(f"ack from {ack.device_id} published on the topic of {device}")
+        known = self.registry.get_device(device)
+        if known is not None and known.revoked:
+            self.stats.revoked_ignored += 1
+            return
+        self.registry.record_ack(
+            AckRecord(ack.command_id, device, ack.accepted, ack.reason, ack.serving_version, msg.received_at)
+        )
+        self.stats.acks += 1
+        verdict = "accepted" if ack.accepted else "rejected"
+        log.info("device %s %s command %s (%s)", device, verdict, ack.command_id, ack.reason)
+
     def _handle_request(self, msg: _Message) -> None:
         if msg.retained or not msg.payload:
             return  # a stale retained request is not a live need
         device = self._device_of(msg.topic)
+        known = self.registry.get_device(device)
+        if known is not None and known.revoked:
+            self.stats.revoked_ignored += 1
+            log.info("refused a chunk request of revoked device %s", device)
+            return
         request = decode(ChunkRequest, msg.payload)
         if request.device_id != device:
             raise TopicError(f"chunk request for {request.device_id} published on the topic of {device}")

@@ -14,7 +14,9 @@ from typing import Any
 from server.errors import NotFoundError, RegistryError
 from server.registry.records import (
     STAGES,
+    AckRecord,
     AuditEntry,
+    CommandRecord,
     DeviceRecord,
     ModelVersionRecord,
     RoundRecord,
@@ -35,13 +37,16 @@ class InMemoryRegistry:
         self._runs: dict[str, RunRecord] = {}
         self._rounds: dict[tuple[str, int], RoundRecord] = {}
         self._audit: list[AuditEntry] = []
+        self._commands: list[CommandRecord] = []
+        self._acks: dict[tuple[str, str], AckRecord] = {}
 
     # -- devices ------------------------------------------------------------------
     def upsert_device_status(self, status: DeviceStatus, *, received_at: float, retained: bool = False) -> None:
         with self._lock:
             old = self._devices.get(status.device_id)
             key = old.public_key if old else None
-            self._devices[status.device_id] = device_record_from_status(status, received_at, retained, key)
+            record = device_record_from_status(status, received_at, retained, key)
+            self._devices[status.device_id] = dataclasses.replace(record, revoked=bool(old and old.revoked))
 
     def get_device(self, device_id: str) -> DeviceRecord | None:
         with self._lock:
@@ -51,6 +56,15 @@ class InMemoryRegistry:
         with self._lock:
             devices = sorted(self._devices.values(), key=lambda d: d.device_id)
         return [d for d in devices if fleet is None or d.fleet == fleet]
+
+    def set_device_revoked(self, device_id: str, revoked: bool) -> DeviceRecord:
+        with self._lock:
+            device = self._devices.get(device_id)
+            if device is None:
+                raise NotFoundError(f"no device {device_id}")
+            device = dataclasses.replace(device, revoked=revoked)
+            self._devices[device_id] = device
+            return device
 
     # -- model versions -----------------------------------------------------------
     def next_version(self, task: str) -> int:
@@ -148,9 +162,31 @@ class InMemoryRegistry:
             entry = AuditEntry(len(self._audit) + 1, time.time() if at is None else at, actor, action, dict(detail))
             self._audit.append(entry)
 
-    def list_audit(self, limit: int = 100) -> list[AuditEntry]:
+    def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
         with self._lock:
-            return list(reversed(self._audit))[:limit]
+            entries = [e for e in reversed(self._audit) if before is None or e.id < before]
+        return entries[:limit]
+
+    # -- fleet commands and acknowledgements ---------------------------------------
+    def add_command(self, record: CommandRecord) -> None:
+        with self._lock:
+            if any(c.command_id == record.command_id for c in self._commands):
+                raise RegistryError(f"command {record.command_id} already exists")
+            self._commands.append(record)
+
+    def list_commands(self, fleet: str | None = None, limit: int = 100) -> list[CommandRecord]:
+        with self._lock:
+            commands = [c for c in self._commands if fleet is None or c.fleet == fleet]
+        return sorted(commands, key=lambda c: -c.issued_at)[:limit]
+
+    def record_ack(self, ack: AckRecord) -> None:
+        with self._lock:
+            self._acks[(ack.command_id, ack.device_id)] = ack
+
+    def list_acks(self, command_id: str | None = None) -> list[AckRecord]:
+        with self._lock:
+            acks = [a for a in self._acks.values() if command_id is None or a.command_id == command_id]
+        return sorted(acks, key=lambda a: (a.command_id, a.device_id))
 
     def close(self) -> None:
         """Nothing to release."""

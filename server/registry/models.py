@@ -8,8 +8,21 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, CheckConstraint, Double, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 # Deterministic constraint names keep Alembic autogenerate and both databases in step.
 NAMING = {
@@ -41,11 +54,12 @@ class Device(Base):
     queue_depth: Mapped[int] = mapped_column(Integer, default=0)
     scoring_latency_ms_p50: Mapped[float | None] = mapped_column(Double, nullable=True)
     public_key: Mapped[str | None] = mapped_column(Text)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (CheckConstraint("stage IN ('candidate', 'published', 'rejected')", name="stage"),)
+    __table_args__ = (CheckConstraint("stage IN ('candidate', 'published', 'rejected', 'withdrawn')", name="stage"),)
 
     task: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
@@ -130,7 +144,32 @@ class AuthSession(Base):
     expires: Mapped[float] = mapped_column(index=True)
 
 
-# -- telemetry history for the dashboard (0003_telemetry; server.registry.telemetry_sql) --
+class FleetCommand(Base):
+    __tablename__ = "fleet_commands"
+
+    command_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64), index=True)
+    task: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int | None]
+    issued_at: Mapped[float]
+    expires_at: Mapped[float]
+    issued_by: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]]
+
+
+class CommandAck(Base):
+    __tablename__ = "command_acks"
+
+    command_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    accepted: Mapped[bool]
+    reason: Mapped[str] = mapped_column(Text)
+    serving_version: Mapped[int | None]
+    at: Mapped[float]
+
+
+# -- telemetry history for the dashboard (0004_telemetry; server.registry.telemetry_sql) --
 
 
 class TelemetryRow(Base):

@@ -12,7 +12,8 @@ from typing import Any, Literal, Protocol, get_args
 
 from shared.schemas import DeviceStatus
 
-Stage = Literal["candidate", "published", "rejected"]
+# withdrawn: was published, then an operator rolled the fleet back past it.
+Stage = Literal["candidate", "published", "rejected", "withdrawn"]
 RunStatus = Literal["running", "succeeded", "failed"]
 STAGES: tuple[str, ...] = get_args(Stage)
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
@@ -32,6 +33,8 @@ class DeviceRecord:
     queue_depth: int = 0
     scoring_latency_ms_p50: float | None = None
     public_key: str | None = None
+    # Revoked by an operator: its status is no longer followed (server.actions).
+    revoked: bool = False
 
     def online(self, now: float, window_s: float) -> bool:
         """Online = said it is alive, and said so recently (a lost will is not fatal)."""
@@ -87,6 +90,33 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class CommandRecord:
+    """A command the cloud sent to the fleet (the signed payload as published)."""
+
+    command_id: str
+    fleet: str
+    task: str
+    kind: str
+    version: int | None
+    issued_at: float
+    expires_at: float
+    issued_by: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AckRecord:
+    """A device's answer to a command; the latest answer per (command, device) is kept."""
+
+    command_id: str
+    device_id: str
+    accepted: bool
+    reason: str
+    serving_version: int | None
+    at: float
+
+
 def device_record_from_status(
     status: DeviceStatus, received_at: float, retained: bool, public_key: str | None = None
 ) -> DeviceRecord:
@@ -117,6 +147,10 @@ class Registry(Protocol):
     def get_device(self, device_id: str) -> DeviceRecord | None: ...
 
     def list_devices(self, fleet: str | None = None) -> list[DeviceRecord]: ...
+
+    def set_device_revoked(self, device_id: str, revoked: bool) -> DeviceRecord:
+        """Raises ``NotFoundError`` for an unknown device."""
+        ...
 
     # -- model versions -----------------------------------------------------------
     def next_version(self, task: str) -> int: ...
@@ -168,11 +202,24 @@ class Registry(Protocol):
 
     def list_rounds(self, run_id: str | None = None) -> list[RoundRecord]: ...
 
+    # -- fleet commands and acknowledgements ---------------------------------------
+    def add_command(self, record: CommandRecord) -> None: ...
+
+    def list_commands(self, fleet: str | None = None, limit: int = 100) -> list[CommandRecord]:
+        """Newest first."""
+        ...
+
+    def record_ack(self, ack: AckRecord) -> None:
+        """Upsert per (command_id, device_id); acks of unknown commands are kept too."""
+        ...
+
+    def list_acks(self, command_id: str | None = None) -> list[AckRecord]: ...
+
     # -- audit --------------------------------------------------------------------
     def audit(self, actor: str, action: str, detail: dict[str, Any], *, at: float | None = None) -> None: ...
 
-    def list_audit(self, limit: int = 100) -> list[AuditEntry]:
-        """Newest first."""
+    def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        """Newest first; ``before`` (an entry id) pages back through older entries."""
         ...
 
     def close(self) -> None: ...

@@ -16,10 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.errors import NotFoundError, RegistryError
 from server.registry.migrate import ensure_sqlite_dir
-from server.registry.models import AuditLog, Device, ModelVersion, Round, TrainingRun
+from server.registry.models import AuditLog, Device, FleetCommand, ModelVersion, Round, TrainingRun
+from server.registry.models import CommandAck as CommandAckRow
 from server.registry.records import (
     STAGES,
+    AckRecord,
     AuditEntry,
+    CommandRecord,
     DeviceRecord,
     ModelVersionRecord,
     RoundRecord,
@@ -62,6 +65,7 @@ def _device(row: Device) -> DeviceRecord:
         queue_depth=row.queue_depth,
         scoring_latency_ms_p50=row.scoring_latency_ms_p50,
         public_key=row.public_key,
+        revoked=row.revoked,
     )
 
 
@@ -135,7 +139,7 @@ class SqlRegistry:
                 "scoring_latency_ms_p50": record.scoring_latency_ms_p50,
             }
             if row is None:
-                s.add(Device(device_id=record.device_id, public_key=None, **values))
+                s.add(Device(device_id=record.device_id, public_key=None, revoked=False, **values))
             else:
                 for name, value in values.items():
                     setattr(row, name, value)
@@ -151,6 +155,14 @@ class SqlRegistry:
             query = query.where(Device.fleet == fleet)
         with self._session() as s:
             return [_device(r) for r in s.scalars(query)]
+
+    def set_device_revoked(self, device_id: str, revoked: bool) -> DeviceRecord:
+        with self._session() as s, s.begin():
+            row = s.get(Device, device_id)
+            if row is None:
+                raise NotFoundError(f"no device {device_id}")
+            row.revoked = revoked
+            return _device(row)
 
     # -- model versions -----------------------------------------------------------
     def next_version(self, task: str) -> int:
@@ -301,10 +313,66 @@ class SqlRegistry:
         with self._session() as s, s.begin():
             s.add(AuditLog(at=time.time() if at is None else at, actor=actor, action=action, detail=dict(detail)))
 
-    def list_audit(self, limit: int = 100) -> list[AuditEntry]:
+    def list_audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
         query = select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(AuditLog.id < before)
         with self._session() as s:
             return [AuditEntry(r.id, r.at, r.actor, r.action, r.detail) for r in s.scalars(query)]
+
+    # -- fleet commands and acknowledgements ---------------------------------------
+    def add_command(self, record: CommandRecord) -> None:
+        row = FleetCommand(
+            command_id=record.command_id,
+            fleet=record.fleet,
+            task=record.task,
+            kind=record.kind,
+            version=record.version,
+            issued_at=record.issued_at,
+            expires_at=record.expires_at,
+            issued_by=record.issued_by,
+            payload=dict(record.payload),
+        )
+        try:
+            with self._session() as s, s.begin():
+                s.add(row)
+        except IntegrityError:
+            raise RegistryError(f"command {record.command_id} already exists") from None
+
+    def list_commands(self, fleet: str | None = None, limit: int = 100) -> list[CommandRecord]:
+        query = select(FleetCommand).order_by(FleetCommand.issued_at.desc()).limit(limit)
+        if fleet is not None:
+            query = query.where(FleetCommand.fleet == fleet)
+        with self._session() as s:
+            return [
+                CommandRecord(
+                    r.command_id, r.fleet, r.task, r.kind, r.version, r.issued_at, r.expires_at, r.issued_by, r.payload
+                )
+                for r in s.scalars(query)
+            ]
+
+    def record_ack(self, ack: AckRecord) -> None:
+        with self._session() as s, s.begin():
+            s.merge(
+                CommandAckRow(
+                    command_id=ack.command_id,
+                    device_id=ack.device_id,
+                    accepted=ack.accepted,
+                    reason=ack.reason,
+                    serving_version=ack.serving_version,
+                    at=ack.at,
+                )
+            )
+
+    def list_acks(self, command_id: str | None = None) -> list[AckRecord]:
+        query = select(CommandAckRow).order_by(CommandAckRow.command_id, CommandAckRow.device_id)
+        if command_id is not None:
+            query = query.where(CommandAckRow.command_id == command_id)
+        with self._session() as s:
+            return [
+                AckRecord(r.command_id, r.device_id, r.accepted, r.reason, r.serving_version, r.at)
+                for r in s.scalars(query)
+            ]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -52,3 +52,8 @@ def clear_release(client: MqttClient, fleet: str, task: str, version: int, chunk
     for mid in mids:
         client.wait_published(mid, ACK_TIMEOUT_S)
     log.info("cleared %d retained chunks of %s v%d in fleet %s", chunk_count, task, version, fleet)
+
+
+def clear_fleet_command(client: MqttClient, fleet: str) -> None:
+    """A new release supersedes any standing rollback command: remove it from the broker."""
+    client.publish_and_wait(topics.fleet_commands(fleet), b"", qos=1, retain=True, timeout=ACK_TIMEOUT_S)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.registry.records import ModelVersionRecord, Registry
 from server.release.export import check_onnx_matches_torch, export_onnx
-from server.release.publisher import clear_release, publish_release
+from server.release.publisher import clear_fleet_command, clear_release, publish_release
 from shared.bundle import DEFAULT_CHUNK_SIZE, build_manifest, signed_fields
 from shared.features import FeatureSpec
 from shared.mqtt import MqttClient
@@ -93,6 +93,7 @@ def release_model(
     registry.add_model_version(manifest_record(manifest), model_bytes)
     if mqtt_client is not None:
         publish_release(mqtt_client, fleet, manifest, model_bytes)
+        clear_fleet_command(mqtt_client, fleet)
         if clear_previous and previous is not None and previous.version != version:
             old_count = int(previous.manifest.get("chunk_count", 0))
             clear_release(mqtt_client, fleet, task, previous.version, old_count)

@@ -14,13 +14,15 @@ RATE_POINTS = 12
 
 
 def device_row(d: DeviceRecord, recent: Sequence[TelemetryPoint], now: float, online_window_s: float) -> dict[str, Any]:
-    online = d.online(now, online_window_s)
+    # A revoked device is no longer trusted: whatever it still says, it is not part of the fleet.
+    online = d.online(now, online_window_s) and not d.revoked
     r = rates(recent)
     drift = next((p.drift_score for p in reversed(recent) if p.drift_score is not None), None)
     return {
         "device_id": d.device_id,
         "online": online,
         "status": d.status,
+        "revoked": d.revoked,
         "health": d.health,
         "last_seen": d.last_seen,
         "serving_version": d.serving_version,

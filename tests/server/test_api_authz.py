@@ -41,6 +41,12 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("GET", "/api/runs"): "viewer",
     ("GET", "/api/runs/{run_id}"): "viewer",
     ("GET", "/api/rounds"): "viewer",
+    ("GET", "/api/rollouts"): "viewer",
+    ("GET", "/api/audit"): "operator",
+    ("POST", "/api/runs"): "operator",
+    ("POST", "/api/models/{version}/promote"): "operator",
+    ("POST", "/api/fleet/rollback"): "operator",
+    ("POST", "/api/devices/{device_id}/revoke"): "operator",
     # the dashboard's read model and live events (server/api/dashboard.py)
     ("GET", "/api/fleet/summary"): "viewer",
     ("GET", "/api/devices/{device_id}/telemetry"): "viewer",

@@ -66,8 +66,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestClient, Identit
         record_status(telemetry, status, now, retained=False)
     gone = DeviceStatus(device_id="edge-4", fleet="default", kind="offline", ts=now, model_version=1)
     registry.upsert_device_status(gone, received_at=now)
+    rogue = DeviceStatus(device_id="edge-5", fleet="default", kind="heartbeat", ts=now, model_version=3)
+    registry.upsert_device_status(rogue, received_at=now)
+    registry.set_device_revoked("edge-5", True)
     ids = identities(registry)
-    app = create_app(ServerSettings(data_dir=tmp_path_factory.mktemp("dash")), registry, ids.auth, telemetry)
+    app = create_app(ServerSettings(data_dir=tmp_path_factory.mktemp("dash")), registry, ids.auth, telemetry=telemetry)
     app.state.event_interval_s = 0.01
     return TestClient(app), ids
 
@@ -84,7 +87,7 @@ def _browser(world: tuple[TestClient, Identities], role: str) -> TestClient:
 def test_fleet_summary_has_rates_drift_and_versions(world: tuple[TestClient, Identities]) -> None:
     client, ids = world
     summary = client.get("/api/fleet/summary", headers=ids.bearer("viewer")).json()
-    assert (summary["devices"], summary["online"], summary["offline"]) == (4, 3, 1)
+    assert (summary["devices"], summary["online"], summary["offline"]) == (5, 3, 2)
     assert summary["latest_published"] == 2
     assert summary["on_latest"] == 2
     assert summary["versions"] == [
@@ -99,6 +102,8 @@ def test_fleet_summary_has_rates_drift_and_versions(world: tuple[TestClient, Ide
     assert rows["edge-2"]["records_per_s"] is None  # one point: no rate yet
     assert rows["edge-4"]["online"] is False
     assert rows["edge-4"]["records_per_s"] is None
+    # A revoked device is out of the fleet, whatever it still reports.
+    assert (rows["edge-5"]["revoked"], rows["edge-5"]["online"]) == (True, False)
 
 
 def test_device_telemetry_and_quarantine(world: tuple[TestClient, Identities]) -> None:
@@ -160,6 +165,9 @@ def test_actions_are_hidden_from_viewers_and_shown_to_operators(world: tuple[Tes
     assert 'data-action="start-run"' in operator.get("/runs").text
     assert 'data-action="rollback"' in operator.get("/rollouts").text
     assert 'data-action="revoke"' in operator.get("/devices/edge-1").text
+    # The audit log's API is for operators: a viewer's page says so instead of failing.
+    assert 'id="audit-restricted"' in viewer.get("/audit").text
+    assert 'id="audit"' in operator.get("/audit").text
     # Promote / roll back on the models page are drawn by models.js, for operators only.
     assert "Actions</th>" in operator.get("/models").text
     assert "Actions</th>" not in viewer.get("/models").text

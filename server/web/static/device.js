@@ -17,8 +17,9 @@ async function refresh() {
     return;
   }
   const badge = document.getElementById("d-state");
-  badge.textContent = device.online ? "online" : "offline";
-  badge.className = `badge ${device.online ? "ok" : "off"}`;
+  badge.textContent = device.revoked ? "revoked" : device.online ? "online" : "offline";
+  badge.className = `badge ${device.revoked ? "revoked" : device.online ? "ok" : "off"}`;
+  if (revoke) revoke.hidden = Boolean(device.revoked);
   const c = device.counters || {};
   document
     .getElementById("facts")

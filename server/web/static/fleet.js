@@ -16,6 +16,11 @@ function matches(row) {
   return row.device_id.toLowerCase().includes(q) || versionLabel(row.serving_version).includes(q);
 }
 
+function stateBadge(r) {
+  if (r.revoked) return el("span", { class: "badge revoked", text: "revoked" });
+  return el("span", { class: `badge ${r.online ? "ok" : "off"}`, text: r.online ? "online" : "offline" });
+}
+
 function render() {
   const rows = sortRows(state.rows.filter(matches), state.key, state.dir);
   tbody.replaceChildren(
@@ -24,7 +29,7 @@ function render() {
         "tr",
         { dataset: { device: r.device_id }, class: r.online ? "" : "offline" },
         el("td", {}, el("a", { href: `/devices/${encodeURIComponent(r.device_id)}` }, r.device_id)),
-        el("td", {}, el("span", { class: `badge ${r.online ? "ok" : "off"}`, text: r.online ? "online" : "offline" })),
+        el("td", {}, stateBadge(r)),
         el("td", { title: new Date(r.last_seen * 1000).toISOString() }, fmtAgo(r.last_seen)),
         el("td", { class: "version" }, versionLabel(r.serving_version)),
         el("td", { class: "num" }, fmtNum(r.records_per_s, 1)),

@@ -18,7 +18,8 @@ function actions(m, latestPublished) {
     });
     cell.append(b);
   }
-  if (m.stage === "published" && m.version !== latestPublished) {
+  // A rollback goes to an earlier released version: published, or withdrawn by a later rollback.
+  if ((m.stage === "published" || m.stage === "withdrawn") && latestPublished !== null && m.version < latestPublished) {
     const b = el(
       "button",
       { type: "button", class: "danger", dataset: { action: "rollback", version: m.version } },

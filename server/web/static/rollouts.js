@@ -94,11 +94,17 @@ async function fillVersions() {
   const select = document.getElementById("rollback-version");
   if (!select) return;
   const models = await api.get("/api/models");
-  const eligible = models.filter((m) => m.stage === "published" || m.stage === "withdrawn");
+  const published = models.filter((m) => m.stage === "published").map((m) => m.version);
+  const release = published.length ? Math.max(...published) : null;
+  // Earlier released versions (newest first): published, or withdrawn by a later rollback.
+  const eligible = models.filter(
+    (m) => (m.stage === "published" || m.stage === "withdrawn") && release !== null && m.version < release,
+  );
   const keep = select.value;
   select.replaceChildren(...eligible.map((m) => el("option", { value: m.version }, `v${m.version} (${m.stage})`)));
-  if (keep) select.value = keep;
-  else if (eligible.length > 1) select.value = String(eligible[1].version);
+  if (keep && eligible.some((m) => String(m.version) === keep)) select.value = keep;
+  const button = form?.querySelector("button");
+  if (button) button.disabled = eligible.length === 0;
 }
 
 const form = document.getElementById("rollback");

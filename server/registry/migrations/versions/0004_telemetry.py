@@ -1,7 +1,7 @@
 """Telemetry history and quarantine samples for the operator's dashboard.
 
-Revision ID: 0003_telemetry
-Revises: 0002_auth
+Revision ID: 0004_telemetry
+Revises: 0003_fleet_actions
 Create Date: 2026-11-29
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_telemetry"
-down_revision: str | None = "0002_auth"
+revision: str = "0004_telemetry"
+down_revision: str | None = "0003_fleet_actions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,54 @@
+"""How a release decision reaches the fleet: the retained manifest + chunks, and the standing command.
+
+The fleet's standing command (a signed rollback) is retained on one fleet-wide topic, so an
+agent that was offline gets it when it reconnects; publishing a newer release clears it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+from server.release.publisher import ACK_TIMEOUT_S, publish_release
+from shared import topics
+from shared.mqtt import MqttClient
+from shared.schemas import ModelManifest
+
+
+class ReleaseChannel(Protocol):
+    def publish_release(self, manifest: ModelManifest, artifact: bytes) -> None: ...
+
+    def publish_fleet_command(self, payload: bytes) -> None:
+        """Retained; an empty payload clears the standing command."""
+        ...
+
+
+class MqttReleaseChannel:
+    def __init__(self, client: MqttClient, fleet: str) -> None:
+        self.client = client
+        self.fleet = fleet
+
+    def publish_release(self, manifest: ModelManifest, artifact: bytes) -> None:
+        publish_release(self.client, self.fleet, manifest, artifact)
+
+    def publish_fleet_command(self, payload: bytes) -> None:
+        self.client.publish_and_wait(
+            topics.fleet_commands(self.fleet), payload, qos=1, retain=True, timeout=ACK_TIMEOUT_S
+        )
+
+
+class InMemoryReleaseChannel:
+    """Keeps what would be retained on the broker: the release manifest and the standing command."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.releases: list[ModelManifest] = []
+        self.command: bytes = b""
+
+    def publish_release(self, manifest: ModelManifest, artifact: bytes) -> None:
+        with self._lock:
+            self.releases.append(manifest)
+
+    def publish_fleet_command(self, payload: bytes) -> None:
+        with self._lock:
+            self.command = payload
