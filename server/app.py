@@ -36,6 +36,8 @@ from shared.signing import key_id, load_private_key, write_keypair
 
 log = logging.getLogger(__name__)
 
+HTTP_SHUTDOWN_GRACE_S = 5.0
+
 
 class Companion(Protocol):
     """Anything the server runs beside the API; ``start`` must return once it is running."""
@@ -217,7 +219,13 @@ class ServerService:
                 auth = None if auth_store is None else auth_service_for(self.settings, auth_store, self.registry)
                 app = create_app(self.settings, self.registry, auth, self.actions(), telemetry=self.telemetry)
                 config = uvicorn.Config(
-                    app, host=self.settings.http_host, port=self.settings.http_port, log_level="info", lifespan="off"
+                    app,
+                    host=self.settings.http_host,
+                    port=self.settings.http_port,
+                    log_level="info",
+                    lifespan="off",
+                    # Dashboards hold event streams open: requests still running after this are cancelled.
+                    timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE_S,
                 )
                 self._server = uvicorn.Server(config)
                 if self._stop_requested:
