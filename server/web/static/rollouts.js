@@ -103,6 +103,7 @@ async function fillVersions() {
   const keep = select.value;
   select.replaceChildren(...eligible.map((m) => el("option", { value: m.version }, `v${m.version} (${m.stage})`)));
   if (keep && eligible.some((m) => String(m.version) === keep)) select.value = keep;
+  if (eligible.length === 0) select.append(el("option", { value: "" }, "no earlier release"));
   const button = form?.querySelector("button");
   if (button) button.disabled = eligible.length === 0;
 }
