@@ -53,6 +53,11 @@ class AgentSettings(FedforgeSettings):
     # How often the budget is checked (a stat of two files) and the outbox re-sent after a reconnect.
     disk_check_s: float = Field(default=30.0, gt=0)
 
+    # Prometheus endpoint (GET /metrics): off unless a port is set; loopback unless a host is set,
+    # since it is unauthenticated (scrape it through the device's own exporter or a tunnel).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     @model_validator(mode="after")
     def _check_mqtt_tls(self) -> AgentSettings:
         self.mqtt_tls()  # a bad TLS file stops the agent at start, not at its first connect

@@ -34,6 +34,7 @@ import numpy as np
 from edge_agent.config import AgentSettings
 from edge_agent.drift import DriftMonitor
 from edge_agent.housekeeping import Housekeeping
+from edge_agent.metrics import AgentFigures, AgentMetrics
 from edge_agent.models import ModelManager
 from edge_agent.mqtt import AgentLink
 from edge_agent.outbox import Outbox
@@ -111,6 +112,8 @@ class Agent:
         self.latency = LatencyWindow(1000)
         self.drift = DriftMonitor()
         self.quarantine_log = QuarantineLog()
+        self.metrics = AgentMetrics(self._figures)
+        self._outbox_depth = 0  # refreshed with each status; the metrics thread must not touch the store
         self.models = ModelManager(
             settings,
             self.store,
@@ -166,6 +169,8 @@ class Agent:
         self.models.load_from_disk()
         _ = self.spec  # fail early (ConfigError) when no spec can be found
         await loop.run_in_executor(None, self.link.start, self._on_message)
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         self._started = True
         self.housekeeping.resend_after_start()
         self._publish_status("birth")
@@ -205,6 +210,7 @@ class Agent:
                 await loop.run_in_executor(None, self.link.wait_published, mid, 5.0)
         finally:
             await loop.run_in_executor(None, self.link.stop)
+            self.metrics.stop()
             if self._own_store:
                 self.store.close()
         log.info("agent %s/%s stopped", self.settings.fleet, self.settings.device_id)
@@ -354,7 +360,9 @@ class Agent:
         started = time.perf_counter()
         raw = np.array([r.values for r in usable], dtype=np.float64)
         scores = loaded.scorer.score_raw(raw)
-        self.latency.add_batch(time.perf_counter() - started, len(usable))
+        elapsed = time.perf_counter() - started
+        self.latency.add_batch(elapsed, len(usable))
+        self.metrics.scoring_latency.observe(elapsed / len(usable))
         threshold = self.settings.alert_threshold
         scored = [
             ScoredRecord(r.record_id, float(s), bool(s >= threshold)) for r, s in zip(usable, scores, strict=True)
@@ -452,7 +460,7 @@ class Agent:
         except Exception:
             trained = 0
         try:
-            outbox_depth = self.outbox.depth()
+            outbox_depth = self._outbox_depth = self.outbox.depth()
         except Exception:
             outbox_depth = 0
         version = self._version()
@@ -482,6 +490,19 @@ class Agent:
             last_rejection=self.models.last_rejection,
             drift=self.drift.drift(),
             recent_quarantine=self.quarantine_log.recent(),
+        )
+
+    def _figures(self) -> AgentFigures:
+        c = self.counters
+        return AgentFigures(
+            ingested=c.ingested,
+            quarantined=c.quarantined,
+            scored=c.scored,
+            labelled=c.labelled,
+            models_rejected=c.models_rejected,
+            serving_version=self._version(),
+            outbox_depth=self._outbox_depth,
+            queue_depth=self.queue_depth,
         )
 
     def _publish_status(self, kind: StatusKind) -> int | None:

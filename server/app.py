@@ -36,7 +36,7 @@ from shared.signing import key_id, load_private_key, write_keypair
 
 log = logging.getLogger(__name__)
 
-HTTP_SHUTDOWN_GRACE_S = 5.0
+HTTP_SHUTDOWN_GRACE_S = 5
 
 
 class Companion(Protocol):

@@ -125,4 +125,8 @@ def test_prometheus_metrics(client: TestClient) -> None:
     assert "fedforge_devices_online 1.0" in text
     assert 'fedforge_models_published_total{task="fraud"} 1.0' in text
     assert "fedforge_rounds_total 1.0" in text
+    # Rollout progress: edge-1 serves the release (v1), edge-2 serves nothing -> half the fleet.
+    assert 'fedforge_release_version{task="fraud"} 1.0' in text
+    assert 'fedforge_rollout_progress{task="fraud"} 0.5' in text
+    assert 'fedforge_devices_serving{version="1"} 1.0' in text
     assert 'fedforge_http_request_duration_seconds_count{method="GET",route="/api/models",status="200"} 1.0' in text

@@ -204,3 +204,35 @@ def test_publish_release_then_clear_removes_retained_chunks(
         assert receiver.count(5) == 1  # only the marker
     finally:
         late.stop()
+
+
+def test_acks_are_stored_and_a_revoked_device_is_no_longer_followed(
+    monitor: tuple[FleetMonitor, InMemoryRegistry], plain_client: MqttClient, fleet: str
+) -> None:
+    from shared.schemas import CommandAck
+
+    mon, registry = monitor
+
+    def status(version: int) -> bytes:
+        return DeviceStatus(
+            device_id="edge-1", fleet=fleet, kind="heartbeat", ts=time.time(), model_version=version
+        ).to_bytes()
+
+    def ack(command_id: str, device: str = "edge-1") -> bytes:
+        return CommandAck(
+            command_id=command_id, device_id=device, kind="rollback", accepted=True, serving_version=1, ts=time.time()
+        ).to_bytes()
+
+    plain_client.publish_and_wait(topics.status(fleet, "edge-1"), status(2))
+    plain_client.publish_and_wait(topics.acks(fleet, "edge-1"), ack("c1"))
+    plain_client.publish_and_wait(topics.acks(fleet, "edge-2"), ack("c1"))  # an ack on another device's topic
+    assert wait_for(lambda: [a.device_id for a in registry.list_acks("c1")] == ["edge-1"])
+    assert wait_for(lambda: mon.stats.malformed == 1)
+    registry.set_device_revoked("edge-1", True)
+    plain_client.publish_and_wait(topics.status(fleet, "edge-1"), status(7))
+    plain_client.publish_and_wait(topics.acks(fleet, "edge-1"), ack("c2"))
+    assert wait_for(lambda: mon.stats.revoked_ignored == 2)
+    device = registry.get_device("edge-1")
+    assert device is not None
+    assert device.serving_version == 2
+    assert registry.list_acks("c2") == []

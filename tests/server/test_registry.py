@@ -164,3 +164,53 @@ def test_audit_log_newest_first(registry: Registry) -> None:
         ("server", "model.published", 1),
     ]
     assert len(registry.list_audit(limit=1)) == 1
+
+
+def test_device_revocation_survives_status_updates(registry: Registry) -> None:
+    registry.upsert_device_status(_status("d1"), received_at=1000.0)
+    with pytest.raises(NotFoundError):
+        registry.set_device_revoked("nobody", True)
+    assert registry.set_device_revoked("d1", True).revoked is True
+    registry.upsert_device_status(_status("d1", ts=2000.0), received_at=2000.0)
+    device = registry.get_device("d1")
+    assert device is not None
+    assert device.revoked is True
+    assert device.last_seen == 2000.0
+
+
+def test_withdrawn_stage(registry: Registry) -> None:
+    registry.add_model_version(_model(1), b"m1")
+    registry.add_model_version(_model(2), b"m2")
+    registry.set_stage("fraud", 2, "withdrawn")
+    latest = registry.latest_published("fraud")
+    assert latest is not None
+    assert latest.version == 1
+
+
+def test_commands_and_acks(registry: Registry) -> None:
+    from server.registry.records import AckRecord, CommandRecord
+
+    for i, at in ((1, 10.0), (2, 20.0)):
+        registry.add_command(CommandRecord(f"c{i}", "default", "fraud", "rollback", i, at, at + 60, "ops", {"n": i}))
+    with pytest.raises(RegistryError):
+        registry.add_command(CommandRecord("c1", "default", "fraud", "rollback", 1, 1.0, 2.0, "ops", {}))
+    assert [c.command_id for c in registry.list_commands("default")] == ["c2", "c1"]
+    assert registry.list_commands("other") == []
+    assert registry.list_commands()[0].payload == {"n": 2}
+    registry.record_ack(AckRecord("c1", "d1", False, "downloading", 2, 11.0))
+    registry.record_ack(AckRecord("c1", "d1", True, "serving v1", 1, 12.0))  # the latest answer wins
+    registry.record_ack(AckRecord("c1", "d2", True, "serving v1", 1, 13.0))
+    acks = registry.list_acks("c1")
+    assert [(a.device_id, a.accepted, a.serving_version) for a in acks] == [("d1", True, 1), ("d2", True, 1)]
+    assert registry.list_acks("c2") == []
+    assert len(registry.list_acks()) == 2
+
+
+def test_audit_pages_back_with_before(registry: Registry) -> None:
+    for i in range(5):
+        registry.audit("ops", f"a{i}", {"i": i}, at=float(i))
+    first = registry.list_audit(2)
+    assert [e.action for e in first] == ["a4", "a3"]
+    second = registry.list_audit(2, before=first[-1].id)
+    assert [e.action for e in second] == ["a2", "a1"]
+    assert [e.action for e in registry.list_audit(10, before=second[-1].id)] == ["a0"]

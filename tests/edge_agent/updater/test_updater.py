@@ -178,3 +178,56 @@ def test_stalled_download_asks_for_missing_chunks_before_giving_up(
     assert updater.tick() is None  # progress resets the clock
     last = [updater.on_chunk(bundle.manifest.version, i, bundle.chunks[i]) for i in range(6, len(bundle.chunks))][-1]
     assert isinstance(last, Complete)
+
+
+def test_authorised_download_goes_past_anti_downgrade(
+    updater: ModelUpdater, make_bundle: Callable[..., Bundle]
+) -> None:
+    old = make_bundle(1, seed=1)
+    updater.installed(3)
+    assert isinstance(updater.on_manifest(old.manifest_bytes), Ignore)  # anti-downgrade by manifest
+    start = updater.start_authorised(old.manifest)
+    assert isinstance(start, StartDownload)
+    actions = [updater.on_chunk(1, i, c) for i, c in enumerate(old.chunks)]
+    assert isinstance(actions[-1], Complete)
+
+
+def test_authorised_download_still_verifies(
+    updater: ModelUpdater, make_bundle: Callable[..., Bundle], rogue_keys: Keys
+) -> None:
+    forged = make_bundle(1, key=rogue_keys.private)
+    action = updater.start_authorised(forged.manifest)
+    assert isinstance(action, Reject)
+    assert "not a trusted operator key" in action.reason
+
+
+def test_after_a_rollback_withdrawn_versions_are_refused_by_manifest(
+    updater: ModelUpdater, make_bundle: Callable[..., Bundle]
+) -> None:
+    updater.installed(3)
+    updater.rolled_back(3, 1)
+    assert (updater.current_version, updater.floor) == (1, 3)
+    for version in (2, 3):
+        action = updater.on_manifest(make_bundle(version).manifest_bytes)
+        assert isinstance(action, Ignore)
+    assert "withdrawn" in updater.on_manifest(make_bundle(3).manifest_bytes).reason  # type: ignore[union-attr]
+    assert isinstance(updater.on_manifest(make_bundle(4).manifest_bytes), StartDownload)  # a new release is fine
+
+
+def test_rollback_floor_and_kept_versions_on_disk(
+    tmp_path: Path, make_bundle: Callable[..., Bundle], operator_keys: Keys
+) -> None:
+    files = ModelFiles(tmp_path / "models")
+    trust = TrustStore.from_files([operator_keys.public_path])
+    one, two = make_bundle(1, seed=1), make_bundle(2, seed=2)
+    files.save(one.manifest, one.model_bytes)
+    files.save(two.manifest, two.model_bytes)
+    assert files.has_version(1)
+    assert files.load_version(1, trust).model_bytes == one.model_bytes
+    assert files.current_version() == 2
+    assert files.floor() is None
+    files.save_floor(2)
+    assert ModelFiles(tmp_path / "models").floor() == 2
+    files.model_path(1).write_bytes(b"tampered")
+    with pytest.raises(BundleError):
+        files.load_version(1, trust)
