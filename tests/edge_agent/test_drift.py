@@ -73,3 +73,16 @@ def test_nothing_observed_means_no_drift_reported() -> None:
     assert DriftMonitor().drift() is None
     with pytest.raises(ValueError, match="window"):
         DriftMonitor(window=0)
+
+
+def test_a_batch_outside_the_cleaning_rules_is_skipped() -> None:
+    fields = (FeatureField(name="amount", min=0.0, max=1e6, transform="log1p"), FeatureField(name="v", min=-9, max=9))
+    spec = FeatureSpec(task="t", fields=fields)
+    monitor = DriftMonitor()
+    monitor.observe(1, spec, np.array([[-1.0, 0.0]]))  # log1p(-1) = -inf: cleaning never lets this through
+    assert monitor.drift() is None
+    monitor.observe(1, spec, np.array([[0.0, 0.5]]))
+    drift = monitor.drift()
+    assert drift is not None
+    assert drift.window == 1
+    assert drift.worst_feature == "v"
