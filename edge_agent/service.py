@@ -114,6 +114,7 @@ class Agent:
         self.quarantine_log = QuarantineLog()
         self.metrics = AgentMetrics(self._figures)
         self._outbox_depth = 0  # refreshed with each status; the metrics thread must not touch the store
+        self._drift_score: float | None = None  # likewise: the drift window belongs to the loop thread
         self.models = ModelManager(
             settings,
             self.store,
@@ -467,6 +468,8 @@ class Agent:
         health: Literal["ok", "degraded", "offline"] = (
             "offline" if kind == "offline" else ("ok" if version is not None else "degraded")
         )
+        drift = self.drift.drift()
+        self._drift_score = None if drift is None else drift.score
         return DeviceStatus(
             device_id=self.settings.device_id,
             fleet=self.settings.fleet,
@@ -488,7 +491,7 @@ class Agent:
             outbox_depth=outbox_depth,
             scoring_latency_ms_p50=self.latency.p50(),
             last_rejection=self.models.last_rejection,
-            drift=self.drift.drift(),
+            drift=drift,
             recent_quarantine=self.quarantine_log.recent(),
         )
 
@@ -503,6 +506,7 @@ class Agent:
             serving_version=self._version(),
             outbox_depth=self._outbox_depth,
             queue_depth=self.queue_depth,
+            drift_score=self._drift_score,
         )
 
     def _publish_status(self, kind: StatusKind) -> int | None:
