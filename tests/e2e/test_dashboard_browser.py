@@ -147,6 +147,12 @@ def test_operator_sees_the_fleet_and_rolls_it_back(mosquitto, tmp_path: Path) ->
                 expect(page.locator("#audit tbody")).to_contain_text("ops")
                 expect(page.locator("#audit tbody")).to_contain_text("rollback")
                 page.screenshot(path=str(out / "audit.png"), full_page=True)
+
+                # Logging out (a POST with the CSRF header) ends the session: pages lead to the login again.
+                page.click("#logout")
+                expect(page).to_have_url(re.compile(r"/login"))
+                page.goto(f"{fleet.api}/fleet")
+                expect(page).to_have_url(re.compile(r"/login\?next="))
                 assert errors == []
             finally:
                 context.close()

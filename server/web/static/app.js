@@ -82,7 +82,18 @@ function setLive(text, ok) {
 function startLive() {
   source = new EventSource("/api/events");
   source.addEventListener("open", () => setLive("live", true));
-  source.addEventListener("error", () => setLive("reconnecting…", false));
+  source.addEventListener("error", () => {
+    setLive("reconnecting…", false);
+    // A dropped stream is retried by the browser; a refused one (401: session over, or a
+    // server restart) is closed for good: ask who we are (401 leads to the login page), then reopen.
+    if (source.readyState === EventSource.CLOSED) {
+      source = null;
+      setTimeout(async () => {
+        await loadMe();
+        if (source === null) startLive();
+      }, 3000);
+    }
+  });
   source.addEventListener("fleet", (ev) => {
     setLive("live", true);
     const summary = JSON.parse(ev.data);
