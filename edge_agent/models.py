@@ -138,7 +138,10 @@ class ModelManager:
             except BundleError as exc:
                 log.warning("kept v%d is unusable (%s); downloading it", manifest.version, exc)
             else:
-                self._switch(command, manifest, stored.model_bytes, scorer, serving)
+                try:
+                    self._switch(command, manifest, stored.model_bytes, scorer, serving)
+                except OSError as exc:  # the disk refused the pointer: keep serving, say why
+                    self._ack(command, False, f"cannot switch to v{manifest.version}: {exc}")
                 return
         self._pending = (command, serving)
         log.info("rollback %s: downloading v%d", command.command_id, manifest.version)

@@ -208,7 +208,7 @@ class LocalFleet:
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """An action through the API; a refused one raises ``FleetError`` with the server's reason."""
-        response = httpx.post(self.api + path, json=body or {}, timeout=30.0, headers=self.auth_headers)
+        response = httpx.post(self.api + path, json=body or {}, timeout=120.0, headers=self.auth_headers)
         if response.status_code >= 400:
             raise FleetError(f"POST {path} -> {response.status_code}: {response.text[:500]}")
         return response.json()
@@ -252,6 +252,21 @@ class LocalFleet:
         self.wait_for(enough, timeout, f"every agent to hold >= {minimum} labelled records")
 
     # -- actions -------------------------------------------------------------------
+
+    def start_run(self, rounds: int, timeout: float = 900.0) -> dict[str, Any]:
+        """A training run through the API (POST /api/runs), waited for; the run with its rounds."""
+        body = {"rounds": rounds, "strategy": "fedavg", "min_agents": self.min_agents or self.n_agents}
+        run_id = str(self.post("/api/runs", body)["run_id"])
+        finished: dict[str, Any] = {}
+
+        def done() -> bool:
+            run = self.get(f"/api/runs/{run_id}")
+            if run is not None and run["status"] != "running":
+                finished.update(run)
+            return bool(finished)
+
+        self.wait_for(done, timeout, f"training run {run_id} to finish", poll=2.0)
+        return finished
 
     def train(self, rounds: int, timeout: float = 900.0) -> dict[str, Any]:
         proc = subprocess.run(

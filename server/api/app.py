@@ -1,8 +1,8 @@
 """The FastAPI application factory; routes only translate between HTTP and the registry.
 
 Every ``/api`` route needs a principal (docs/api.md): reads need viewer, actions operator,
-user and token management admin. Only ``/healthz``, ``POST /api/auth/login`` and, unless
-``metrics_require_auth``, ``/metrics`` are open. tests/server/test_api_authz.py enumerates
+user and token management admin. Only ``/healthz``, ``POST /api/auth/login``, the OpenAPI
+schema and docs, and, unless ``metrics_require_auth``, ``/metrics`` are open. tests/server/test_api_authz.py enumerates
 ``app.routes`` so a new route cannot escape that rule unnoticed.
 """
 
@@ -28,6 +28,7 @@ from server.api.pages import install_pages
 from server.api.security import install_auth_errors, require_viewer
 from server.api.views import VersionPath, device_view, model_view, round_view, run_view
 from server.auth.memory import InMemoryAuthStore
+from server.auth.records import AuthStore
 from server.auth.service import AuthService
 from server.auth.throttle import LoginThrottle
 from server.config import ServerSettings
@@ -45,7 +46,7 @@ def default_auth(settings: ServerSettings, registry: Registry) -> AuthService:
     return auth_service_for(settings, InMemoryAuthStore(), registry)
 
 
-def auth_service_for(settings: ServerSettings, store: Any, registry: Registry) -> AuthService:
+def auth_service_for(settings: ServerSettings, store: AuthStore, registry: Registry) -> AuthService:
     return AuthService(
         store,
         audit=registry,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.api.security import SESSION_COOKIE, auth_service, require_admin, require_viewer
 from server.auth.records import TokenRecord, UserRecord
 from server.auth.roles import Principal, Role
+from server.auth.service import digest
 from server.config import ServerSettings
 
 
@@ -68,6 +69,9 @@ def install_auth_routes(app: FastAPI, settings: ServerSettings) -> None:
         """Open to anyone; wrong user and wrong password are the same 401, throttled per user and client."""
         service = auth_service(request)
         session = await run_in_threadpool(service.login, body.username, body.password, client=_client(request))
+        previous = request.cookies.get(SESSION_COOKIE)
+        if previous:  # a new login replaces the browser's old session instead of leaving it alive
+            await run_in_threadpool(service.store.delete_session, digest(previous))
         response.set_cookie(
             SESSION_COOKIE,
             session.session_id,

@@ -6,6 +6,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,12 +67,12 @@ def test_one_training_run_reaches_every_agent(mosquitto, tmp_path: Path) -> None
         ).run(until_done=True)
         fleet.wait_labelled(min(3000, *(len(p) for p in parts)))
 
-        summary = fleet.train(rounds=1)
-        assert summary["exit_code"] == 0, summary
-        assert summary["status"] == "succeeded"
-        published = summary["published_version"]
+        # Through the API as an operator would (the demo drives `fedforge train` instead).
+        run = fleet.start_run(rounds=1)
+        assert run["status"] == "succeeded", run
+        published = run["published_version"]
         assert published == 2
-        assert summary["rounds"][0]["participants"] == 3
+        assert run["round_metrics"][0]["participants"] == 3
 
         fleet.wait_serving(published)
         deadline = time.monotonic() + 60
@@ -94,6 +95,25 @@ def test_one_training_run_reaches_every_agent(mosquitto, tmp_path: Path) -> None
         manifest = fleet.get(f"/api/models/{published}/manifest")
         assert manifest["parent_version"] == initial
         assert manifest["signature"]
+
+        # Roll the real fleet back through the server process: signed command, agents' acks.
+        rollback = fleet.post("/api/fleet/rollback", {"version": initial})
+        fleet.wait_serving(initial)
+
+        def rollback_acks() -> dict[str, Any]:
+            rollouts = fleet.get("/api/rollouts") or {"versions": []}
+            for version in rollouts["versions"]:
+                for command in version["commands"]:
+                    if command["command_id"] == rollback["command_id"]:
+                        return dict(command["acks"])
+            return {}
+
+        fleet.wait_for(lambda: set(rollback_acks()) == set(fleet.device_ids), 60, "every agent's ack of the rollback")
+        assert all(a["accepted"] and a["serving_version"] == initial for a in rollback_acks().values())
+        rollouts = fleet.get("/api/rollouts")
+        assert (rollouts["release"], rollouts["release_share"]) == (initial, 1.0)
+        audit = fleet.get("/api/audit")["entries"]
+        assert [e["action"] for e in audit if e["actor"] == "fleet-admin"][:2] == ["fleet.rollback", "run.started"]
     finally:
         fleet.stop()
         watcher.client.stop()

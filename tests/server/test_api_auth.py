@@ -158,3 +158,13 @@ def test_metrics_can_require_a_viewer(ids: Identities, registry: InMemoryRegistr
     assert closed.get("/metrics").status_code == 401
     assert closed.get("/metrics", headers=ids.bearer("viewer")).status_code == 200
     assert closed.get("/healthz").status_code == 200
+
+
+def test_a_new_login_ends_the_old_session(client: TestClient) -> None:
+    _login(client, "viewer")
+    old = client.cookies.get(SESSION_COOKIE)
+    _login(client, "admin")
+    assert client.get("/api/auth/me").json()["username"] == "admin"
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, str(old))
+    assert client.get("/api/auth/me").status_code == 401
