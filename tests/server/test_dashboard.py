@@ -217,3 +217,19 @@ def test_every_static_file_named_by_a_template_exists() -> None:
         referenced |= set(re.findall(r'from "\./([\w.-]+)"', module.read_text()))
     assert referenced
     assert {name for name in referenced if not (Path(STATIC_DIR) / name).is_file()} == set()
+
+
+def test_open_pages_share_one_snapshot_per_interval() -> None:
+    from server.api.dashboard import SnapshotCache
+
+    builds: list[int] = []
+
+    def build() -> dict[str, object]:
+        builds.append(1)
+        return {"n": len(builds)}
+
+    shared = SnapshotCache(build, ttl_s=3600.0)
+    assert shared.get() is shared.get()
+    assert len(builds) == 1
+    fresh = SnapshotCache(build, ttl_s=0.0)
+    assert fresh.get() != fresh.get()
