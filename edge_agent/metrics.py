@@ -34,6 +34,8 @@ class AgentFigures:
     serving_version: int | None
     outbox_depth: int
     queue_depth: int
+    # Input drift (edge_agent.drift) as of the last status; None before anything was scored.
+    drift_score: float | None = None
 
 
 class AgentCollector(Collector):
@@ -61,6 +63,12 @@ class AgentCollector(Collector):
         queue = GaugeMetricFamily("fedforge_agent_queue_depth", "Messages waiting for the agent's loop")
         queue.add_metric([], f.queue_depth)
         yield queue
+        if f.drift_score is not None:
+            drift = GaugeMetricFamily(
+                "fedforge_agent_drift_score", "Mean |standardized mean shift| of the inputs vs the training data"
+            )
+            drift.add_metric([], f.drift_score)
+            yield drift
 
 
 class AgentMetrics:

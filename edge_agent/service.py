@@ -32,12 +32,14 @@ from typing import Literal, Protocol
 import numpy as np
 
 from edge_agent.config import AgentSettings
+from edge_agent.drift import DriftMonitor
 from edge_agent.housekeeping import Housekeeping
 from edge_agent.metrics import AgentFigures, AgentMetrics
 from edge_agent.models import ModelManager
 from edge_agent.mqtt import AgentLink
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import CleanRecord, Quarantined, clean_payload
+from edge_agent.quarantine_log import QuarantineLog
 from edge_agent.store import AgentStore, ScoredRecord, SqliteAgentStore
 from edge_agent.telemetry import AgentCounters, LatencyWindow
 from shared.errors import ConfigError, FedforgeError, PayloadError
@@ -108,8 +110,11 @@ class Agent:
         self.companions: list[Companion] = list(companions)
         self.counters = AgentCounters.from_store_counts(self.store.counts())
         self.latency = LatencyWindow(1000)
+        self.drift = DriftMonitor()
+        self.quarantine_log = QuarantineLog()
         self.metrics = AgentMetrics(self._figures)
         self._outbox_depth = 0  # refreshed with each status; the metrics thread must not touch the store
+        self._drift_score: float | None = None  # likewise: the drift window belongs to the loop thread
         self.models = ModelManager(
             settings,
             self.store,
@@ -333,6 +338,7 @@ class Agent:
             if pending.quarantined:
                 self.store.quarantine(pending.quarantined)
                 self.counters.quarantined += len(pending.quarantined)
+                self.quarantine_log.add(pending.quarantined)
                 for q in pending.quarantined[:3]:
                     log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
             if pending.accepted:
@@ -353,7 +359,8 @@ class Agent:
         if not usable:
             return 0
         started = time.perf_counter()
-        scores = loaded.scorer.score_raw(np.array([r.values for r in usable], dtype=np.float64))
+        raw = np.array([r.values for r in usable], dtype=np.float64)
+        scores = loaded.scorer.score_raw(raw)
         elapsed = time.perf_counter() - started
         self.latency.add_batch(elapsed, len(usable))
         self.metrics.scoring_latency.observe(elapsed / len(usable))
@@ -371,6 +378,7 @@ class Agent:
         self.outbox.send(self.link.predictions_topic, batch.to_bytes(), [p.record_id for p in scored])
         self.store.add_predictions(loaded.version, scored)
         self.counters.scored += len(scored)
+        self.drift.observe(loaded.version, loaded.manifest.feature_spec, raw)
         return len(scored)
 
     def _score_backlog(self) -> None:
@@ -460,6 +468,8 @@ class Agent:
         health: Literal["ok", "degraded", "offline"] = (
             "offline" if kind == "offline" else ("ok" if version is not None else "degraded")
         )
+        drift = self.drift.drift()
+        self._drift_score = None if drift is None else drift.score
         return DeviceStatus(
             device_id=self.settings.device_id,
             fleet=self.settings.fleet,
@@ -481,6 +491,8 @@ class Agent:
             outbox_depth=outbox_depth,
             scoring_latency_ms_p50=self.latency.p50(),
             last_rejection=self.models.last_rejection,
+            drift=drift,
+            recent_quarantine=self.quarantine_log.recent(),
         )
 
     def _figures(self) -> AgentFigures:
@@ -494,6 +506,7 @@ class Agent:
             serving_version=self._version(),
             outbox_depth=self._outbox_depth,
             queue_depth=self.queue_depth,
+            drift_score=self._drift_score,
         )
 
     def _publish_status(self, kind: StatusKind) -> int | None:

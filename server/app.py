@@ -29,10 +29,14 @@ from server.registry.auth_sql import SqlAuthStore
 from server.registry.migrate import migrate
 from server.registry.records import Registry
 from server.registry.sql import SqlRegistry
+from server.registry.telemetry import TelemetryStore
+from server.registry.telemetry_sql import SqlTelemetryStore
 from shared.mqtt import MqttClient
 from shared.signing import key_id, load_private_key, write_keypair
 
 log = logging.getLogger(__name__)
+
+HTTP_SHUTDOWN_GRACE_S = 5
 
 
 class Companion(Protocol):
@@ -139,6 +143,7 @@ class ServerService:
     registry: Registry | None = None
     client: MqttClient | None = None
     monitor: FleetMonitor | None = None
+    telemetry: TelemetryStore | None = None
     signing_key: Ed25519PrivateKey | None = None
     _server: uvicorn.Server | None = None
     _started: list[Companion] = field(default_factory=list)
@@ -148,7 +153,9 @@ class ServerService:
         """Migrate and open the SQL registry (idempotent)."""
         if self.registry is None:
             migrate(self.settings.database_url)
-            self.registry = SqlRegistry(self.settings.database_url)
+            registry = SqlRegistry(self.settings.database_url)
+            self.telemetry = SqlTelemetryStore(registry.engine)
+            self.registry = registry
         return self.registry
 
     def start_background(self) -> None:
@@ -157,7 +164,7 @@ class ServerService:
         registry = self.open()
         key = self.signing_key = ensure_signing_key(s)
         self.client = server_client(s.broker_url, s.fleet, tls=s.mqtt_tls())
-        self.monitor = FleetMonitor(self.client, registry, s.fleet, s.task)
+        self.monitor = FleetMonitor(self.client, registry, s.fleet, s.task, telemetry=self.telemetry)
         self.monitor.start()
         self.client.start()
         if registry.latest_published(s.task) is not None:
@@ -200,6 +207,7 @@ class ServerService:
         if self.registry is not None:
             self.registry.close()
             self.registry = None
+            self.telemetry = None
 
     async def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then shut everything down in reverse order."""
@@ -209,9 +217,15 @@ class ServerService:
                 assert self.registry is not None
                 auth_store = SqlAuthStore(self.registry.engine) if isinstance(self.registry, SqlRegistry) else None
                 auth = None if auth_store is None else auth_service_for(self.settings, auth_store, self.registry)
-                app = create_app(self.settings, self.registry, auth, self.actions())
+                app = create_app(self.settings, self.registry, auth, self.actions(), telemetry=self.telemetry)
                 config = uvicorn.Config(
-                    app, host=self.settings.http_host, port=self.settings.http_port, log_level="info", lifespan="off"
+                    app,
+                    host=self.settings.http_host,
+                    port=self.settings.http_port,
+                    log_level="info",
+                    lifespan="off",
+                    # Dashboards hold event streams open: requests still running after this are cancelled.
+                    timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE_S,
                 )
                 self._server = uvicorn.Server(config)
                 if self._stop_requested:

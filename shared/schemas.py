@@ -117,6 +117,32 @@ class Rejection(BaseModel):
     at: float
 
 
+class QuarantineSample(BaseModel):
+    """One recently quarantined record: why, and the start of what arrived (bounded)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: float
+    record_id: str | None = Field(default=None, max_length=128)
+    reason: str = Field(max_length=500)
+    excerpt: str = Field(default="", max_length=200)
+
+
+class Drift(BaseModel):
+    """Input drift against the serving model's training statistics (edge_agent.drift).
+
+    ``score`` is the mean absolute standardized mean shift over the features in the last
+    ``window`` records; ``worst_feature`` / ``worst_shift`` name the feature that moved most.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    score: float = Field(ge=0)
+    window: int = Field(ge=0)
+    worst_feature: str | None = None
+    worst_shift: float = 0.0
+
+
 class DeviceStatus(WireModel):
     device_id: str
     fleet: str
@@ -132,6 +158,9 @@ class DeviceStatus(WireModel):
     outbox_depth: int = 0
     scoring_latency_ms_p50: float | None = None
     last_rejection: Rejection | None = None
+    # Optional (older agents omit them): input drift and the newest quarantined records.
+    drift: Drift | None = None
+    recent_quarantine: tuple[QuarantineSample, ...] = Field(default=(), max_length=20)
 
     @field_validator("ts")
     @classmethod

@@ -21,7 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server.actions.fleet import FleetActions
 from server.api.action_routes import install_action_errors, install_action_routes
 from server.api.auth_routes import install_auth_routes
+from server.api.dashboard import install_dashboard_routes
+from server.api.errors import ApiNotFoundError
 from server.api.metrics import ApiMetrics
+from server.api.pages import install_pages
 from server.api.security import install_auth_errors, require_viewer
 from server.api.views import VersionPath, device_view, model_view, round_view, run_view
 from server.auth.memory import InMemoryAuthStore
@@ -30,14 +33,12 @@ from server.auth.service import AuthService
 from server.auth.throttle import LoginThrottle
 from server.config import ServerSettings
 from server.registry.records import Registry
+from server.registry.telemetry import InMemoryTelemetryStore, TelemetryStore
 
 ONNX_MEDIA_TYPE = "application/octet-stream"
 
 
-class ApiNotFoundError(Exception):
-    def __init__(self, what: str) -> None:
-        super().__init__(what)
-        self.what = what
+__all__ = ["ApiNotFoundError", "auth_service_for", "create_app", "default_auth"]
 
 
 def default_auth(settings: ServerSettings, registry: Registry) -> AuthService:
@@ -59,9 +60,15 @@ def create_app(
     registry: Registry,
     auth: AuthService | None = None,
     actions: FleetActions | None = None,
+    telemetry: TelemetryStore | None = None,
 ) -> FastAPI:
-    """``actions`` defaults to one without a broker link or launcher: actions then answer 503."""
+    """``actions`` defaults to one without a broker link or launcher: actions then answer 503.
+
+    ``telemetry`` (the dashboard's device history) defaults to an in-memory store.
+    """
     app = FastAPI(title="fedforge server", version="1")
+    telemetry = telemetry if telemetry is not None else InMemoryTelemetryStore()
+    app.state.telemetry = telemetry
     metrics = ApiMetrics(registry, settings.fleet, settings.task, settings.online_window_s)
     app.state.settings = settings
     app.state.registry = registry
@@ -102,8 +109,11 @@ def create_app(
         return Response(content=body, media_type=CONTENT_TYPE_LATEST)
 
     install_auth_routes(app, settings)
+    # The dashboard's routes first: /api/models/compare must win over /api/models/{version}.
+    install_dashboard_routes(app, settings, registry, telemetry)
     install_read_routes(app, settings, registry)
     install_action_routes(app, settings, registry, actions)
+    install_pages(app, settings)
     return app
 
 

@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 
 from server.registry.records import AckRecord, Registry
+from server.registry.telemetry import TelemetryStore
 from server.release.publisher import publish_chunks
+from server.telemetry.ingest import record_status
 from shared import topics
 from shared.errors import FedforgeError, TopicError
 from shared.mqtt import BrokerAddress, MqttClient, TlsKwargs
@@ -60,9 +62,12 @@ _STOP = _Message("stop", "", b"", False, 0.0)
 
 
 class FleetMonitor:
-    def __init__(self, client: MqttClient, registry: Registry, fleet: str, task: str) -> None:
+    def __init__(
+        self, client: MqttClient, registry: Registry, fleet: str, task: str, telemetry: TelemetryStore | None = None
+    ) -> None:
         self.client = client
         self.registry = registry
+        self.telemetry = telemetry
         self.fleet = fleet
         self.task = task
         self.stats = MonitorStats()
@@ -159,6 +164,8 @@ class FleetMonitor:
             log.debug("ignored the status of revoked device %s", device)
             return
         self.registry.upsert_device_status(status, received_at=msg.received_at, retained=msg.retained)
+        if self.telemetry is not None:
+            record_status(self.telemetry, status, msg.received_at, msg.retained)
         self.stats.statuses += 1
 
     def _handle_ack(self, msg: _Message) -> None:

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, Double, ForeignKey, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
@@ -155,3 +167,35 @@ class CommandAck(Base):
     reason: Mapped[str] = mapped_column(Text)
     serving_version: Mapped[int | None]
     at: Mapped[float]
+
+
+# -- telemetry history for the dashboard (0004_telemetry; server.registry.telemetry_sql) --
+
+
+class TelemetryRow(Base):
+    __tablename__ = "telemetry"
+    __table_args__ = (Index("ix_telemetry_device_at", "device_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    at: Mapped[float]
+    ingested: Mapped[int]
+    quarantined: Mapped[int]
+    scored: Mapped[int]
+    serving_version: Mapped[int | None]
+    scoring_latency_ms: Mapped[float | None]
+    drift_score: Mapped[float | None]
+    queue_depth: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(16))
+
+
+class QuarantineSampleRow(Base):
+    __tablename__ = "quarantine_samples"
+    __table_args__ = (Index("ix_quarantine_samples_device_at", "device_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    at: Mapped[float]
+    record_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    excerpt: Mapped[str] = mapped_column(Text)

@@ -89,6 +89,9 @@ def test_signed_bundle_is_installed_and_backlog_scored(
         assert status.signature_verified
         assert status.health == "ok"
         assert status.scoring_latency_ms_p50 is not None
+        assert status.drift is not None
+        assert status.drift.window == 10
+        assert status.drift.worst_feature in spec.names
     offline = status_with(observer, lambda s: s.kind == "offline")
     assert offline.health == "offline"
     store = SqliteAgentStore(settings.db_path, readonly=True)
@@ -209,6 +212,9 @@ def test_hostile_input_is_quarantined_and_valid_records_scored(
         wait_for(lambda: len(observer.predicted()) >= len(good_ids), what="all predictions")
         status = status_with(observer, lambda s: s.counters.quarantined == 1000)
         assert status.counters.scored == len(good_ids)
+        # The status carries a bounded sample of the newest quarantined records, with reasons.
+        assert 0 < len(status.recent_quarantine) <= 10
+        assert all(q.reason for q in status.recent_quarantine)
         assert run.agent is not None
         assert run.agent.counters.ingested == len(good_ids)
     assert set(observer.predicted()) == set(good_ids)

@@ -66,6 +66,11 @@ def test_metrics_endpoint(
             assert figures["fedforge_agent_serving_version"] == 1
             assert figures["fedforge_agent_scoring_seconds_per_record_count"] >= 1
             assert "fedforge_agent_outbox_depth" in figures
+            # The drift gauge appears with the first status after scoring (heartbeat 0.5 s).
+            scraped = wait_for(
+                lambda: "fedforge_agent_drift_score" in (m := _scrape(port)) and m, what="drift in /metrics"
+            )
+            assert scraped["fedforge_agent_drift_score"] >= 0
         with pytest.raises(urllib.error.URLError):
             _scrape(port)  # the endpoint stops with the agent
     finally:

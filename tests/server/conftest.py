@@ -57,6 +57,10 @@ REGISTRY_TABLES = (
     "users",
     "api_tokens",
     "sessions",
+    "fleet_commands",
+    "command_acks",
+    "telemetry",
+    "quarantine_samples",
 )
 
 

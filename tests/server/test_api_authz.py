@@ -49,6 +49,24 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("POST", "/api/models/{version}/promote"): "operator",
     ("POST", "/api/fleet/rollback"): "operator",
     ("POST", "/api/devices/{device_id}/revoke"): "operator",
+    # the dashboard's read model and live events (server/api/dashboard.py)
+    ("GET", "/api/fleet/summary"): "viewer",
+    ("GET", "/api/devices/{device_id}/telemetry"): "viewer",
+    ("GET", "/api/devices/{device_id}/quarantine"): "viewer",
+    ("GET", "/api/models/compare"): "viewer",
+    ("GET", "/api/models/{version}/lineage"): "viewer",
+    ("GET", "/api/events"): "viewer",
+    # the dashboard (server/api/pages.py): the login form, the root redirect and static files are
+    # open; pages need a viewer's session and send anyone else to the login form
+    ("GET", "/login"): OPEN,
+    ("GET", "/"): OPEN,
+    ("GET", "/static/{asset}"): OPEN,
+    ("GET", "/fleet"): "viewer",
+    ("GET", "/devices/{device_id}"): "viewer",
+    ("GET", "/models"): "viewer",
+    ("GET", "/runs"): "viewer",
+    ("GET", "/rollouts"): "viewer",
+    ("GET", "/audit"): "viewer",
     ("GET", "/api/users"): "admin",
     ("POST", "/api/users"): "admin",
     ("POST", "/api/users/{username}/disable"): "admin",
@@ -59,6 +77,9 @@ MATRIX: dict[tuple[str, str], str | None] = {
 # Path parameters: ids that exist nowhere, so an authorized call is a harmless 404.
 SAMPLES = {"version": "999999", "device_id": "no-such-device", "run_id": "no-such-run", "username": "nobody"}
 SAMPLES["token_id"] = "tok-nope"
+SAMPLES["asset"] = "no-such-file.js"
+# Query strings some routes need to answer at all: the event stream ends after one event.
+QUERIES = {"/api/events": "?limit=1"}
 # Bodies that fail validation (422) once authorized: a mutation must not really happen here.
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -88,7 +109,7 @@ def client(ids: Identities, tmp_path_factory: pytest.TempPathFactory) -> TestCli
 
 
 def _url(path: str) -> str:
-    return re.sub(r"\{(\w+)\}", lambda m: SAMPLES[m.group(1)], path)
+    return re.sub(r"\{(\w+)\}", lambda m: SAMPLES[m.group(1)], path) + QUERIES.get(path, "")
 
 
 def _call(client: TestClient, method: str, path: str, headers: dict[str, str]) -> int:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -74,6 +75,32 @@ def _viewer_token(conf: Path, capsys: pytest.CaptureFixture[str]) -> str:
     return str(json.loads(capsys.readouterr().out.splitlines()[-1])["token"])
 
 
+class _EventStream:
+    """A browser's EventSource, reduced: read the server-sent events until the server hangs up."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.lines: list[bytes] = []
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        self.thread = threading.Thread(target=self._read, args=(request,), daemon=True)
+        self.thread.start()
+
+    def _read(self, request: urllib.request.Request) -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                for line in response:
+                    self.lines.append(line)
+        except OSError:
+            pass  # the server went away: what a browser would see too
+
+    def wait_event(self, name: str, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if f"event: {name}".encode() in b"".join(self.lines):
+                return True
+            time.sleep(0.05)
+        return False
+
+
 def test_server_bootstraps_serves_and_stops_on_sigterm(
     tmp_path: Path,
     mosquitto: Any,
@@ -115,6 +142,22 @@ def test_server_bootstraps_serves_and_stops_on_sigterm(
             time.sleep(0.05)
         devices = _get(f"http://127.0.0.1:{port}/api/devices", token)
         assert [(d["device_id"], d["online"], d["serving_version"]) for d in devices] == [("edge-1", True, 1)]
+        # The dashboard's history: a second status is a second point, and the interval has a rate.
+        later = DeviceStatus(
+            device_id="edge-1",
+            fleet=fleet,
+            kind="heartbeat",
+            ts=time.time(),
+            model_version=1,
+            counters={"ingested": 50},
+        )
+        agent.publish_and_wait(topics.status(fleet, "edge-1"), later.to_bytes(), retain=True)
+        telemetry_url = f"http://127.0.0.1:{port}/api/devices/edge-1/telemetry"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not _get(telemetry_url, token)["points"]:
+            time.sleep(0.05)
+        [point] = _get(telemetry_url, token)["points"]
+        assert point["records_per_s"] > 0
         agent.publish_and_wait(topics.status(fleet, "edge-1"), b"", retain=True)
         agent.stop()
         assert received
@@ -122,8 +165,14 @@ def test_server_bootstraps_serves_and_stops_on_sigterm(
         trust = TrustStore.from_files([tmp_path / "data" / "keys" / "operator.pub.pem"])
         verify_manifest(manifest, trust)
 
+        # A dashboard left open holds an event stream; it must not hold up the shutdown.
+        stream = _EventStream(f"http://127.0.0.1:{port}/api/events", token)
+        assert stream.wait_event("fleet")
+
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 0
+        stream.thread.join(30)
+        assert not stream.thread.is_alive()
         assert marker.read_text() == "stopped"
         assert (tmp_path / "data" / "registry.db").is_file()
     finally:
