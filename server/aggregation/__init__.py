@@ -1,0 +1,1 @@
+"""Aggregation kernels: pure numpy over client updates, no Flower and no network."""

@@ -1,0 +1,160 @@
+"""One twin run end to end: data, initial model, the simulated rounds, the baseline, a summary.
+
+The summary is plain data (JSON-ready); ``report`` turns it into the HTML report. Wall
+times are kept apart from everything else in it: all other figures repeat exactly under
+the scenario's seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from server.federation.hosting import hosting
+from shared.tasks import fraud
+from simulations.twin.data import TwinData, twin_data
+from simulations.twin.engine import EngineInfo, ray_session, run_flower_simulation
+from simulations.twin.errors import TwinError
+from simulations.twin.fleet_model import distribution_cost
+from simulations.twin.hosted import RoundRecord, TwinRun
+from simulations.twin.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+Phase = Callable[[str], None]
+SUMMARY_SCHEMA_VERSION = 1
+
+
+def initial_model(scenario: Scenario, data: TwinData) -> tuple[fraud.FraudMLP, dict[str, float]]:
+    """The model round 1 starts from: the server's bootstrap model, as in the fleet, or random."""
+    torch.manual_seed(scenario.seed)
+    if scenario.model.initial == "random":
+        model = fraud.build_model(scenario.seed)
+    else:
+        model = fraud.build_model(scenario.seed)
+        x = data.spec.transform(data.bootstrap.raw)
+        fraud.train(
+            model,
+            x,
+            data.bootstrap.labels,
+            fraud.TrainConfig(epochs=scenario.model.bootstrap_epochs, seed=scenario.seed),
+        )
+    metrics = fraud.evaluate(model, data.spec.transform(data.holdout.raw), data.holdout.labels)
+    return model, metrics
+
+
+def centralized_baseline(scenario: Scenario, data: TwinData, start: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+    """The upper bound: the same model trained on all devices' rows pooled, one curve point per
+    round (``local_epochs`` passes over the pool each), from the same starting model."""
+    model = fraud.build_model()
+    model.load_state_dict(start)
+    x = data.spec.transform(data.pooled.raw)
+    hx = data.spec.transform(data.holdout.raw)
+    curve = []
+    for rnd in range(1, scenario.rounds + 1):
+        cfg = fraud.TrainConfig(
+            epochs=scenario.local_epochs, batch_size=scenario.batch_size, lr=scenario.lr, seed=scenario.seed + rnd
+        )
+        fraud.train(model, x, data.pooled.labels, cfg)
+        curve.append(fraud.evaluate(model, hx, data.holdout.labels))
+    return curve
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (float(v) if np.isfinite(v) else None) for k, v in metrics.items()}
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    on_round: Callable[[int, int, RoundRecord], None] | None = None,
+    on_phase: Phase | None = None,
+) -> dict[str, Any]:
+    """Run ``scenario`` and return its summary; Ray is down and reaped when this returns."""
+    phase = on_phase or (lambda _text: None)
+    started = time.perf_counter()
+    phase("building data")
+    data = twin_data(scenario)
+    torch.set_num_threads(1)
+    model, initial_metrics = initial_model(scenario, data)
+    start_state = {k: v.clone() for k, v in model.state_dict().items()}
+    run = TwinRun(scenario, data, model, progress=on_round)
+    phase("starting Ray")
+    ray_started = time.perf_counter()
+    with ray_session(scenario) as info:
+        setup_s = time.perf_counter() - ray_started
+        phase("simulating rounds")
+        run._mark = time.perf_counter()
+        with hosting(run):
+            run_flower_simulation(scenario, info)
+    if run.error is not None:
+        raise TwinError(f"the simulated run failed: {run.error}")
+    if not run.records or max(run.records) < scenario.rounds:
+        raise TwinError(f"the simulation ended after {len(run.records) - 1} of {scenario.rounds} rounds")
+    phase("training the centralized baseline")
+    baseline = centralized_baseline(scenario, data, start_state)
+    return _summary(scenario, data, run, info, initial_metrics, baseline, setup_s, time.perf_counter() - started)
+
+
+def _summary(
+    scenario: Scenario,
+    data: TwinData,
+    run: TwinRun,
+    info: EngineInfo,
+    initial: dict[str, float],
+    baseline: list[dict[str, float]],
+    setup_s: float,
+    total_s: float,
+) -> dict[str, Any]:
+    rounds: list[dict[str, Any]] = []
+    for rnd in range(1, scenario.rounds + 1):
+        rec: dict[str, Any] = run.records[rnd].to_json()
+        wall = rec.pop("wall_s")
+        rec["holdout"] = _finite(run.records[rnd].holdout)
+        rec["train_loss"] = rec["train_loss"] if np.isfinite(rec["train_loss"]) else None
+        rec["baseline"] = _finite(baseline[rnd - 1])
+        rec["_wall_s"] = wall
+        rounds.append(rec)
+    dist = distribution_cost(run.plan, run.model_bytes)
+    walls = [r["_wall_s"] for r in rounds]
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "scenario": scenario.model_dump(mode="json"),
+        "fleet": {
+            "devices": scenario.devices,
+            "byzantine_devices": int(run.plan.byzantine.sum()),
+            "examples": int(data.examples.sum()),
+            "examples_per_device": {
+                "min": int(data.examples.min()),
+                "median": float(np.median(data.examples)),
+                "max": int(data.examples.max()),
+            },
+            "holdout_rows": len(data.holdout.labels),
+            "holdout_positives": int(data.holdout.labels.sum()),
+            "profiles": {p.name: int((run.plan.profile_index == i).sum()) for i, p in enumerate(scenario.profiles)},
+        },
+        "model": {"precision": scenario.model.precision, "exchanged_bytes": run.model_bytes},
+        "initial": _finite(initial),
+        "rounds": rounds,
+        "final": {
+            "holdout": rounds[-1]["holdout"],
+            "baseline": rounds[-1]["baseline"],
+            "simulated_s": float(sum(r["simulated_s"] for r in rounds)),
+            "bytes_down": int(sum(r["bytes_down"] for r in rounds)),
+            "bytes_up": int(sum(r["bytes_up"] for r in rounds)),
+        },
+        "distribution": asdict(dist),
+        # Measured on this machine: the only figures that differ between two runs.
+        "_runtime": {
+            "engine": asdict(info),
+            "setup_s": setup_s,
+            "round_wall_s": walls,
+            "total_s": total_s,
+        },
+    }
