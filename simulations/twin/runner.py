@@ -33,18 +33,12 @@ SUMMARY_SCHEMA_VERSION = 1
 
 def initial_model(scenario: Scenario, data: TwinData) -> tuple[fraud.FraudMLP, dict[str, float]]:
     """The model round 1 starts from: the server's bootstrap model, as in the fleet, or random."""
-    torch.manual_seed(scenario.seed)
-    if scenario.model.initial == "random":
-        model = fraud.build_model(scenario.seed)
-    else:
-        model = fraud.build_model(scenario.seed)
-        x = data.spec.transform(data.bootstrap.raw)
-        fraud.train(
-            model,
-            x,
-            data.bootstrap.labels,
-            fraud.TrainConfig(epochs=scenario.model.bootstrap_epochs, seed=scenario.seed),
+    model = fraud.build_model(scenario.seed)
+    if scenario.model.initial == "bootstrap":
+        cfg = fraud.TrainConfig(
+            epochs=scenario.model.bootstrap_epochs, batch_size=scenario.batch_size, lr=scenario.lr, seed=scenario.seed
         )
+        fraud.train(model, data.spec.transform(data.bootstrap.raw), data.bootstrap.labels, cfg)
     metrics = fraud.evaluate(model, data.spec.transform(data.holdout.raw), data.holdout.labels)
     return model, metrics
 
@@ -75,8 +69,14 @@ def run_scenario(
     *,
     on_round: Callable[[int, int, RoundRecord], None] | None = None,
     on_phase: Phase | None = None,
+    flower_defaults: bool = False,
+    baseline: bool = True,
 ) -> dict[str, Any]:
-    """Run ``scenario`` and return its summary; Ray is down and reaped when this returns."""
+    """Run ``scenario`` and return its summary; Ray is down and reaped when this returns.
+
+    ``flower_defaults`` runs Flower's engine as shipped (its message lookup, 2 CPUs per
+    client) for the benchmark; ``baseline=False`` skips the centralized curve.
+    """
     phase = on_phase or (lambda _text: None)
     started = time.perf_counter()
     phase("building data")
@@ -92,14 +92,14 @@ def run_scenario(
         phase("simulating rounds")
         run._mark = time.perf_counter()
         with hosting(run):
-            run_flower_simulation(scenario, info)
+            run_flower_simulation(scenario, info, indexed=not flower_defaults, stock_backend=flower_defaults)
     if run.error is not None:
         raise TwinError(f"the simulated run failed: {run.error}")
     if not run.records or max(run.records) < scenario.rounds:
         raise TwinError(f"the simulation ended after {len(run.records) - 1} of {scenario.rounds} rounds")
     phase("training the centralized baseline")
-    baseline = centralized_baseline(scenario, data, start_state)
-    return _summary(scenario, data, run, info, initial_metrics, baseline, setup_s, time.perf_counter() - started)
+    curve = centralized_baseline(scenario, data, start_state) if baseline else [{} for _ in range(scenario.rounds)]
+    return _summary(scenario, data, run, info, initial_metrics, curve, setup_s, time.perf_counter() - started)
 
 
 def _summary(
