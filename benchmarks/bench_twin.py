@@ -6,7 +6,7 @@ ClientApp on per-device data) over the fraud MLP. The anchor is Flower as shippe
 in-memory LinkState scans every stored message for every node (O(N²) per round) and each
 virtual client asks for 2 CPUs (one actor on 2 cores). fedforge indexes the LinkState by
 node and runs one single-threaded actor per core. Round 1 carries actor start-up and is
-left out; the figure is the median over the later rounds. --quick: 50 devices.
+left out; the figure is the median over the later rounds. --quick: 20 devices, 2 rounds.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def _round_seconds(scenario: Scenario, flower_defaults: bool) -> Sample:
 def main() -> None:
     args = parse_args(__doc__ or "")
     logging.basicConfig(level=logging.WARNING)
-    devices = 50 if args.quick else 1000
-    ours = _round_seconds(_scenario(devices, 3 if args.quick else 4), flower_defaults=False)
-    anchor = _round_seconds(_scenario(devices, 3 if args.quick else 2), flower_defaults=True)
+    devices = 20 if args.quick else 1000
+    ours = _round_seconds(_scenario(devices, 2 if args.quick else 4), flower_defaults=False)
+    anchor = _round_seconds(_scenario(devices, 2), flower_defaults=True)
     figure = Figure(
         figure=f"twin s/round, {devices} virtual devices",
         fedforge=ours,

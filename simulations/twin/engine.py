@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ def ray_init_args(scenario: Scenario, tag: str) -> dict[str, Any]:
     if address:
         args["address"] = address
     else:
+        # "local", not None: with None, Ray would join any cluster it finds on this machine
+        # (a running GCS, /tmp/ray/ray_current_cluster) instead of starting the twin's own.
+        args["address"] = "local"
         args["num_cpus"] = os.cpu_count() or 1
     return args
 
@@ -85,7 +89,9 @@ def ray_session(scenario: Scenario) -> Iterator[EngineInfo]:
     try:
         args = ray_init_args(scenario, tag)
         try:
-            ctx: Any = ray.init(**args)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # Ray's notice about accelerator env vars
+                ctx: Any = ray.init(**args)
         except Exception as exc:  # ConnectionError, RuntimeError, ValueError from Ray
             where = args.get("address", "a local Ray")
             raise TwinError(f"cannot start or join Ray at {where}: {exc}") from exc
@@ -94,7 +100,7 @@ def ray_session(scenario: Scenario) -> Iterator[EngineInfo]:
         per = float(cfg["client_resources"]["num_cpus"])
         yield EngineInfo(
             ray_address=str(ctx.address_info.get("gcs_address", ctx.address_info.get("address", ""))),
-            attached="address" in args,
+            attached=args["address"] != "local",
             cluster_cpus=cpus,
             actors=int(cpus // per) if per else 0,
             cpus_per_device=per,
@@ -136,8 +142,8 @@ def run_flower_simulation(
 
     config = {} if stock_backend else backend_config(scenario, info.cluster_cpus)
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:  # run_simulation's deprecation notice and per-round INFO lines
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         with indexed_link_state() if indexed else nullcontext():
             run_simulation(

@@ -63,7 +63,7 @@ def test_ray_address_scenario_then_fedforge_env_then_ray_env(monkeypatch: pytest
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     local = parse_scenario({"name": "x"})
     assert local.ray_address() is None
-    assert "address" not in ray_init_args(local, "tag")
+    assert ray_init_args(local, "tag")["address"] == "local"  # never an existing cluster by accident
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.3:6379")
     assert ray_init_args(local, "tag")["address"] == "10.0.0.3:6379"
     monkeypatch.setenv(RAY_ADDRESS_ENV, "10.0.0.2:6379")
