@@ -103,6 +103,7 @@ def _outcome(name: str, summary: dict[str, Any]) -> dict[str, Any]:
         "simulated_s": round(fin["simulated_s"], 3),
         "bytes_up": fin["bytes_up"],
         "round_wall_s": [round(w, 3) for w in summary["_runtime"]["round_wall_s"]],
+        "round_cpu_s": [round(c, 3) for c in summary["_runtime"]["round_cpu_s"]],
     }
 
 

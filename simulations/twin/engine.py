@@ -154,6 +154,8 @@ def run_flower_simulation(
             )
     except SystemExit as exc:  # flwr_exit() ends the process on some failures: keep ours alive
         raise TwinError(f"Flower's Simulation Engine exited with code {exc.code}") from None
+    except Exception as exc:  # the ServerApp's or the engine's failure, re-raised by run_simulation
+        raise TwinError(f"the simulation failed: {type(exc).__name__}: {exc}") from exc
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)

@@ -24,6 +24,7 @@ from flwr.app import Message
 from server.federation.hosting import ConfigValue, MetricValue
 from server.federation.strategies import CatalogStrategy, StrategyParams, build_strategy
 from shared.tasks import fraud
+from simulations.twin.cpu import run_cpu_seconds
 from simulations.twin.data import TwinData
 from simulations.twin.fleet_model import DevicePlan, RoundCost, Status, payload_bytes, round_cost
 from simulations.twin.scenario import Scenario
@@ -46,6 +47,7 @@ class RoundRecord:
     bytes_up: int = 0
     simulated_s: float = 0.0
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # CPU seconds of the driver and the Ray processes during the round
     train_loss: float = float("nan")
     rejected_reasons: list[str] = field(default_factory=list)
 
@@ -75,6 +77,11 @@ class TwinRun:
         self._byzantine: dict[int, int] = {}
         self._strategy: CatalogStrategy | None = None
         self._mark = time.perf_counter()
+        self._cpu_mark = 0.0
+
+    def start_clock(self) -> None:
+        """Round 1's wall and CPU time count from here (after Ray is up)."""
+        self._mark, self._cpu_mark = time.perf_counter(), run_cpu_seconds()
 
     @property
     def round_timeout_s(self) -> float:
@@ -127,9 +134,9 @@ class TwinRun:
         model = fraud.build_model()
         model.load_state_dict(state)
         metrics = fraud.evaluate(model, self.data.spec.transform(self.data.holdout.raw), self.data.holdout.labels)
-        now = time.perf_counter()
-        record = RoundRecord(round=server_round, holdout=metrics, wall_s=now - self._mark)
-        self._mark = now
+        now, cpu = time.perf_counter(), run_cpu_seconds()
+        record = RoundRecord(round=server_round, holdout=metrics, wall_s=now - self._mark, cpu_s=cpu - self._cpu_mark)
+        self._mark, self._cpu_mark = now, cpu
         cost = self._costs.get(server_round)
         if cost is not None:
             record.asked, record.participants = cost.asked, cost.participants

@@ -90,7 +90,7 @@ def run_scenario(
     with ray_session(scenario) as info:
         setup_s = time.perf_counter() - ray_started
         phase("simulating rounds")
-        run._mark = time.perf_counter()
+        run.start_clock()
         with hosting(run):
             run_flower_simulation(scenario, info, indexed=not flower_defaults, stock_backend=flower_defaults)
     if run.error is not None:
@@ -116,6 +116,7 @@ def _summary(
     for rnd in range(1, scenario.rounds + 1):
         rec: dict[str, Any] = run.records[rnd].to_json()
         wall = rec.pop("wall_s")
+        rec["_cpu_s"] = rec.pop("cpu_s")
         rec["holdout"] = _finite(run.records[rnd].holdout)
         rec["train_loss"] = rec["train_loss"] if np.isfinite(rec["train_loss"]) else None
         rec["baseline"] = _finite(baseline[rnd - 1])
@@ -155,6 +156,7 @@ def _summary(
             "engine": asdict(info),
             "setup_s": setup_s,
             "round_wall_s": walls,
+            "round_cpu_s": [r["_cpu_s"] for r in rounds],
             "total_s": total_s,
         },
     }
