@@ -76,6 +76,7 @@ class CatalogStrategy(FedAvg):
         self.reply_filter = reply_filter
         self.outcomes: dict[int, RoundOutcome] = {}
         self._sent: dict[int, ArrayRecord] = {}
+        self._decoded: dict[int, list[np.ndarray]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -106,7 +107,14 @@ class CatalogStrategy(FedAvg):
 
     def _sanitize(self, server_round: int, replies: list[Message], outcome: RoundOutcome) -> list[Message]:
         expected = self._sent.get(server_round)
-        checked = [(msg, reply_problem(msg, self.max_update_norm, expected)) for msg in replies]
+        self._decoded = {}
+        checked = []
+        for msg in replies:
+            records = [] if msg.has_error() else list(msg.content.array_records.values())
+            decoded = records[0].to_numpy_ndarrays() if len(records) == 1 else None
+            if decoded is not None:
+                self._decoded[id(msg)] = decoded
+            checked.append((msg, reply_problem(msg, self.max_update_norm, expected, decoded)))
         # Flower refuses replies whose metric keys differ: keep the most common key set.
         key_sets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m, p in checked if p is None]
         common = Counter(key_sets).most_common(1)[0][0] if key_sets else frozenset()
@@ -125,10 +133,11 @@ class CatalogStrategy(FedAvg):
     def _aggregate_arrays(self, sound: list[Message]) -> ArrayRecord:
         records = [next(iter(msg.content.array_records.values())) for msg in sound]
         keys = list(records[0].keys())
-        like = records[0].to_numpy_ndarrays()
-        stack = np.stack([robust.flatten(r.to_numpy_ndarrays()) for r in records])
+        decoded = [self._decoded.get(id(m)) or r.to_numpy_ndarrays() for m, r in zip(sound, records, strict=True)]
+        self._decoded = {}
+        stack = np.stack([robust.flatten(arrays) for arrays in decoded])
         vector = self._kernel(stack, sound)
-        return ArrayRecord({k: Array(a) for k, a in zip(keys, robust.unflatten(vector, like), strict=True)})
+        return ArrayRecord({k: Array(a) for k, a in zip(keys, robust.unflatten(vector, decoded[0]), strict=True)})
 
     def _kernel(self, stack: np.ndarray, sound: list[Message]) -> robust.Vector:
         n, p = stack.shape[0], self.params

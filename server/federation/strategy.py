@@ -38,10 +38,13 @@ def _shapes(record: ArrayRecord) -> dict[str, tuple[int, ...]]:
     return {key: tuple(array.shape) for key, array in record.items()}
 
 
-def reply_problem(msg: Message, max_norm: float, expected: ArrayRecord | None = None) -> str | None:
+def reply_problem(
+    msg: Message, max_norm: float, expected: ArrayRecord | None = None, decoded: list[np.ndarray] | None = None
+) -> str | None:
     """Why a train reply must not be aggregated, or None when it is sound.
 
-    ``expected`` (the arrays sent to the nodes) makes a reply for another model a problem.
+    ``expected`` (the arrays sent to the nodes) makes a reply for another model a problem;
+    ``decoded`` (the reply's arrays, already decoded by the caller) saves decoding them twice.
     """
     node = f"node {msg.metadata.src_node_id}"
     if msg.has_error():
@@ -60,7 +63,7 @@ def reply_problem(msg: Message, max_norm: float, expected: ArrayRecord | None = 
     if expected is not None and _shapes(arrays[0]) != _shapes(expected):
         return f"{node}: arrays do not match the model sent (keys or shapes differ)"
     sq = 0.0
-    for nd in arrays[0].to_numpy_ndarrays():
+    for nd in decoded if decoded is not None else arrays[0].to_numpy_ndarrays():
         if not np.all(np.isfinite(nd)):
             return f"{node}: non-finite values in update"
         sq += float(np.square(nd, dtype=np.float64).sum())

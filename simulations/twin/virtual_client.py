@@ -88,10 +88,12 @@ def train(msg: Message, context: Context) -> Message:
         return _empty(msg, device, status)
 
     precision = scenario.model.precision
+    byzantine = bool(_plan(scenario).byzantine[device])
     sent = msg.content.array_records["arrays"]
     keys = list(sent.keys())
-    received = tamper.quantize_model(sent.to_numpy_ndarrays(), precision)
+    received: tamper.Arrays | None = None
     if precision != "fp32":
+        received = tamper.quantize_model(sent.to_numpy_ndarrays(), precision)
         msg.content.array_records["arrays"] = _record(keys, received)
 
     reply = edge_app(message=msg, context=context)
@@ -100,19 +102,19 @@ def train(msg: Message, context: Context) -> Message:
     if status == Status.DROPPED:  # it trained, then vanished before uploading
         return _empty(msg, device, status)
 
-    new = [np.asarray(a, dtype=np.float32) for a in reply.content.array_records["arrays"].to_numpy_ndarrays()]
-    b = scenario.byzantine
-    if _plan(scenario).byzantine[device]:
-        new = tamper.attack(
-            b.attack,
-            new,
-            received,
-            scale=b.scale,
-            sigma=b.sigma,
-            seed=scenario.seed * 100_003 + server_round * 7919 + device,
-        )
-    if precision != "fp32":
-        new = tamper.quantize_update(new, received, precision)
+    out = reply.content.array_records["arrays"]
+    # Decoding and re-encoding arrays is most of a message's cost: only when something changes them.
+    if byzantine or precision != "fp32":
+        if received is None:
+            received = [np.asarray(a, dtype=np.float32) for a in sent.to_numpy_ndarrays()]
+        new = [np.asarray(a, dtype=np.float32) for a in out.to_numpy_ndarrays()]
+        if byzantine:
+            b = scenario.byzantine
+            seed = scenario.seed * 100_003 + server_round * 7919 + device
+            new = tamper.attack(b.attack, new, received, scale=b.scale, sigma=b.sigma, seed=seed)
+        if precision != "fp32":
+            new = tamper.quantize_update(new, received, precision)
+        out = _record(keys, new)
     edge_metrics = reply.content.metric_records["metrics"]
     metrics = {k: edge_metrics[k] for k in EDGE_METRICS}
-    return _reply(msg, _record(keys, new), metrics, device, status)  # type: ignore[arg-type]
+    return _reply(msg, out, metrics, device, status)  # type: ignore[arg-type]
