@@ -21,7 +21,7 @@ from shared.tasks import fraud
 from simulations.twin.data import TwinData, twin_data
 from simulations.twin.engine import EngineInfo, ray_session, run_flower_simulation
 from simulations.twin.errors import TwinError
-from simulations.twin.fleet_model import distribution_cost
+from simulations.twin.fleet_model import distribution_cost, payload_bytes
 from simulations.twin.hosted import RoundRecord, TwinRun
 from simulations.twin.scenario import Scenario
 
@@ -122,7 +122,9 @@ def _summary(
         rec["baseline"] = _finite(baseline[rnd - 1])
         rec["_wall_s"] = wall
         rounds.append(rec)
-    dist = distribution_cost(run.plan, run.model_bytes)
+    # A release is the fp32 model (ONNX) whatever the precision of the training exchanges.
+    release_bytes = payload_bytes([int(t.numel()) for t in run.model.state_dict().values()], "fp32")
+    dist = distribution_cost(run.plan, release_bytes)
     walls = [r["_wall_s"] for r in rounds]
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
