@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("simulations.cli", "data sets: fedforge data fetch fraud | fedforge data split ..."),
     "replay": ("simulations.cli", "replay a partition to agents over MQTT, labels after a delay"),
     "demo": ("simulations.cli", "one full turn of the flywheel on this machine"),
+    "twin": ("simulations.twin.cli", "digital twin: fedforge twin run SCENARIO.toml | compare A.toml B.toml"),
 }
 
 

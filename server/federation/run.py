@@ -110,6 +110,10 @@ class TrainingRun:
 
     # -- federated part ------------------------------------------------------------
 
+    @property
+    def round_timeout_s(self) -> float:
+        return self.settings.round_timeout_s
+
     def strategy(self) -> SanitizedFedAvg:
         self._strategy = SanitizedFedAvg(min_nodes=self.min_agents, device=self.settings.device)
         return self._strategy

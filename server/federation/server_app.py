@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from server.config import load_server_settings
+from server.federation.hosting import FederatedRun, hosted_run
 from server.federation.run import TrainingRun
 
 log = logging.getLogger(__name__)
@@ -26,15 +27,20 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = context.run_config
-    settings = load_server_settings(Path(str(cfg["server-config"])))
-    run = TrainingRun.open(
-        settings,
-        run_id=str(cfg.get("training-run-id") or f"run-{int(time.time())}"),
-        rounds=int(cfg.get("num-rounds", 1)),
-        min_agents=int(cfg.get("min-agents", settings.min_agents)),
-        flower_run_id=int(context.run_id),
-    )
+    hosted = hosted_run()  # the digital twin hosts its run in this process
+    run: FederatedRun
+    if hosted is not None:
+        run = hosted
+    else:
+        cfg = context.run_config
+        settings = load_server_settings(Path(str(cfg["server-config"])))
+        run = TrainingRun.open(
+            settings,
+            run_id=str(cfg.get("training-run-id") or f"run-{int(time.time())}"),
+            rounds=int(cfg.get("num-rounds", 1)),
+            min_agents=int(cfg.get("min-agents", settings.min_agents)),
+            flower_run_id=int(context.run_id),
+        )
     try:
         strategy = run.strategy()
         result = strategy.start(
@@ -43,7 +49,7 @@ def main(grid: Grid, context: Context) -> None:
             num_rounds=run.rounds,
             train_config=ConfigRecord(run.train_config()),
             evaluate_fn=lambda rnd, arrays: MetricRecord(run.evaluate_round(rnd, arrays.to_torch_state_dict())),
-            timeout=settings.round_timeout_s,
+            timeout=run.round_timeout_s,
         )
         run.finish(result.arrays.to_torch_state_dict() if len(result.arrays) else None)
     except BaseException as exc:

@@ -108,13 +108,19 @@ def parse_reply(msg: Message, expected: ArrayRecord | None = None) -> ParsedRepl
     return ParsedReply(msg, metrics[0], arrays[0], views, float(examples), layout)
 
 
-def reply_problem(msg: Message, max_norm: float, expected: ArrayRecord | None = None) -> str | None:
-    """Why one train reply must not be aggregated, or None when it is sound (form and values)."""
+def check_reply(msg: Message, max_norm: float, expected: ArrayRecord | None = None) -> ParsedReply | str:
+    """The sound reply taken apart (its arrays as zero-copy views), or why it must not be aggregated."""
     parsed = parse_reply(msg, expected)
     if isinstance(parsed, str):
         return parsed
     _, problems = screen([parsed.views], [parsed.weight], max_norm=max_norm)
-    return f"{parsed.node}: {problems[0]}" if problems else None
+    return f"{parsed.node}: {problems[0]}" if problems else parsed
+
+
+def reply_problem(msg: Message, max_norm: float, expected: ArrayRecord | None = None) -> str | None:
+    """Why one train reply must not be aggregated, or None when it is sound (form and values)."""
+    checked = check_reply(msg, max_norm, expected)
+    return checked if isinstance(checked, str) else None
 
 
 class SanitizedFedAvg(FedAvg):
