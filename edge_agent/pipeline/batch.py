@@ -19,6 +19,7 @@ batch, not once per record.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -29,7 +30,6 @@ import numpy.typing as npt
 
 from edge_agent.pipeline.cleaning import (
     MAX_RECORD_ID_CHARS,
-    RECORD_KEYS,
     CleanRecord,
     Quarantined,
     RecordError,
@@ -105,16 +105,26 @@ class BatchResult:
     quarantined: list[Quarantined] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _Candidates:
-    """Records that passed the shape checks, in arrival order (``pos``), values still unchecked."""
+class _Origins:
+    """Where each record position came from, looked up only for the few records that need it
+    (a reason, a raw copy), so the fast path keeps no per-record reference to its source."""
 
-    pos: list[int] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    ts: list[float] = field(default_factory=list)
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    objs: list[Any] = field(default_factory=list)
-    raws: list[tuple[bytes, bool]] = field(default_factory=list)  # (payload, single)
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.sources: list[tuple[list[Any], bytes, bool]] = []  # (items, payload, single)
+
+    def add(self, start: int, items: list[Any], payload: bytes, single: bool) -> None:
+        self.starts.append(start)
+        self.sources.append((items, payload, single))
+
+    def obj(self, pos: int) -> Any:
+        k = bisect_right(self.starts, pos) - 1
+        return self.sources[k][0][pos - self.starts[k]]
+
+    def raw(self, pos: int) -> bytes:
+        k = bisect_right(self.starts, pos) - 1
+        items, payload, single = self.sources[k]
+        return record_raw(items[pos - self.starts[k]], payload, single)
 
 
 def clean_payloads(
@@ -124,8 +134,13 @@ def clean_payloads(
     ids accepted so far counted as seen; quarantined entries come in arrival order too."""
     checker = checker_for(spec)
     getter, width = checker.getter, len(checker.names)
-    cand = _Candidates()
-    slow: list[tuple[int, Any, bytes, bool]] = []  # (pos, obj, payload, single) for the reference
+    origins = _Origins()
+    # Candidates: records of the right shape, values not yet checked, in arrival order.
+    cand_pos: list[int] = []
+    cand_ids: list[str] = []
+    cand_ts: list[float] = []
+    rows: list[tuple[Any, ...]] = []
+    slow: list[int] = []  # positions the reference must judge
     quarantined: list[tuple[int, Quarantined]] = []
     pos = 0
     for payload in payloads:
@@ -135,96 +150,83 @@ def clean_payloads(
             pos += 1
             continue
         items, single = parsed
-        raw = (payload, single)
+        origins.add(pos, items, payload, single)
         for obj in items:
-            if type(obj) is dict and len(obj) == 4 and obj.keys() == RECORD_KEYS:
-                rid = obj["record_id"]
-                ts = obj["ts"]
-                version = obj["schema_version"]
-                features = obj["features"]
-                if (
-                    type(rid) is str
-                    and 0 < len(rid) <= MAX_RECORD_ID_CHARS
-                    and type(version) is int
-                    and version == SCHEMA_VERSION
-                    and type(features) is dict
-                    and len(features) == width
-                ):
-                    if type(ts) is int and -_INT_TS_LIMIT < ts < _INT_TS_LIMIT:
-                        ts = float(ts)
-                    if type(ts) is not float or ts - ts != 0.0:  # finite: inf - inf and nan - nan are nan
-                        slow.append((pos, obj, payload, single))
-                        pos += 1
-                        continue
-                    try:
-                        row = getter(features)
-                    except KeyError:  # right count, wrong names: the reference says which
-                        pass
-                    else:
-                        cand.pos.append(pos)
-                        cand.ids.append(rid)
-                        cand.ts.append(ts)
-                        cand.rows.append(row)
-                        cand.objs.append(obj)
-                        cand.raws.append(raw)
-                        pos += 1
-                        continue
-            slow.append((pos, obj, payload, single))
+            if type(obj) is dict and len(obj) == 4:
+                try:  # four keys, all four present: exactly RECORD_KEYS
+                    rid = obj["record_id"]
+                    ts = obj["ts"]
+                    version = obj["schema_version"]
+                    features = obj["features"]
+                except KeyError:
+                    pass
+                else:
+                    if (
+                        type(rid) is str
+                        and 0 < len(rid) <= MAX_RECORD_ID_CHARS
+                        and type(version) is int
+                        and version == SCHEMA_VERSION
+                        and type(features) is dict
+                        and len(features) == width
+                    ):
+                        if type(ts) is int and -_INT_TS_LIMIT < ts < _INT_TS_LIMIT:
+                            ts = float(ts)
+                        # finite: inf - inf and nan - nan are nan
+                        if type(ts) is float and ts - ts == 0.0:
+                            try:
+                                row = getter(features)
+                            except KeyError:  # right count, wrong names: the reference says which
+                                pass
+                            else:
+                                cand_pos.append(pos)
+                                cand_ids.append(rid)
+                                cand_ts.append(ts)
+                                rows.append(row)
+                                pos += 1
+                                continue
+            slow.append(pos)
             pos += 1
 
-    values, refused = _checked_values(cand.rows, checker.bounds, width)
-    for i in refused:
-        slow.append((cand.pos[i], cand.objs[i], *cand.raws[i]))
+    values, refused = _checked_values(rows, checker.bounds, width)
+    positions = np.array(cand_pos, dtype=np.int64)
+    ids = cand_ids
+    ts_arr = np.array(cand_ts, dtype=np.float64)
+    if refused:
+        slow += positions[refused].tolist()
+        keep = np.ones(len(ids), dtype=bool)
+        keep[refused] = False
+        ids = [rid for rid, k in zip(ids, keep.tolist(), strict=True) if k]
+        positions, ts_arr, values = positions[keep], ts_arr[keep], values[keep]
 
-    # The reference settles the rest: a reason, or (a shape the fast path does not take,
-    # e.g. an integer ts) an accepted record that joins the candidates in its place.
-    extra_pos: list[int] = []
-    extra: list[CleanRecord] = []
-    extra_raws: list[tuple[Any, bytes, bool]] = []
-    for p, obj, payload, single in slow:
+    # The reference settles the rest: a reason, or (a shape the fast path does not take, e.g.
+    # an integer ts beyond 2**1023) an accepted record that joins the candidates in its place.
+    extra: list[tuple[int, CleanRecord]] = []
+    for p in slow:
+        obj = origins.obj(p)
         try:
-            record = clean_record(obj, checker)
+            extra.append((p, clean_record(obj, checker)))
         except RecordError as exc:
-            quarantined.append((p, Quarantined(record_id_of(obj), str(exc), record_raw(obj, payload, single))))
-            continue
-        extra_pos.append(p)
-        extra.append(record)
-        extra_raws.append((obj, payload, single))
-
-    keep = np.ones(len(cand.pos), dtype=bool)
-    keep[refused] = False
-    order_pos = [p for p, k in zip(cand.pos, keep.tolist(), strict=True) if k]
-    ids = [r for r, k in zip(cand.ids, keep.tolist(), strict=True) if k] if refused else cand.ids
-    ts_arr = np.array(cand.ts, dtype=np.float64)[keep] if refused else np.array(cand.ts, dtype=np.float64)
-    vals = values[keep] if refused else values
-    objs: list[tuple[Any, bytes, bool]] | None = None
+            quarantined.append((p, Quarantined(record_id_of(obj), str(exc), origins.raw(p))))
     if extra:
-        # Rare: merge the reference's acceptances back into arrival order.
-        all_pos = order_pos + extra_pos
-        order = np.argsort(np.array(all_pos, dtype=np.int64), kind="stable")
-        ids = [(ids + [r.record_id for r in extra])[i] for i in order.tolist()]
-        ts_arr = np.concatenate([ts_arr, np.array([r.ts for r in extra], dtype=np.float64)])[order]
-        extra_vals = np.array([r.values for r in extra], dtype=np.float64).reshape(len(extra), width)
-        vals = np.concatenate([vals, extra_vals])[order]
-        kept_objs = [(o, *r) for o, r, k in zip(cand.objs, cand.raws, keep.tolist(), strict=True) if k]
-        objs = [(kept_objs + extra_raws)[i] for i in order.tolist()]
-        order_pos = [all_pos[i] for i in order.tolist()]
+        order = np.argsort(np.concatenate([positions, np.array([p for p, _ in extra], dtype=np.int64)]), kind="stable")
+        ids = [(ids + [r.record_id for _, r in extra])[i] for i in order.tolist()]
+        ts_arr = np.concatenate([ts_arr, np.array([r.ts for _, r in extra], dtype=np.float64)])[order]
+        extra_values = np.array([r.values for _, r in extra], dtype=np.float64).reshape(len(extra), width)
+        values = np.concatenate([values, extra_values])[order]
+        positions = np.concatenate([positions, np.array([p for p, _ in extra], dtype=np.int64)])[order]
 
     duplicates = _duplicates(ids, known)
     if duplicates:
-        if objs is None:
-            objs = [(o, *r) for o, r, k in zip(cand.objs, cand.raws, keep.tolist(), strict=True) if k]
         for i in duplicates:
-            obj, payload, single = objs[i]
-            reason = f"duplicate record_id {ids[i]!r}"
-            quarantined.append((order_pos[i], Quarantined(ids[i], reason, record_raw(obj, payload, single))))
+            p = int(positions[i])
+            quarantined.append((p, Quarantined(ids[i], f"duplicate record_id {ids[i]!r}", origins.raw(p))))
         mask = np.ones(len(ids), dtype=bool)
         mask[duplicates] = False
-        ids = [r for r, k in zip(ids, mask.tolist(), strict=True) if k]
-        ts_arr, vals = ts_arr[mask], vals[mask]
+        ids = [rid for rid, k in zip(ids, mask.tolist(), strict=True) if k]
+        ts_arr, values = ts_arr[mask], values[mask]
 
     quarantined.sort(key=lambda entry: entry[0])
-    return BatchResult(CleanBatch(ids, ts_arr, vals), [q for _, q in quarantined])
+    return BatchResult(CleanBatch(ids, ts_arr, values), [q for _, q in quarantined])
 
 
 def _checked_values(

@@ -30,6 +30,8 @@ from shared.features import FeatureSpec
 from shared.schemas import MAX_JSON_PAYLOAD_BYTES, SCHEMA_VERSION, loads_json
 
 RECORD_KEYS = frozenset({"schema_version", "record_id", "ts", "features"})
+# json.dumps(obj, separators=(",", ":")) without building an encoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 MAX_RECORD_ID_CHARS = 128
 
 
@@ -215,7 +217,7 @@ def record_raw(obj: Any, payload: bytes, single: bool) -> bytes:
     if single:
         return payload
     try:
-        return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+        return _COMPACT.encode(obj).encode("utf-8")
     except (RecursionError, ValueError):  # absurdly nested: keep the whole payload instead
         return payload
 
