@@ -1,9 +1,10 @@
 """The agent process: one asyncio loop around MQTT, cleaning, the store, scoring and updates.
 
-paho delivers on its own thread; ``_on_message`` hands each (topic, payload) to the loop with
-``call_soon_threadsafe``. The hand-off is bounded by a semaphore: when the loop falls behind,
-paho's thread waits (and so does the broker's in-flight window) instead of dropping
-messages. One consumer task drains whatever arrived together, so cleaning, storing and
+paho delivers on its own thread; ``_on_message`` hands each (topic, payload) to the loop
+through a bounded ``Handoff`` (edge_agent.handoff: a deque, and one loop wake-up at a time
+rather than one per message): when the loop falls behind, paho's thread waits (and so does
+the broker's in-flight window) instead of dropping messages. One consumer task drains
+whatever arrived together, so cleaning, storing and
 ONNX scoring work on micro-batches: consecutive ingest payloads are cleaned together
 (``edge_agent.pipeline.clean_payloads``: values checked as one array, the store asked once
 for duplicates), then stored, scored and published ``max_batch`` records at a time, each
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from edge_agent.config import AgentSettings
+from edge_agent.handoff import Handoff
 from edge_agent.housekeeping import Housekeeping
 from edge_agent.models import ModelManager
 from edge_agent.mqtt import AgentLink
@@ -111,10 +113,9 @@ class Agent:
         )
         self.slot = self.models.slot
         self._seq = 0
-        self._space = threading.Semaphore(settings.queue_size)
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._handoff: Handoff[Message] = Handoff(settings.queue_size)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self.outbox = Outbox(self.store, self.link.publish_tracked, self._call_soon, max_rows=settings.outbox_max_rows)
@@ -144,7 +145,7 @@ class Agent:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._handoff)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -152,6 +153,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stopping.clear()
+        self._handoff.open(loop)
         self.models.load_from_disk()
         _ = self.spec  # fail early (ConfigError) when no spec can be found
         await loop.run_in_executor(None, self.link.start, self._on_message)
@@ -181,6 +183,7 @@ class Agent:
             except Exception:
                 log.exception("companion %r failed to stop", companion)
         self._stopping.set()
+        self._handoff.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -228,38 +231,17 @@ class Agent:
             loop.call_soon_threadsafe(fn)
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        loop = self._loop
-        while not self._space.acquire(timeout=0.5):
-            if self._stopping.is_set():
-                log.warning("agent stopping: message on %s not handled", topic)
-                return
-        if loop is None or loop.is_closed():
-            self._space.release()
-            return
-        try:
-            loop.call_soon_threadsafe(self._queue.put_nowait, (topic, payload))
-        except RuntimeError:  # loop closed between the check and the call
-            self._space.release()
-
-    def _take(self) -> Message:
-        item = self._queue.get_nowait()
-        self._space.release()
-        return item
+        if not self._handoff.put((topic, payload)) and self._stopping.is_set():
+            log.warning("agent stopping: message on %s not handled", topic)
 
     async def _consume(self) -> None:
         while True:
-            first = await self._queue.get()
-            self._space.release()
-            batch = [first]
-            while len(batch) < self.settings.max_batch and not self._queue.empty():
-                batch.append(self._take())
+            batch = await self._handoff.get(self.settings.max_batch)
             self.handle_batch(batch)
             await asyncio.sleep(0)
 
     def _drain(self) -> None:
-        batch: list[Message] = []
-        while not self._queue.empty():
-            batch.append(self._take())
+        batch = self._handoff.take()
         if batch:
             self.handle_batch(batch)
 
