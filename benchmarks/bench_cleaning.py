@@ -107,7 +107,9 @@ def pandas_clean_batch(
     for r in records:
         if set(r) != {"schema_version", "record_id", "ts", "features"} or set(r["features"]) != set(names):
             raise SystemExit("the benchmark data holds well-formed records only")
-        rows.append({"record_id": r["record_id"], "schema_version": r["schema_version"], "ts": r["ts"], **r["features"]})
+        rows.append(
+            {"record_id": r["record_id"], "schema_version": r["schema_version"], "ts": r["ts"], **r["features"]}
+        )
     df = pd.DataFrame(rows, columns=["record_id", "schema_version", "ts", *names])
     df["pos"] = np.arange(len(df))
     feats = df[names].astype("float64")  # JSON null -> NaN

@@ -115,10 +115,7 @@ def make_messages(count: int, per_message: int, repeat: int) -> list[bytes]:
         }
         for i, row in enumerate(values)
     ]
-    return [
-        json.dumps(records[i : i + per_message], separators=(",", ":")).encode()
-        for i in range(0, n, per_message)
-    ]
+    return [json.dumps(records[i : i + per_message], separators=(",", ":")).encode() for i in range(0, n, per_message)]
 
 
 def publish_all(url: str, topic: str, messages: Sequence[bytes]) -> None:

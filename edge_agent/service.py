@@ -49,9 +49,8 @@ from shared.schemas import (
     Counters,
     DeviceStatus,
     LabelBatch,
-    Prediction,
-    PredictionBatch,
     decode,
+    prediction_batch_bytes,
 )
 from shared.signing import TrustStore
 from shared.tasks.catalog import base_feature_spec
@@ -352,17 +351,13 @@ class Agent:
         scores = loaded.scorer.score_raw(batch.values)
         self.latency.add_batch(time.perf_counter() - started, len(batch))
         threshold = self.settings.alert_threshold
-        scored = [
-            ScoredRecord(rid, s, s >= threshold) for rid, s in zip(batch.record_ids, scores.tolist(), strict=True)
-        ]
-        message = PredictionBatch(
-            device_id=self.settings.device_id,
-            model_version=loaded.version,
-            predictions=tuple(Prediction(record_id=p.record_id, score=p.score, alert=p.alert) for p in scored),
-        )
+        values = scores.tolist()
+        alerts = [s >= threshold for s in values]
+        scored = [ScoredRecord(*row) for row in zip(batch.record_ids, values, alerts, strict=True)]
+        message = prediction_batch_bytes(self.settings.device_id, loaded.version, batch.record_ids, values, alerts)
         # Outbox row first: a crash before add_predictions re-sends the batch and re-scores the
         # records (duplicates are harmless); the other order could lose the batch for good.
-        self.outbox.send(self.link.predictions_topic, message.to_bytes(), batch.record_ids)
+        self.outbox.send(self.link.predictions_topic, message, batch.record_ids)
         self.store.add_predictions(loaded.version, scored)
         self.counters.scored += len(scored)
         return len(scored)
