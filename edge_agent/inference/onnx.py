@@ -4,22 +4,39 @@ A scorer is validated when it is built (names, a dummy batch, output shape and r
 model that would fail at serving time is rejected before it replaces the current one.
 
 ``score_raw`` is the agent's per-batch call, so its fixed cost matters at batch 1: the
-FeatureSpec is compiled once into vectors (mean, std, log1p columns) and normalization runs
-as a handful of in-place ufuncs on buffers kept between calls, instead of a numpy call per
-column and fresh arrays per batch. It computes exactly what ``FeatureSpec.transform`` does
-(same operations in the same order, float64 then rounded to float32).
+FeatureSpec is compiled once (``shared.features.Normalizer``, the same code ``transform``
+runs, so serving cannot drift from training) and writes into buffers kept between calls;
+ONNX Runtime reads and writes those buffers through an I/O binding made once per batch
+size, which skips building the feed dict and the output array on every call.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from shared.errors import BundleError
+from shared.features import Normalizer
 from shared.schemas import ModelManifest
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """One batch size's binding and views of the shared buffers (made once, reused per call)."""
+
+    binding: ort.IOBinding
+    scratch: npt.NDArray[np.float64]
+    inputs: npt.NDArray[np.float32]
+    scores: npt.NDArray[np.float32]
+    log1p_views: list[npt.NDArray[np.float64]]
+
+
+# I/O bindings kept (one per batch size seen; each is a few pointers into the shared buffers).
+MAX_BINDINGS = 512
 
 
 class OnnxScorer:
@@ -44,15 +61,16 @@ class OnnxScorer:
         self._input = manifest.input_name
         self._output = manifest.output_name
         self._outputs = [manifest.output_name]
-        spec = manifest.feature_spec
-        self._mean = np.array([f.mean for f in spec.fields], dtype=np.float64)
-        self._std = np.array([f.std for f in spec.fields], dtype=np.float64)
-        self._log1p_columns = tuple(j for j, f in enumerate(spec.fields) if f.transform == "log1p")
-        # Scratch buffers reused by score_raw (grown to the largest batch seen), guarded by a
-        # lock because the returned scores must never alias them across threads.
+        self._normalizer = Normalizer(manifest.feature_spec)
+        # Scratch buffers reused by score_raw, grown to the largest batch seen, and an I/O
+        # binding per batch size over their first n rows; the lock keeps two threads from
+        # sharing them (the scores returned are copies).
         self._lock = threading.Lock()
-        self._raw = np.empty((0, self.width), dtype=np.float64)
+        self._capacity = 0
+        self._scratch = np.empty((0, self.width), dtype=np.float64)
         self._inputs = np.empty((0, self.width), dtype=np.float32)
+        self._outputs_buf = np.empty((0, 1), dtype=np.float32)
+        self._bound: dict[int, _Bound] = {}
         self._check_dummy_batch()
 
     def _check_dummy_batch(self) -> None:
@@ -89,23 +107,29 @@ class OnnxScorer:
         if n == 0:
             return np.empty((0,), dtype=np.float32)
         with self._lock:
-            if n > self._raw.shape[0]:
-                rows = 1 << (n - 1).bit_length()
-                self._raw = np.empty((rows, self.width), dtype=np.float64)
-                self._inputs = np.empty((rows, self.width), dtype=np.float32)
-            # Two passes over the batch: subtract into the scratch buffer, then divide straight
-            # into the float32 input (computed in float64, rounded on the way out).
-            buf = self._raw[:n]
-            np.subtract(x, self._mean, out=buf)
-            for j in self._log1p_columns:
-                column = buf[:, j]
-                np.log1p(x[:, j], out=column)
-                np.subtract(column, self._mean[j], out=column)
-            inputs = self._inputs[:n]
-            np.divide(buf, self._std, out=inputs, casting="same_kind")
-            out = self._session.run(self._outputs, {self._input: inputs})[0]
-        # ORT returns a fresh array: no alias of the scratch buffers escapes.
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+            bound = self._bound.get(n) or self._bind(n)
+            self._normalizer.into(x, bound.scratch, bound.inputs, bound.log1p_views)
+            self._session.run_with_iobinding(bound.binding)
+            return bound.scores.copy()
+
+    def _bind(self, n: int) -> _Bound:
+        if n > self._capacity:
+            self._capacity = 1 << (n - 1).bit_length()
+            self._scratch = np.empty((self._capacity, self.width), dtype=np.float64)
+            self._inputs = np.empty((self._capacity, self.width), dtype=np.float32)
+            self._outputs_buf = np.empty((self._capacity, 1), dtype=np.float32)
+            self._bound.clear()  # they point into the old buffers
+        if len(self._bound) >= MAX_BINDINGS:
+            self._bound.clear()
+        binding = self._session.io_binding()
+        binding.bind_input(self._input, "cpu", 0, np.float32, [n, self.width], self._inputs.ctypes.data)
+        binding.bind_output(self._output, "cpu", 0, np.float32, [n, 1], self._outputs_buf.ctypes.data)
+        scratch = self._scratch[:n]
+        bound = _Bound(
+            binding, scratch, self._inputs[:n], self._outputs_buf[:n, 0], self._normalizer.log1p_views(scratch)
+        )
+        self._bound[n] = bound
+        return bound
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
