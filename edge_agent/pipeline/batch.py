@@ -209,7 +209,8 @@ def clean_payloads(
             quarantined.append((p, Quarantined(record_id_of(obj), str(exc), origins.raw(p))))
     if extra:
         order = np.argsort(np.concatenate([positions, np.array([p for p, _ in extra], dtype=np.int64)]), kind="stable")
-        ids = [(ids + [r.record_id for _, r in extra])[i] for i in order.tolist()]
+        merged = ids + [r.record_id for _, r in extra]
+        ids = [merged[i] for i in order.tolist()]
         ts_arr = np.concatenate([ts_arr, np.array([r.ts for _, r in extra], dtype=np.float64)])[order]
         extra_values = np.array([r.values for _, r in extra], dtype=np.float64).reshape(len(extra), width)
         values = np.concatenate([values, extra_values])[order]
