@@ -193,13 +193,13 @@ def payloads(draw: st.DrawFn) -> bytes:
     return text.encode()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(payloads(), min_size=1, max_size=6))
 def test_random_batches_match_reference(spec: FeatureSpec, batch: list[bytes]) -> None:
     assert_same(batch, spec, stored={"stored"})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.one_of(finite, st.integers(min_value=-(2**80), max_value=2**80)), min_size=4, max_size=4))
 def test_number_conversion_matches_float(spec: FeatureSpec, numbers: list[float]) -> None:
     obj = record("n", values=tuple(numbers))
