@@ -1,10 +1,14 @@
 """The agent process: one asyncio loop around MQTT, cleaning, the store, scoring and updates.
 
-paho delivers on its own thread; ``_on_message`` hands each (topic, payload) to the loop with
-``call_soon_threadsafe``. The hand-off is bounded by a semaphore: when the loop falls behind,
-paho's thread waits (and so does the broker's in-flight window) instead of dropping
-messages. One consumer task drains whatever arrived together, so cleaning, storing and
-ONNX scoring work on micro-batches of up to ``max_batch`` records. Every message is handled
+paho delivers on its own thread; ``_on_message`` hands each (topic, payload) to the loop
+through a bounded ``Handoff`` (edge_agent.handoff: a deque, and one loop wake-up at a time
+rather than one per message): when the loop falls behind, paho's thread waits (and so does
+the broker's in-flight window) instead of dropping messages. One consumer task drains
+whatever arrived together, so cleaning, storing and
+ONNX scoring work on micro-batches: consecutive ingest payloads are cleaned together
+(``edge_agent.pipeline.clean_payloads``: values checked as one array, the store asked once
+for duplicates), then stored, scored and published ``max_batch`` records at a time, each
+step one call and one transaction for the whole chunk. Every message is handled
 inside a try/except: an unexpected error quarantines that payload with the reason and the
 agent keeps running.
 
@@ -29,16 +33,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-import numpy as np
-
 from edge_agent.config import AgentSettings
 from edge_agent.drift import DriftMonitor
+from edge_agent.handoff import Handoff
 from edge_agent.housekeeping import Housekeeping
 from edge_agent.metrics import AgentFigures, AgentMetrics
 from edge_agent.models import ModelManager
 from edge_agent.mqtt import AgentLink
 from edge_agent.outbox import Outbox
-from edge_agent.pipeline import CleanRecord, Quarantined, clean_payload
+from edge_agent.pipeline import CleanBatch, CleanRecord, Quarantined, clean_payload, clean_payloads
 from edge_agent.quarantine_log import QuarantineLog
 from edge_agent.store import AgentStore, ScoredRecord, SqliteAgentStore
 from edge_agent.telemetry import AgentCounters, LatencyWindow
@@ -50,9 +53,8 @@ from shared.schemas import (
     Counters,
     DeviceStatus,
     LabelBatch,
-    Prediction,
-    PredictionBatch,
     decode,
+    prediction_batch_bytes,
 )
 from shared.signing import TrustStore
 from shared.tasks.catalog import base_feature_spec
@@ -73,9 +75,8 @@ class Companion(Protocol):
 
 @dataclass(slots=True)
 class _Pending:
-    accepted: list[CleanRecord] = field(default_factory=list)
+    ingest: list[bytes] = field(default_factory=list)  # cleaned together at the flush
     quarantined: list[Quarantined] = field(default_factory=list)
-    ids: set[str] = field(default_factory=set)
 
 
 def load_trust(settings: AgentSettings) -> TrustStore:
@@ -126,10 +127,9 @@ class Agent:
         )
         self.slot = self.models.slot
         self._seq = 0
-        self._space = threading.Semaphore(settings.queue_size)
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._handoff: Handoff[Message] = Handoff(settings.queue_size)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self.outbox = Outbox(self.store, self.link.publish_tracked, self._call_soon, max_rows=settings.outbox_max_rows)
@@ -159,7 +159,7 @@ class Agent:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._handoff)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -167,6 +167,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stopping.clear()
+        self._handoff.open(loop)
         self.models.load_from_disk()
         _ = self.spec  # fail early (ConfigError) when no spec can be found
         await loop.run_in_executor(None, self.link.start, self._on_message)
@@ -198,6 +199,7 @@ class Agent:
             except Exception:
                 log.exception("companion %r failed to stop", companion)
         self._stopping.set()
+        self._handoff.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -246,38 +248,17 @@ class Agent:
             loop.call_soon_threadsafe(fn)
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        loop = self._loop
-        while not self._space.acquire(timeout=0.5):
-            if self._stopping.is_set():
-                log.warning("agent stopping: message on %s not handled", topic)
-                return
-        if loop is None or loop.is_closed():
-            self._space.release()
-            return
-        try:
-            loop.call_soon_threadsafe(self._queue.put_nowait, (topic, payload))
-        except RuntimeError:  # loop closed between the check and the call
-            self._space.release()
-
-    def _take(self) -> Message:
-        item = self._queue.get_nowait()
-        self._space.release()
-        return item
+        if not self._handoff.put((topic, payload)) and self._stopping.is_set():
+            log.warning("agent stopping: message on %s not handled", topic)
 
     async def _consume(self) -> None:
         while True:
-            first = await self._queue.get()
-            self._space.release()
-            batch = [first]
-            while len(batch) < self.settings.max_batch and not self._queue.empty():
-                batch.append(self._take())
+            batch = await self._handoff.get(self.settings.max_batch)
             self.handle_batch(batch)
             await asyncio.sleep(0)
 
     def _drain(self) -> None:
-        batch: list[Message] = []
-        while not self._queue.empty():
-            batch.append(self._take())
+        batch = self._handoff.take()
         if batch:
             self.handle_batch(batch)
 
@@ -298,12 +279,12 @@ class Agent:
     # -- message handling (loop thread) -----------------------------------------------------
 
     def handle_batch(self, batch: Sequence[Message]) -> None:
-        """Handle messages in arrival order; ingest is stored and scored in micro-batches."""
+        """Handle messages in arrival order; ingest is cleaned, stored and scored in micro-batches."""
         pending = _Pending()
         for topic, payload in batch:
             try:
                 if topic == self.link.ingest_topic:
-                    self._clean_into(pending, payload)
+                    pending.ingest.append(payload)
                 elif topic == self.link.labels_topic:
                     self._handle_labels(payload, pending)
                 else:
@@ -313,17 +294,29 @@ class Agent:
             except Exception as exc:
                 log.exception("failed to handle a message on %s", topic)
                 pending.quarantined.append(Quarantined(None, f"internal error on {topic}: {exc!r}"[:500], payload))
-            if len(pending.accepted) >= self.settings.max_batch:
-                self._flush(pending)
-                pending = _Pending()
         self._flush(pending)
 
-    def _clean_into(self, pending: _Pending, payload: bytes) -> None:
-        ids, has_record = pending.ids, self.store.has_record
-        result = clean_payload(payload, self.spec, lambda rid: rid in ids or has_record(rid))
-        pending.accepted.extend(result.accepted)
-        pending.quarantined.extend(result.quarantined)
-        ids.update(r.record_id for r in result.accepted)
+    def _clean(self, payloads: list[bytes]) -> tuple[CleanBatch, list[Quarantined]]:
+        spec = self.spec
+        try:
+            result = clean_payloads(payloads, spec, self.store.known_ids)
+            return result.accepted, result.quarantined
+        except Exception:
+            log.exception("batched cleaning failed; cleaning the %d payloads one by one", len(payloads))
+        # One payload at a time, each in its own try: a bug costs only the payload that hits it.
+        accepted: list[CleanRecord] = []
+        quarantined: list[Quarantined] = []
+        ids: set[str] = set()
+        for payload in payloads:
+            try:
+                one = clean_payload(payload, spec, lambda rid: rid in ids or self.store.has_record(rid))
+            except Exception as exc:
+                quarantined.append(Quarantined(None, f"internal error while cleaning: {exc!r}"[:500], payload))
+                continue
+            accepted.extend(one.accepted)
+            quarantined.extend(one.quarantined)
+            ids.update(r.record_id for r in one.accepted)
+        return CleanBatch.from_records(accepted, spec.width), quarantined
 
     def _handle_labels(self, payload: bytes, pending: _Pending) -> None:
         try:
@@ -334,51 +327,61 @@ class Agent:
         self.counters.labelled += self.store.add_labels([(lb.record_id, lb.label) for lb in batch.labels])
 
     def _flush(self, pending: _Pending) -> None:
+        accepted: CleanBatch | None = None
+        quarantined = pending.quarantined
+        if pending.ingest:
+            accepted, cleaning_quarantined = self._clean(pending.ingest)
+            quarantined = quarantined + cleaning_quarantined
         try:
-            if pending.quarantined:
-                self.store.quarantine(pending.quarantined)
-                self.counters.quarantined += len(pending.quarantined)
-                self.quarantine_log.add(pending.quarantined)
-                for q in pending.quarantined[:3]:
+            if quarantined:
+                self.store.quarantine(quarantined)
+                self.counters.quarantined += len(quarantined)
+                self.quarantine_log.add(quarantined)
+                for q in quarantined[:3]:
                     log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
-            if pending.accepted:
-                new = self.store.add_records(pending.accepted)
-                self.counters.ingested += len(new)
-                self._score(new)
+            if accepted is not None:
+                for chunk in accepted.chunks(self.settings.max_batch):
+                    new = self.store.add_batch(chunk)
+                    self.counters.ingested += len(new)
+                    self._score_batch(new)
         except Exception:
-            log.exception("storing a batch failed (%d records)", len(pending.accepted))
+            log.exception("storing a batch failed (%d records)", 0 if accepted is None else len(accepted))
 
     def _score(self, records: Sequence[CleanRecord]) -> int:
-        loaded = self.slot.current  # one reference for the whole batch, even across a swap
+        """Score stored records (the backlog: their widths may differ from the model's)."""
+        loaded = self.slot.current
         if loaded is None or not records:
             return 0
         width = loaded.scorer.width
         usable = [r for r in records if len(r.values) == width]
         if len(usable) != len(records):
             log.warning("%d stored records do not fit model width %d", len(records) - len(usable), width)
-        if not usable:
+        return self._score_batch(CleanBatch.from_records(usable, width)) if usable else 0
+
+    def _score_batch(self, batch: CleanBatch) -> int:
+        loaded = self.slot.current  # one reference for the whole batch, even across a swap
+        if loaded is None or len(batch) == 0:
+            return 0
+        if batch.width != loaded.scorer.width:
+            width = loaded.scorer.width
+            log.warning("%d records of width %d do not fit model width %d", len(batch), batch.width, width)
             return 0
         started = time.perf_counter()
-        raw = np.array([r.values for r in usable], dtype=np.float64)
-        scores = loaded.scorer.score_raw(raw)
+        scores = loaded.scorer.score_raw(batch.values)
         elapsed = time.perf_counter() - started
-        self.latency.add_batch(elapsed, len(usable))
-        self.metrics.scoring_latency.observe(elapsed / len(usable))
+        self.latency.add_batch(elapsed, len(batch))
+        self.metrics.scoring_latency.observe(elapsed / len(batch))
         threshold = self.settings.alert_threshold
-        scored = [
-            ScoredRecord(r.record_id, float(s), bool(s >= threshold)) for r, s in zip(usable, scores, strict=True)
-        ]
-        batch = PredictionBatch(
-            device_id=self.settings.device_id,
-            model_version=loaded.version,
-            predictions=tuple(Prediction(record_id=p.record_id, score=p.score, alert=p.alert) for p in scored),
-        )
+        values = scores.tolist()
+        alerts = [s >= threshold for s in values]
+        scored = [ScoredRecord(*row) for row in zip(batch.record_ids, values, alerts, strict=True)]
+        message = prediction_batch_bytes(self.settings.device_id, loaded.version, batch.record_ids, values, alerts)
         # Outbox row first: a crash before add_predictions re-sends the batch and re-scores the
         # records (duplicates are harmless); the other order could lose the batch for good.
-        self.outbox.send(self.link.predictions_topic, batch.to_bytes(), [p.record_id for p in scored])
+        self.outbox.send(self.link.predictions_topic, message, batch.record_ids)
         self.store.add_predictions(loaded.version, scored)
         self.counters.scored += len(scored)
-        self.drift.observe(loaded.version, loaded.manifest.feature_spec, raw)
+        self.drift.observe(loaded.version, loaded.manifest.feature_spec, batch.values)
         return len(scored)
 
     def _score_backlog(self) -> None:

@@ -34,8 +34,8 @@ class FeatureField(BaseModel):
             raise ValueError(f"field {self.name}: invalid range [{self.min}, {self.max}]")
         if self.transform == "log1p" and self.min <= -1.0:
             raise ValueError(f"field {self.name}: log1p needs min > -1")
-        if not (math.isfinite(self.std) and self.std > 0):
-            raise ValueError(f"field {self.name}: std must be finite and > 0")
+        if not (math.isfinite(self.std) and self.std > 0 and math.isfinite(1.0 / self.std)):
+            raise ValueError(f"field {self.name}: std must be finite and > 0 (and its inverse finite)")
         return self
 
 
@@ -60,11 +60,9 @@ class FeatureSpec(BaseModel):
         x = np.asarray(raw, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.width:
             raise ValueError(f"expected shape (n, {self.width}), got {x.shape}")
-        out = np.empty_like(x)
-        for j, f in enumerate(self.fields):
-            col = np.log1p(x[:, j]) if f.transform == "log1p" else x[:, j]
-            out[:, j] = (col - f.mean) / f.std
-        return out.astype(np.float32)
+        out = np.empty(x.shape, dtype=np.float32)
+        Normalizer(self).into(x, np.empty_like(x), out)
+        return out
 
     def fit(self, raw: npt.ArrayLike) -> FeatureSpec:
         """A copy of this spec with mean/std fitted on ``raw`` (the training data)."""
@@ -98,3 +96,38 @@ class FeatureSpec(BaseModel):
                 for n in names
             ),
         )
+
+
+class Normalizer:
+    """``FeatureSpec.transform`` compiled into vectors, writing into buffers the caller keeps.
+
+    Training calls it through ``transform``; the agent's scorer calls it per batch with
+    buffers it reuses, so the two cannot drift apart. A copy, log1p on its columns, then
+    two passes (subtract the mean, multiply by the precomputed inverse std into float32):
+    a numpy call per field, fresh arrays and the division cost more than the model itself
+    at batch 1 and at batch 256.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.width = spec.width
+        self.mean = np.array([f.mean for f in spec.fields], dtype=np.float64)
+        self.inverse_std = 1.0 / np.array([f.std for f in spec.fields], dtype=np.float64)
+        self.log1p_columns = tuple(j for j, f in enumerate(spec.fields) if f.transform == "log1p")
+
+    def log1p_views(self, scratch: npt.NDArray[np.float64]) -> list[npt.NDArray[np.float64]]:
+        """The columns of ``scratch`` that take log1p (a caller reusing ``scratch`` keeps these too)."""
+        return [scratch[:, j] for j in self.log1p_columns]
+
+    def into(
+        self,
+        raw: npt.NDArray[np.float64],
+        scratch: npt.NDArray[np.float64],
+        out: npt.NDArray[np.float32],
+        log1p_views: list[npt.NDArray[np.float64]] | None = None,
+    ) -> None:
+        """``raw`` (n, width) float64 to ``out`` (n, width) float32; ``scratch`` is (n, width) float64."""
+        np.copyto(scratch, raw)
+        for column in self.log1p_views(scratch) if log1p_views is None else log1p_views:
+            np.log1p(column, column)
+        np.subtract(scratch, self.mean, scratch)
+        np.multiply(scratch, self.inverse_std, out, casting="same_kind")

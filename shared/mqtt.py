@@ -33,6 +33,7 @@ MessageHandler = Callable[[str, bytes, bool], None]
 """(topic, payload, retained) -> None; called on paho's network thread."""
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+MAX_CACHED_ROUTES = 4096
 
 
 class MqttError(FedforgeError):
@@ -139,6 +140,9 @@ class MqttClient:
         self._persistent = persistent
         self._keepalive = keepalive
         self._subs: dict[str, tuple[int, MessageHandler]] = {}
+        # topic -> handlers whose filter matches it: paho's topic_matches_sub builds a matcher
+        # per call, which cost more than the rest of a message's delivery; cleared on (un)subscribe.
+        self._routes: dict[str, list[MessageHandler]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
         # mid -> (event for wait_published, on_delivered callback); see publish() for the
@@ -209,12 +213,14 @@ class MqttClient:
     def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
         with self._lock:
             self._subs[topic_filter] = (qos, handler)
+            self._routes.clear()
         if self.connected:
             self._client.subscribe(topic_filter, qos=qos)
 
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
             self._subs.pop(topic_filter, None)
+            self._routes.clear()
         if self.connected:
             self._client.unsubscribe(topic_filter)
 
@@ -329,11 +335,17 @@ class MqttClient:
                 log.exception("delivery callback for message %d failed", mid)  # never kill paho's thread
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        topic = msg.topic
         with self._lock:
-            handlers = [h for f, (_, h) in self._subs.items() if paho.topic_matches_sub(f, msg.topic)]
+            handlers = self._routes.get(topic)
+            if handlers is None:
+                handlers = [h for f, (_, h) in self._subs.items() if paho.topic_matches_sub(f, topic)]
+                if len(self._routes) >= MAX_CACHED_ROUTES:  # e.g. one topic per model chunk
+                    self._routes.clear()
+                self._routes[topic] = handlers
         for handler in handlers:
             try:
-                handler(msg.topic, bytes(msg.payload), bool(msg.retain))
+                handler(topic, bytes(msg.payload), bool(msg.retain))
             except Exception:
                 # A handler bug must never kill paho's network thread.
                 log.exception("handler for %s failed", msg.topic)

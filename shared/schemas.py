@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.errors import PayloadError
@@ -93,6 +95,25 @@ class PredictionBatch(WireModel):
     device_id: str
     model_version: int
     predictions: tuple[Prediction, ...]
+
+
+def prediction_batch_bytes(
+    device_id: str, model_version: int, record_ids: Sequence[str], scores: Sequence[float], alerts: Sequence[bool]
+) -> bytes:
+    """A ``PredictionBatch`` payload straight from columns: the agent publishes one per scored
+    micro-batch, and a pydantic object per prediction cost more than storing it. Decodes to
+    the same ``PredictionBatch`` as building the model would."""
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "device_id": device_id,
+            "model_version": model_version,
+            "predictions": [
+                {"record_id": rid, "score": score, "alert": alert}
+                for rid, score, alert in zip(record_ids, scores, alerts, strict=True)
+            ],
+        }
+    )
 
 
 # ---- status (agent -> cloud, retained) ------------------------------------------------

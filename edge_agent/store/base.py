@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.pipeline.batch import CleanBatch
 from edge_agent.pipeline.cleaning import CleanRecord, Quarantined
 from shared.errors import FedforgeError
 
@@ -67,7 +68,15 @@ class AgentStore(Protocol):
         """Store new records; returns those that were not stored before (idempotent)."""
         ...
 
+    def add_batch(self, batch: CleanBatch) -> CleanBatch:
+        """``add_records`` for a column-wise batch (the agent's ingest path); returns the new rows."""
+        ...
+
     def has_record(self, record_id: str) -> bool: ...
+
+    def known_ids(self, record_ids: Sequence[str]) -> set[str]:
+        """Those of ``record_ids`` already stored: one question per batch, not per record."""
+        ...
 
     def unscored_records(self, limit: int) -> list[CleanRecord]:
         """Oldest stored records without any prediction (the backlog to score)."""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.pipeline.batch import CleanBatch
 from edge_agent.pipeline.cleaning import CleanRecord, Quarantined
 from edge_agent.store.base import (
     MODEL_EVENTS,
@@ -51,8 +52,15 @@ class InMemoryAgentStore:
                     new.append(record)
         return new
 
+    def add_batch(self, batch: CleanBatch) -> CleanBatch:
+        return CleanBatch.from_records(self.add_records(batch.records()), batch.width)
+
     def has_record(self, record_id: str) -> bool:
         return record_id in self._records
+
+    def known_ids(self, record_ids: Sequence[str]) -> set[str]:
+        with self._lock:
+            return {rid for rid in record_ids if rid in self._records}
 
     def unscored_records(self, limit: int) -> list[CleanRecord]:
         with self._lock:

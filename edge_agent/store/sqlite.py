@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.pipeline.batch import CleanBatch
 from edge_agent.pipeline.cleaning import CleanRecord, Quarantined
 from edge_agent.store.base import (
     MODEL_EVENTS,
@@ -35,6 +36,8 @@ from edge_agent.store.base import (
 )
 
 BUSY_TIMEOUT_MS = 10_000
+# Bound parameters per IN (...) query; SQLite builds before 3.32 allow 999.
+MAX_IN_PARAMS = 900
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -159,6 +162,45 @@ class SqliteAgentStore:
                 if cur.rowcount == 1:
                     new.append(r)
         return new
+
+    def add_batch(self, batch: CleanBatch) -> CleanBatch:
+        """One ``executemany`` in one transaction; rows already stored are told apart afterwards
+        (rare: cleaning drops duplicates first) by the rowids the insert handed out."""
+        n = len(batch)
+        if n == 0:
+            return batch
+        now = time.time()
+        values = np.ascontiguousarray(batch.values, dtype="<f8")
+        size = values.shape[1] * 8
+        flat = values.tobytes()
+        blobs = [flat[i : i + size] for i in range(0, n * size, size)]
+        rows = zip(batch.record_ids, batch.ts.tolist(), blobs, strict=True)
+        with self._write() as conn:
+            (last,) = conn.execute("SELECT coalesce(max(rowid), 0) FROM records").fetchone()
+            before = conn.total_changes
+            conn.executemany(
+                'INSERT OR IGNORE INTO records(record_id, ts, "values", received_at) VALUES (?, ?, ?, ?)',
+                [(rid, ts, blob, now) for rid, ts, blob in rows],
+            )
+            if conn.total_changes - before == n:
+                return batch
+            fresh = {rid for (rid,) in conn.execute("SELECT record_id FROM records WHERE rowid > ?", (last,))}
+        keep: list[int] = []
+        for i, rid in enumerate(batch.record_ids):
+            if rid in fresh:
+                fresh.discard(rid)  # a second copy in the same batch was ignored
+                keep.append(i)
+        return batch.take(keep)
+
+    def known_ids(self, record_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(record_ids), MAX_IN_PARAMS):
+                part = list(record_ids[start : start + MAX_IN_PARAMS])
+                marks = ",".join("?" * len(part))
+                sql = f"SELECT record_id FROM records WHERE record_id IN ({marks})"
+                found.update(rid for (rid,) in self._conn.execute(sql, part))
+        return found
 
     def has_record(self, record_id: str) -> bool:
         with self._lock:

@@ -108,7 +108,7 @@ class CatalogStrategy(FedAvg):
     def _sanitize(self, server_round: int, replies: list[Message], outcome: RoundOutcome) -> list[Message]:
         expected = self._sent.get(server_round)
         self._decoded = {}
-        checked = []
+        checked: list[tuple[Message, str | None]] = []
         for msg in replies:
             reply = check_reply(msg, self.max_update_norm, expected)
             if isinstance(reply, str):

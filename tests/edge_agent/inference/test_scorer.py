@@ -41,6 +41,25 @@ def test_score_raw_uses_spec_transform(
         scorer.score(np.zeros((2, spec.width + 1), dtype=np.float32))
 
 
+def test_score_raw_reuses_buffers_without_aliasing(
+    spec: FeatureSpec, onnx_bytes: bytes, make_bundle: Callable[..., Bundle]
+) -> None:
+    scorer = OnnxScorer(onnx_bytes, make_bundle(1, model_bytes=onnx_bytes).manifest)
+    rng = np.random.default_rng(3)
+    kept = []
+    for n in (1, 3, 300, 2, 257, 1):
+        raw = np.column_stack([rng.normal(size=(n, 3)) * 3, rng.uniform(0, 5000, size=n)])
+        scores = scorer.score_raw(raw)
+        # bit for bit what the spec's own transform feeds the model
+        np.testing.assert_array_equal(scores, scorer.score(spec.transform(raw)))
+        kept.append((scores.copy(), scores))
+    for copy, returned in kept:
+        np.testing.assert_array_equal(copy, returned)  # later calls did not overwrite earlier results
+    with pytest.raises(ValueError, match="expected shape"):
+        scorer.score_raw(np.zeros((2, spec.width + 1)))
+    assert scorer.score_raw(np.empty((0, spec.width))).shape == (0,)
+
+
 def test_rejects_wrong_names(onnx_bytes: bytes, make_bundle: Callable[..., Bundle]) -> None:
     manifest = make_bundle(1, model_bytes=onnx_bytes).manifest
     with pytest.raises(BundleError, match="inputs"):

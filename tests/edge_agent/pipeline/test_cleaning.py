@@ -58,7 +58,7 @@ def with_feature(name: str, value: Any) -> dict[str, Any]:
     [
         (b"{not json", "broken JSON"),
         (b'{"schema_version": 1, "record_id": "x", "ts": NaN}', "non-standard JSON constant NaN"),
-        (b"[1]", "record is not a JSON object but int"),
+        (b"[1]", "record is not a JSON object but number"),
         (b'"hello"', "not a JSON object or array"),
         (b"[]", "empty record array"),
         (b"\xff\xfe", "broken JSON"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.pipeline import CleanRecord, Quarantined
+from edge_agent.pipeline import CleanBatch, CleanRecord, Quarantined
 from edge_agent.store import AgentStore, InMemoryAgentStore, ScoredRecord, SqliteAgentStore, StoreError
 
 
@@ -34,6 +34,24 @@ def test_add_records_is_idempotent(store: AgentStore) -> None:
     assert store.has_record("r1")
     assert not store.has_record("r9")
     assert store.counts()["records"] == 3
+
+
+def test_add_batch_keeps_only_new_rows_exactly(store: AgentStore) -> None:
+    store.add_records([rec(2)])
+    batch = CleanBatch.from_records([rec(1), rec(2), rec(3), rec(3), rec(4)], 3)
+    new = store.add_batch(batch)
+    assert new.records() == [rec(1), rec(3), rec(4)]
+    assert store.add_batch(CleanBatch.from_records([rec(5)], 3)).records() == [rec(5)]
+    assert len(store.add_batch(CleanBatch.empty(3))) == 0
+    assert store.unscored_records(10) == [rec(2), rec(1), rec(3), rec(4), rec(5)]  # values round-trip exactly
+    assert store.counts()["records"] == 5
+
+
+def test_known_ids_in_one_question(store: AgentStore) -> None:
+    store.add_records([rec(i) for i in range(2000)])
+    asked = [f"r{i}" for i in range(1990, 2010)] + ["r5", "r5"]
+    assert store.known_ids(asked) == {f"r{i}" for i in range(1990, 2000)} | {"r5"}
+    assert store.known_ids([]) == set()
 
 
 def test_unscored_backlog_in_arrival_order(store: AgentStore) -> None:

@@ -1,0 +1,369 @@
+"""Figure 3: ingest over MQTT into one agent, against a bare paho subscriber on the same broker.
+
+A private Mosquitto runs on a free loopback port (no queue limits, like tests/conftest.py).
+The agent (the real ``edge_agent.service.Agent``: its MQTT link, hand-off, cleaning, SQLite
+store, ONNX scoring of the fraud model and the prediction outbox) and a bare paho client
+(QoS 1 subscription, ``on_message`` only counts) each hold a persistent session subscribed
+to the same ingest topic. Each repeat publishes the same messages once while both are
+offline, so the broker queues an identical copy for each; then each drains its copy alone
+and is timed from its first message to its last one handled: for the agent, until every
+record is stored and scored. That measures what each consumer can take, not the
+publisher's speed. Messages carry ``records/message`` fraud records in the replay's wire
+format (``simulations.replay``: a JSON array of ingest records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from benchmarks.harness import Figure, Sample, parse_args, write_result
+from edge_agent.config import AgentSettings
+from edge_agent.inference import OnnxScorer
+from edge_agent.pipeline import clean_payloads
+from edge_agent.service import Agent
+from edge_agent.store import ScoredRecord, SqliteAgentStore
+from edge_agent.updater import ModelFiles
+from server.release.export import export_onnx
+from shared import topics
+from shared.bundle import build_manifest
+from shared.mqtt import BrokerAddress, MqttClient
+from shared.net import free_port, wait_port
+from shared.schemas import prediction_batch_bytes
+from shared.signing import TrustStore, write_keypair
+from shared.tasks.fraud import INPUT_NAME, OUTPUT_NAME, FraudMLP, base_feature_spec
+
+FLEET = "bench"
+DEVICE = "ingest-0"
+GOAL = ">= 50% of the bare rate"
+
+
+@contextlib.contextmanager
+def mosquitto(workdir: Path) -> Iterator[str]:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise SystemExit("mosquitto is not installed")
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 0\nmax_inflight_messages 0\nlog_type error\nlog_dest stderr\n"
+    )
+    proc = subprocess.Popen([exe, "-c", str(conf)], start_new_session=True)
+    try:
+        if not wait_port(port):
+            raise SystemExit(f"mosquitto did not listen on {port}")
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def install_model(settings: AgentSettings, key: Ed25519PrivateKey) -> None:
+    """A signed fraud model in the agent's model directory, as an installed update leaves it."""
+    torch.manual_seed(0)
+    model_bytes = export_onnx(FraudMLP().eval())
+    rng = np.random.default_rng(1)
+    spec = base_feature_spec().fit(
+        np.column_stack([rng.normal(0.0, 2.0, size=(5000, 28)), rng.exponential(90.0, size=5000)])
+    )
+    manifest = build_manifest(
+        model_bytes=model_bytes,
+        task="fraud",
+        version=1,
+        feature_spec=spec,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        signing_key=key,
+    )
+    ModelFiles(settings.models_dir).save(manifest, model_bytes)
+
+
+def make_messages(count: int, per_message: int, repeat: int) -> list[bytes]:
+    """``count`` ingest messages of ``per_message`` fraud records, ids unique to this repeat."""
+    rng = np.random.default_rng(repeat)
+    names = base_feature_spec().names
+    n = count * per_message
+    values = np.column_stack([rng.normal(0.0, 2.0, size=(n, 28)), rng.exponential(90.0, size=n)]).tolist()
+    records = [
+        {
+            "schema_version": 1,
+            "record_id": f"r{repeat}-{i}",
+            "ts": float(i),
+            "features": dict(zip(names, row, strict=True)),
+        }
+        for i, row in enumerate(values)
+    ]
+    return [json.dumps(records[i : i + per_message], separators=(",", ":")).encode() for i in range(0, n, per_message)]
+
+
+def publish_all(url: str, topic: str, messages: Sequence[bytes]) -> None:
+    client = MqttClient(BrokerAddress.parse(url), f"bench-publisher-{os.getpid()}", persistent=False)
+    client.start()
+    try:
+        mids = [client.publish(topic, m, qos=1) for m in messages]
+        for mid in mids:
+            if not client.wait_published(mid, 60.0):
+                raise SystemExit("the broker did not acknowledge the benchmark's messages")
+    finally:
+        client.stop()
+
+
+class BareSubscriber:
+    """A paho client that only counts: the least any consumer of these messages does."""
+
+    def __init__(self, url: str, topic: str) -> None:
+        self.address = BrokerAddress.parse(url)
+        self.topic = topic
+        self.count = 0
+        self.expected = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.done = threading.Event()
+        self.subscribed = threading.Event()
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=paho.MQTTv5
+        )
+        self.client.max_inflight_messages_set(100)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+
+    def _on_connect(self, client: paho.Client, *_: object) -> None:
+        client.subscribe(self.topic, qos=1)
+
+    def prepare(self) -> None:
+        """Create the persistent session and its subscription, then go offline."""
+        self._connect()
+        try:
+            if not self.subscribed.wait(10):
+                raise SystemExit("the bare subscriber's subscription was not acknowledged")
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+    def _connect(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        self.client.connect(self.address.host, self.address.port, clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        now = time.perf_counter()
+        if self.count == 0:
+            self.first = now
+        self.count += 1
+        if self.count >= self.expected:
+            self.last = now
+            self.done.set()
+
+    def drain(self, expected: int, timeout: float) -> float:
+        """Connect, take ``expected`` messages; seconds from the first to the last."""
+        self.count, self.expected = 0, expected
+        self.done.clear()
+        self._connect()
+        try:
+            if not self.done.wait(timeout):
+                raise SystemExit(f"bare subscriber got {self.count} of {expected} messages")
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+        return self.last - self.first
+
+
+class AgentRun:
+    """One agent, on its own thread and event loop, as ``fedforge agent`` runs it."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.agent = Agent(settings)
+        self.first = 0.0
+        handler = self.agent._on_message
+
+        def observed(topic: str, payload: bytes, retained: bool) -> None:
+            if self.first == 0.0:
+                self.first = time.perf_counter()
+            handler(topic, payload, retained)
+
+        # The only instrumentation: note when the first message reaches the agent.
+        self.agent._on_message = observed  # type: ignore[method-assign]
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="bench-agent")
+        self.error: BaseException | None = None
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        try:
+            await self.agent.run_forever(self._stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> AgentRun:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+
+    def drain(self, records: int, timeout: float) -> float:
+        """Seconds from the first message to the moment ``records`` more are stored and scored."""
+        counters = self.agent.counters
+        target_ingested = counters.ingested + records
+        target_scored = counters.scored + records
+        deadline = time.monotonic() + timeout
+        while counters.ingested < target_ingested or counters.scored < target_scored:
+            if self.error is not None:
+                raise SystemExit(f"the agent failed: {self.error!r}")
+            if counters.quarantined:
+                raise SystemExit(f"the agent quarantined {counters.quarantined} benchmark records")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"agent handled {counters.ingested} of {target_ingested} records in {timeout} s")
+            time.sleep(0.001)
+        return time.perf_counter() - self.first
+
+
+def measure(per_message: int, count: int, repeats: int, url: str, settings: AgentSettings) -> tuple[Sample, Sample]:
+    topic = topics.ingest(FLEET, DEVICE)
+    bare = BareSubscriber(url, topic)
+    bare.prepare()
+    with AgentRun(settings):  # creates the agent's session and subscriptions
+        pass
+    agent_rates: list[float] = []
+    bare_rates: list[float] = []
+    for r in range(repeats):
+        messages = make_messages(count, per_message, repeat=per_message * 1000 + r)
+        publish_all(url, topic, messages)  # queued once for each offline session
+        records = count * per_message
+        seconds = bare.drain(count, timeout=600)
+        bare_rates.append((count - 1) * per_message / seconds)
+        with AgentRun(settings) as run:
+            seconds = run.drain(records, timeout=600)
+        # the first message's records are counted: the agent's clock starts before it handles them
+        agent_rates.append(records / seconds)
+    return Sample(tuple(agent_rates), "records/s"), Sample(tuple(bare_rates), "records/s")
+
+
+def stage_costs(settings: AgentSettings, per_message: int, records: int) -> dict[str, float]:
+    """Where the agent's loop spends its time: CPU µs per record of each step of a flush, run
+    on the same store, model and messages outside MQTT (the bare subscriber does none of them)."""
+    stored = ModelFiles(settings.models_dir).load_current(TrustStore.from_files(settings.trusted_keys))
+    scorer = OnnxScorer(stored.model_bytes, stored.manifest)
+    spec = stored.manifest.feature_spec
+    messages = make_messages(records // per_message, per_message, repeat=999)
+    group = max(1, settings.max_batch // per_message)
+    cost = dict.fromkeys(("decode+clean", "store records", "score", "prediction message", "outbox", "predictions"), 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteAgentStore(Path(tmp) / "stages.db")
+        try:
+            for start in range(0, len(messages), group):
+                t = time.process_time()
+                batch = clean_payloads(messages[start : start + group], spec, store.known_ids).accepted
+                cost["decode+clean"] += time.process_time() - t
+                t = time.process_time()
+                new = store.add_batch(batch)
+                cost["store records"] += time.process_time() - t
+                t = time.process_time()
+                scores = scorer.score_raw(new.values).tolist()
+                cost["score"] += time.process_time() - t
+                t = time.process_time()
+                alerts = [x >= 0.5 for x in scores]
+                scored = [ScoredRecord(*row) for row in zip(new.record_ids, scores, alerts, strict=True)]
+                payload = prediction_batch_bytes(DEVICE, 1, new.record_ids, scores, alerts)
+                cost["prediction message"] += time.process_time() - t
+                t = time.process_time()
+                entry, _ = store.outbox_add("t", payload, new.record_ids)
+                store.outbox_delete(entry)  # what the broker's ack triggers
+                cost["outbox"] += time.process_time() - t
+                t = time.process_time()
+                store.add_predictions(1, scored)
+                cost["predictions"] += time.process_time() - t
+        finally:
+            store.close()
+    return {name: seconds / records * 1e6 for name, seconds in cost.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__doc__ or "", argv)
+    logging.basicConfig(level=logging.WARNING)
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="fedforge-bench-ingest-") as tmp:
+        work = Path(tmp)
+        key = write_keypair(work / "op.key", work / "op.pub")
+        with mosquitto(work) as url:
+            for per_message in (1, 10):
+                settings = AgentSettings(
+                    device_id=DEVICE,
+                    fleet=FLEET,
+                    broker_url=url,
+                    data_dir=work / f"agent-{per_message}",
+                    trusted_keys=[work / "op.pub"],
+                    heartbeat_s=3600,
+                    disk_check_s=3600,
+                )
+                install_model(settings, key)
+                count = (300 if args.quick else 20_000 if per_message == 1 else 50_000) // per_message
+                agent, bare = measure(per_message, count, 2 if args.quick else 3, url, settings)
+                stages = stage_costs(settings, per_message, 1_000 if args.quick else 20_000)
+                where = ", ".join(f"{name} {us:.1f}" for name, us in stages.items())
+                figures.append(
+                    Figure(
+                        figure=f"3{'a' if per_message == 1 else 'b'} ingest over MQTT, {per_message} record(s)/message",
+                        fedforge=agent,
+                        anchor=bare,
+                        anchor_name="bare paho subscriber counting the same messages",
+                        better="higher",
+                        goal=GOAL,
+                        goal_met=agent.median >= 0.5 * bare.median,
+                        notes=(
+                            f"{count:,} messages x {per_message} record(s) per repeat, QoS 1, drained from a "
+                            f"persistent session on a private Mosquitto; agent = cleaning + SQLite store + ONNX "
+                            f"scoring + prediction outbox, timed until every record is stored and scored. Agent "
+                            f"loop, CPU µs per record: {where} (the bare subscriber does none of these)."
+                        ),
+                        extra={
+                            "records_per_message": per_message,
+                            "messages": count,
+                            "agent_messages_per_s": agent.median / per_message,
+                            "bare_messages_per_s": bare.median / per_message,
+                            "agent_share_of_bare": agent.median / bare.median,
+                            **{f"loop_us_per_record_{k.replace(' ', '_')}": v for k, v in stages.items()},
+                        },
+                    )
+                )
+    write_result("bench_ingest", figures, quick=args.quick, out=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
