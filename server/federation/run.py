@@ -110,8 +110,8 @@ class TrainingRun:
 
     # -- federated part ------------------------------------------------------------
 
-    def strategy(self) -> SanitizedFedAvg:
-        self._strategy = SanitizedFedAvg(min_nodes=self.min_agents)
+    def strategy(self, fraction_evaluate: float = 0.0) -> SanitizedFedAvg:
+        self._strategy = SanitizedFedAvg(min_nodes=self.min_agents, fraction_evaluate=fraction_evaluate)
         return self._strategy
 
     def train_config(

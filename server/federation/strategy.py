@@ -76,10 +76,12 @@ class SanitizedFedAvg(FedAvg):
         min_nodes: int,
         max_update_norm: float = 1e4,
         on_round: Callable[[RoundOutcome], None] | None = None,
+        fraction_evaluate: float = 0.0,
     ) -> None:
+        # fraction_evaluate 0: the server evaluates on its holdout, no second exchange per round.
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=fraction_evaluate,
             min_train_nodes=min_nodes,
             min_available_nodes=min_nodes,
         )
@@ -116,4 +118,13 @@ class SanitizedFedAvg(FedAvg):
         arrays, metrics = super().aggregate_train(server_round, sound) if sound else (None, None)
         if metrics is not None:
             outcome.train_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        # The round waits for the slowest agent: its training time is the round's compute.
+        compute = [_metric(msg, "compute-s") for msg in sound]
+        if any(c is not None for c in compute):
+            outcome.train_metrics["compute-s-max"] = max(c for c in compute if c is not None)
         return arrays, metrics
+
+
+def _metric(msg: Message, key: str) -> float | None:
+    value = next(iter(msg.content.metric_records.values())).get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
