@@ -38,7 +38,7 @@ class AgentSettings(FedforgeSettings):
     clientapp_isolation: Literal["worker", "subprocess"] = "worker"
     # The worker drops the loaded ClientApp (and torch) after this many seconds without a
     # message, so an agent between training runs idles without torch; None keeps it loaded.
-    worker_idle_exit_s: float | None = Field(default=60.0, gt=0)
+    worker_idle_exit_s: float | None = Field(default=120.0, gt=0)
     # Flower node authentication (opt-in, needs TLS): the CA that signed the SuperLink, and
     # this device's private key (EC P-384, OpenSSH format; created with its .pub beside it on
     # first start). The operator registers the .pub: `fedforge devices register`.
