@@ -5,7 +5,7 @@ Measured on the same local fleet as figure 6 (benchmarks/fleet_rig.py), RSS from
 - (a) the agent process alone, idle with its model loaded;
 - (b) the agent's whole tree idle (agent + SuperNode + ClientApp worker): before any
   round (worker light), and right after a run while the worker still holds the ClientApp
-  and torch (it drops them after ``worker_idle_exit_s``, 60 s by default; the bench sets a
+  and torch (it drops them after ``worker_idle_exit_s``, 120 s by default; the bench sets a
   short one and measures after it too);
 - (c) the whole tree's peak during a training run, every tree sampled every 50 ms.
 
@@ -28,7 +28,7 @@ from benchmarks.proctree import TreeMemory, TreeSampler, measure
 
 IDLE_GOAL_MB = 150.0
 PEAK_GOAL_MB = 600.0
-IDLE_EXIT_S = 10.0
+IDLE_EXIT_S = 45.0
 
 
 def idle_snapshot(rig: BenchFleet, seconds: float = 2.0) -> list[TreeMemory]:
@@ -62,7 +62,7 @@ def mb(values: list[float]) -> Sample:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__ or "", argv)
-    agents, runs, rounds = (2, 1, 1) if args.quick else (5, 2, 3)
+    agents, runs, rounds = (1, 1, 1) if args.quick else (5, 2, 2)
     ours = replace(FEDFORGE, agent_settings={**FEDFORGE.agent_settings, "worker_idle_exit_s": IDLE_EXIT_S})
     idle_agent: list[float] = []
     idle_cold: list[float] = []
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "lower",
             f"<= {IDLE_GOAL_MB:.0f} MB idle",
             statistics.median(idle_warm) <= IDLE_GOAL_MB,
-            notes="until worker_idle_exit_s (default 60 s) passes without a message; then the worker re-executes "
+            notes="until worker_idle_exit_s (default 120 s) passes without a message; then the worker re-executes "
             "itself light"
             + (f" (measured after it: median {statistics.median(idle_dropped):.0f} MB)." if idle_dropped else "."),
             extra={"after_idle_exit_mb": statistics.median(idle_dropped)} if idle_dropped else {},

@@ -33,7 +33,7 @@ def sample(timings: list[RoundTiming], *, first: bool) -> Sample:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__ or "", argv)
-    agents, runs, rounds = (2, 1, 1) if args.quick else (5, 2, 4)
+    agents, runs, rounds = (1, 1, 1) if args.quick else (5, 2, 4)
     timings: dict[str, list[RoundTiming]] = {FEDFORGE.name: [], FLOWER.name: []}
     with tempfile.TemporaryDirectory(prefix="fedforge-bench-round-") as tmp, BenchFleet(Path(tmp), agents) as rig:
         order: list[Side] = [FEDFORGE, FLOWER]

@@ -83,6 +83,7 @@ class SanitizedFedAvg(FedAvg):
             fraction_train=1.0,
             fraction_evaluate=fraction_evaluate,
             min_train_nodes=min_nodes,
+            min_evaluate_nodes=min_nodes,
             min_available_nodes=min_nodes,
         )
         self.max_update_norm = max_update_norm
