@@ -62,7 +62,7 @@ def mb(values: list[float]) -> Sample:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__ or "", argv)
-    agents, runs, rounds = (1, 1, 1) if args.quick else (5, 2, 2)
+    agents, runs, rounds = (1, 1, 1) if args.quick else (5, 1, 2)
     ours = replace(FEDFORGE, agent_settings={**FEDFORGE.agent_settings, "worker_idle_exit_s": IDLE_EXIT_S})
     idle_agent: list[float] = []
     idle_cold: list[float] = []
