@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -31,6 +32,13 @@ class AgentSettings(FedforgeSettings):
     # Flower Fleet API "host:port"; used by edge_agent.federation, not by the agent core.
     superlink_address: str | None = None
     supernode_port: int | None = None
+    # How the SuperNode runs the ClientApp: "worker" (default) is one long-running fedforge
+    # process executing every message in place (edge_agent/federation/worker.py);
+    # "subprocess" is Flower's default, a new process per message (slower rounds, see docs).
+    clientapp_isolation: Literal["worker", "subprocess"] = "worker"
+    # The worker drops the loaded ClientApp (and torch) after this many seconds without a
+    # message, so an agent between training runs idles without torch; None keeps it loaded.
+    worker_idle_exit_s: float | None = Field(default=120.0, gt=0)
     # Flower node authentication (opt-in, needs TLS): the CA that signed the SuperLink, and
     # this device's private key (EC P-384, OpenSSH format; created with its .pub beside it on
     # first start). The operator registers the .pub: `fedforge devices register`.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import Field, model_validator
@@ -52,6 +52,9 @@ class ServerSettings(FedforgeSettings):
     min_agents: int = Field(default=1, ge=1)
     rounds: int = Field(default=3, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
+    # "fedforge": one train exchange per round, replies pulled every 0.1 s (rounds.py);
+    # "flower": Flower's Strategy.start (train + evaluate exchanges, 3 s polls), for reference.
+    round_exchange: Literal["fedforge", "flower"] = "fedforge"
     # Promotion gate: a candidate may lose at most this much holdout AUPRC to its parent.
     max_auprc_regression: float = Field(default=0.0, ge=0)
     # The Flower app's home (installed FABs, CLI connection config); defaults under data_dir.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -66,6 +67,11 @@ class LocalFleet:
     finetune_epochs: int = 1
     local_epochs: int = 1
     heartbeat_s: float = 2.0
+    # Extra settings written into server.toml / every agent.toml, and extra environment for
+    # the agent processes (benchmarks compare Flower's defaults with fedforge's round design).
+    server_settings: dict[str, Any] = field(default_factory=dict)
+    agent_settings: dict[str, Any] = field(default_factory=dict)
+    agent_env: dict[str, str] = field(default_factory=dict)
     http_port: int = field(default_factory=free_port)
     superlink_port: int = field(default_factory=free_port)
     server: ManagedProcess | None = None
@@ -102,6 +108,7 @@ class LocalFleet:
                 "finetune_epochs": self.finetune_epochs,
                 "local_epochs": self.local_epochs,
                 "round_timeout_s": 300.0,
+                **self.server_settings,
             },
         )
         for device in self.device_ids:
@@ -116,6 +123,7 @@ class LocalFleet:
                     "trusted_keys": [str(self.server_dir / "keys" / "operator.pub.pem")],
                     "heartbeat_s": self.heartbeat_s,
                     "superlink_address": f"127.0.0.1:{self.superlink_port}",
+                    **self.agent_settings,
                 },
             )
 
@@ -167,22 +175,27 @@ class LocalFleet:
             raise FleetError(f"the SuperLink does not listen on {self.superlink_port}; see {self.server_dir}/logs")
 
     def start_agents(self) -> None:
+        env = {**os.environ, **self.agent_env} if self.agent_env else None
         for device in self.device_ids:
             data_dir = self.root / "agents" / device
             config = data_dir / "agent.toml"
             process = ManagedProcess(
                 f"agent-{device}",
                 self._command("agent", "--config", str(config)),
+                env=env,
                 log_path=data_dir / "agent.log",
                 restart=False,
             )
             process.start()
             self.agents.append(AgentHandle(device, data_dir, config, process))
 
-    def stop(self) -> None:
+    def stop_agents(self) -> None:
         for agent in reversed(self.agents):
             agent.process.stop(grace=15.0)
         self.agents.clear()
+
+    def stop(self) -> None:
+        self.stop_agents()
         if self.server is not None:
             self.server.stop(grace=15.0)
             self.server = None

@@ -1,17 +1,25 @@
-"""The agent's Flower SuperNode, supervised as an agent companion.
+"""The agent's Flower SuperNode and its ClientApp worker, supervised as an agent companion.
 
 The SuperNode is a separate daemon (Flower's own process model); the agent starts it,
-restarts it if it dies, and stops its whole process tree on shutdown. The ClientApp that
-the SuperNode launches finds the agent's store through ``--node-config``. With a node key
-(``supernode_key``) a SuperNode the server has not registered exits (Flower exit code 305)
-and the supervisor keeps retrying with backoff, so it joins soon after the operator registers
-it; after a crash it is refused the same way until the SuperLink has declared the old
-session offline (two missed 30 s heartbeats), then rejoins under the same node id.
+restarts it if it dies, and stops its whole process tree on shutdown. The ClientApp finds
+the agent's store through ``--node-config``. With a node key (``supernode_key``) a
+SuperNode the server has not registered exits (Flower exit code 305) and the supervisor
+keeps retrying with backoff, so it joins soon after the operator registers it; after a
+crash it is refused the same way until the SuperLink has declared the old session offline
+(two missed 30 s heartbeats), then rejoins under the same node id.
+
+By default (``clientapp_isolation = "worker"``) the SuperNode runs with
+``--isolation process`` and a second supervised child, ``edge_agent.federation.worker``,
+executes every ClientApp message in one long-running process; ``"subprocess"`` is Flower's
+default (a ``flower-superexec`` child that starts one ``flwr-clientapp`` per message). This
+module imports no flwr: the agent process stays light.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 from edge_agent.config import AgentSettings
 from edge_agent.federation.node_key import ensure_node_key
@@ -30,34 +38,61 @@ def supernode_security_args(settings: AgentSettings) -> list[str]:
     return argv
 
 
-def supernode_argv(settings: AgentSettings) -> list[str]:
+def supernode_argv(settings: AgentSettings, port: int | None = None) -> list[str]:
     if not settings.superlink_address:
         raise ValueError("superlink_address is not set")
     node_config = f"store-path='{settings.db_path.resolve()}' device-id='{settings.device_id}'"
     argv = [venv_executable("flower-supernode"), *supernode_security_args(settings)]
     argv += ["--superlink", settings.superlink_address, "--node-config", node_config]
     # Each SuperNode serves its ClientApps on a local port; two on one host must differ.
-    argv += ["--host", "127.0.0.1", "--port", str(settings.supernode_port or free_port())]
+    # The Runtime API is plaintext on loopback in both isolation modes.
+    argv += ["--host", "127.0.0.1", "--port", str(port or settings.supernode_port or free_port())]
+    if settings.clientapp_isolation == "worker":
+        argv += ["--isolation", "process"]
+    return argv
+
+
+def worker_argv(settings: AgentSettings, port: int, parent_pid: int | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "edge_agent.federation.worker", "--runtime-api-address", f"127.0.0.1:{port}"]
+    if settings.worker_idle_exit_s is not None:
+        argv += ["--idle-exit", str(settings.worker_idle_exit_s)]
+    argv += ["--parent-pid", str(parent_pid if parent_pid is not None else os.getpid())]
     return argv
 
 
 class SuperNodeCompanion:
-    """Agent companion (async start/stop) running ``flower-supernode``."""
+    """Agent companion (async start/stop) running ``flower-supernode`` and, in worker mode, its worker."""
 
     def __init__(self, settings: AgentSettings) -> None:
         home = settings.data_dir / "flwr"
         home.mkdir(parents=True, exist_ok=True)
         if settings.supernode_key is not None:
             ensure_node_key(settings.supernode_key)
+        port = settings.supernode_port or free_port()
+        env = flower_env(home)
         self.process = ManagedProcess(
             f"flower-supernode[{settings.device_id}]",
-            supernode_argv(settings),
-            env=flower_env(home),
+            supernode_argv(settings, port),
+            env=env,
             log_path=settings.data_dir / "supernode.log",
         )
+        self.worker: ManagedProcess | None = None
+        if settings.clientapp_isolation == "worker":
+            self.worker = ManagedProcess(
+                f"clientapp-worker[{settings.device_id}]",
+                worker_argv(settings, port),
+                env=env,
+                log_path=settings.data_dir / "clientapp-worker.log",
+            )
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [self.process] + ([self.worker] if self.worker is not None else [])
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.process.start)
+        for process in self.processes:
+            await asyncio.to_thread(process.start)
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self.process.stop)
+        for process in reversed(self.processes):
+            await asyncio.to_thread(process.stop)

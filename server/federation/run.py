@@ -114,8 +114,10 @@ class TrainingRun:
     def round_timeout_s(self) -> float:
         return self.settings.round_timeout_s
 
-    def strategy(self) -> SanitizedFedAvg:
-        self._strategy = SanitizedFedAvg(min_nodes=self.min_agents, device=self.settings.device)
+    def strategy(self, fraction_evaluate: float = 0.0) -> SanitizedFedAvg:
+        self._strategy = SanitizedFedAvg(
+            min_nodes=self.min_agents, device=self.settings.device, fraction_evaluate=fraction_evaluate
+        )
         return self._strategy
 
     def train_config(

@@ -5,6 +5,11 @@ named in the run config, so it uses the same registry, broker and signing key as
 ``fedforge server`` process that supervises the SuperLink. Steps: FedAvg over the agents
 (sanitized), fine-tuning on the server's own data, evaluation on the holdout, a promotion
 gate, then export, sign, register and publish.
+
+Rounds run through ``server.federation.rounds`` (one exchange per round, replies pulled
+every 0.1 s). ``round_exchange = "flower"`` in the server settings runs Flower's own
+``Strategy.start`` instead (a train and an evaluate exchange per round, 3 s pull polls):
+the reference the round benchmark measures against.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.config import load_server_settings
 from server.federation.hosting import FederatedRun, hosted_run
+from server.federation.rounds import run_rounds
 from server.federation.run import TrainingRun
 
 log = logging.getLogger(__name__)
@@ -29,29 +35,51 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     hosted = hosted_run()  # the digital twin hosts its run in this process
     run: FederatedRun
+    flower_exchange = False
     if hosted is not None:
         run = hosted
+        strategy = hosted.strategy()
     else:
         cfg = context.run_config
         settings = load_server_settings(Path(str(cfg["server-config"])))
-        run = TrainingRun.open(
+        training = run = TrainingRun.open(
             settings,
             run_id=str(cfg.get("training-run-id") or f"run-{int(time.time())}"),
             rounds=int(cfg.get("num-rounds", 1)),
             min_agents=int(cfg.get("min-agents", settings.min_agents)),
             flower_run_id=int(context.run_id),
         )
+        flower_exchange = settings.round_exchange == "flower"
+        strategy = training.strategy(fraction_evaluate=1.0 if flower_exchange else 0.0)
     try:
-        strategy = run.strategy()
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(run.model.state_dict()),
-            num_rounds=run.rounds,
-            train_config=ConfigRecord(run.train_config()),
-            evaluate_fn=lambda rnd, arrays: MetricRecord(run.evaluate_round(rnd, arrays.to_torch_state_dict())),
-            timeout=run.round_timeout_s,
-        )
-        run.finish(result.arrays.to_torch_state_dict() if len(result.arrays) else None)
+        initial = ArrayRecord(run.model.state_dict())
+        train_config = ConfigRecord(run.train_config())
+
+        def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord:
+            return MetricRecord(run.evaluate_round(rnd, arrays.to_torch_state_dict()))
+
+        if flower_exchange:
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=run.rounds,
+                train_config=train_config,
+                evaluate_config=train_config,
+                evaluate_fn=evaluate_fn,
+                timeout=run.round_timeout_s,
+            )
+            arrays = result.arrays
+        else:
+            arrays = run_rounds(
+                strategy,
+                grid,
+                initial_arrays=initial,
+                num_rounds=run.rounds,
+                train_config=train_config,
+                evaluate_fn=evaluate_fn,
+                timeout=run.round_timeout_s,
+            ).arrays
+        run.finish(arrays.to_torch_state_dict() if len(arrays) else None)
     except BaseException as exc:
         run.fail(exc)
         raise

@@ -131,11 +131,14 @@ class SanitizedFedAvg(FedAvg):
         max_update_norm: float = 1e4,
         device: str = "cpu",
         on_round: Callable[[RoundOutcome], None] | None = None,
+        fraction_evaluate: float = 0.0,
     ) -> None:
+        # fraction_evaluate 0: the server evaluates on its holdout, no second exchange per round.
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=fraction_evaluate,
             min_train_nodes=min_nodes,
+            min_evaluate_nodes=min_nodes,
             min_available_nodes=min_nodes,
         )
         self.max_update_norm = max_update_norm
@@ -184,6 +187,10 @@ class SanitizedFedAvg(FedAvg):
         metrics = self.train_metrics_aggr_fn([reply.msg.content for reply in sound], self.weighted_by_key)
         if metrics is not None:
             outcome.train_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        # The round waits for the slowest agent: its training time is the round's compute.
+        compute = [_metric(reply.msg, "compute-s") for reply in sound]
+        if any(c is not None for c in compute):
+            outcome.train_metrics["compute-s-max"] = max(c for c in compute if c is not None)
         return arrays, metrics
 
     def _average(self, candidates: list[ParsedReply]) -> tuple[Averaged | None, dict[int, str]]:
@@ -201,3 +208,8 @@ class SanitizedFedAvg(FedAvg):
         outcome.failures += 1
         outcome.reasons.append(problem)
         log.warning("round %d: dropped reply: %s", outcome.server_round, problem)
+
+
+def _metric(msg: Message, key: str) -> float | None:
+    value = next(iter(msg.content.metric_records.values())).get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -129,7 +129,7 @@ def test_no_labelled_records_returns_the_model_unchanged(tmp_path: Path, frame, 
     assert metrics["positives"] == 0
     assert metrics["train-loss"] == 0.0
     # Same metric keys as a reply with data: Flower aggregates only replies whose keys agree.
-    assert set(metrics) == {"num-examples", "train-loss", "positives"}
+    assert set(metrics) == {"num-examples", "train-loss", "positives", "compute-s"}
 
 
 def test_training_is_recorded_per_round(tmp_path: Path, frame, spec: FeatureSpec) -> None:  # type: ignore[no-untyped-def]
@@ -143,6 +143,24 @@ def test_training_is_recorded_per_round(tmp_path: Path, frame, spec: FeatureSpec
         assert store.trained_examples() == 100
     finally:
         store.close()
+
+
+def test_evaluate_reports_the_local_loss_with_the_same_keys(tmp_path: Path, frame, spec: FeatureSpec) -> None:  # type: ignore[no-untyped-def]
+    """Flower's default round asks every node to evaluate the aggregate: same keys with or without data."""
+    with_data, without = tmp_path / "a.db", tmp_path / "b.db"
+    make_store(with_data, frame, labelled=120)
+    make_store(without, frame, labelled=0)
+    msg = train_message(fraud.build_model(0), spec)
+    evaluate_msg = Message(msg.content, dst_node_id=NODE_ID, message_type=MessageType.EVALUATE, group_id="1")
+
+    got = app(evaluate_msg, context(with_data)).content.metric_records["metrics"]
+    empty = app(evaluate_msg, context(without)).content.metric_records["metrics"]
+
+    assert got["num-examples"] == 120
+    assert float(got["eval-loss"]) > 0  # type: ignore[arg-type]
+    assert empty["num-examples"] == 0
+    assert empty["eval-loss"] == 0.0
+    assert set(got) == set(empty) == {"num-examples", "eval-loss"}
 
 
 def test_a_missing_store_fails_the_message_and_creates_nothing(tmp_path: Path, spec: FeatureSpec) -> None:

@@ -57,6 +57,28 @@ def test_env_is_offline_quiet_and_finds_the_venv(tmp_path: Path, monkeypatch: py
     assert supernode_env(tmp_path)["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "1"
 
 
+def test_worker_mode_runs_the_supernode_in_process_isolation_beside_a_worker(tmp_path: Path) -> None:
+    s = settings(tmp_path, superlink_address="127.0.0.1:9092", supernode_port=9301)
+    companion = SuperNodeCompanion(s)
+    assert option(companion.process.argv, "--isolation") == "process"
+    assert companion.worker is not None
+    worker = companion.worker.argv
+    assert worker[:3] == [sys.executable, "-m", "edge_agent.federation.worker"]
+    # The worker takes its tasks from the SuperNode's own Runtime API port.
+    assert option(worker, "--runtime-api-address") == "127.0.0.1:9301"
+    assert float(option(worker, "--idle-exit")) == s.worker_idle_exit_s
+    assert companion.processes == [companion.process, companion.worker]
+    assert companion.worker.log_path == s.data_dir / "clientapp-worker.log"
+
+
+def test_subprocess_mode_is_flowers_default_without_a_worker(tmp_path: Path) -> None:
+    s = settings(tmp_path, superlink_address="127.0.0.1:9092", clientapp_isolation="subprocess")
+    companion = SuperNodeCompanion(s)
+    assert "--isolation" not in companion.process.argv
+    assert companion.worker is None
+    assert companion.processes == [companion.process]
+
+
 def test_companion_supervises_the_supernode_without_starting_it(tmp_path: Path) -> None:
     s = settings(tmp_path, superlink_address="127.0.0.1:9092", supernode_port=9300)
     companion = SuperNodeCompanion(s)

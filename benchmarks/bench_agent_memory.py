@@ -1,0 +1,160 @@
+"""Figure 8: agent memory, idle and during a round, against Flower's SuperNode tree.
+
+Measured on the same local fleet as figure 6 (benchmarks/fleet_rig.py), RSS from /proc:
+
+- (a) the agent process alone, idle with its model loaded;
+- (b) the agent's whole tree idle (agent + SuperNode + ClientApp worker): before any
+  round (worker light), and right after a run while the worker still holds the ClientApp
+  and torch (it drops them after ``worker_idle_exit_s``, 120 s by default; the bench sets a
+  short one and measures after it too);
+- (c) the whole tree's peak during a training run, every tree sampled every 50 ms.
+
+The anchor is Flower's SuperNode tree alone (flower-supernode + flower-superexec + the
+flwr-clientapp of each message) with Flower's defaults, measured in the same run on the
+same agents. Each value is one agent (n = agents x runs).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks.fleet_rig import FEDFORGE, FLOWER, BenchFleet
+from benchmarks.harness import Figure, Sample, parse_args, write_result
+from benchmarks.proctree import TreeMemory, TreeSampler, measure
+
+IDLE_GOAL_MB = 150.0
+PEAK_GOAL_MB = 600.0
+IDLE_EXIT_S = 45.0
+
+
+def idle_snapshot(rig: BenchFleet, seconds: float = 2.0) -> list[TreeMemory]:
+    """Each agent's tree, the median of a few snapshots taken while nothing runs."""
+    roots = [a.process.pid for a in rig.local.agents if a.process.pid is not None]
+    snaps = []
+    for _ in range(5):
+        snaps.append(measure(roots))
+        time.sleep(seconds / 5)
+    return [
+        TreeMemory(
+            {
+                role: statistics.median(s[root].by_role.get(role, 0.0) for s in snaps)
+                for role in {r for s in snaps for r in s[root].by_role}
+            }
+        )
+        for root in roots
+    ]
+
+
+def peak_during_run(rig: BenchFleet, rounds: int) -> tuple[list[float], list[float]]:
+    """(whole tree, SuperNode tree) peak of each agent during one training run."""
+    with TreeSampler(lambda: [a.process.pid for a in rig.local.agents if a.process.pid is not None]) as sampler:
+        rig.train(rounds)
+    return list(sampler.peaks.total.values()), list(sampler.peaks.supernode_tree.values())
+
+
+def mb(values: list[float]) -> Sample:
+    return Sample(tuple(values), "MB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__ or "", argv)
+    agents, runs, rounds = (1, 1, 1) if args.quick else (5, 1, 2)
+    ours = replace(FEDFORGE, agent_settings={**FEDFORGE.agent_settings, "worker_idle_exit_s": IDLE_EXIT_S})
+    idle_agent: list[float] = []
+    idle_cold: list[float] = []
+    idle_warm: list[float] = []
+    idle_dropped: list[float] = []
+    peak: list[float] = []
+    peak_supernode_ours: list[float] = []
+    flower_idle_supernode: list[float] = []
+    flower_idle_tree: list[float] = []
+    flower_peak_supernode: list[float] = []
+    flower_peak_tree: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="fedforge-bench-mem-") as tmp, BenchFleet(Path(tmp), agents) as rig:
+        for run in range(runs):
+            for side in (ours, FLOWER) if run % 2 == 0 else (FLOWER, ours):
+                rig.use(side)
+                time.sleep(3.0)  # let start-up settle (first status, backlog scoring)
+                before = idle_snapshot(rig)
+                total, supernode = peak_during_run(rig, rounds)
+                if side is FLOWER:
+                    flower_idle_supernode += [t.supernode_tree for t in before]
+                    flower_idle_tree += [t.total for t in before]
+                    flower_peak_supernode += supernode
+                    flower_peak_tree += total
+                    continue
+                idle_agent += [t.by_role.get("agent", 0.0) for t in before]
+                idle_cold += [t.total for t in before]
+                peak += total
+                peak_supernode_ours += supernode
+                idle_warm += [t.total for t in idle_snapshot(rig)]
+                if not args.quick:
+                    time.sleep(IDLE_EXIT_S + 5.0)  # the worker drops the ClientApp and torch
+                    idle_dropped += [t.total for t in idle_snapshot(rig)]
+    anchor_idle = mb(flower_idle_supernode)
+    anchor_peak = mb(flower_peak_supernode)
+    anchor_name = "Flower SuperNode tree, defaults"
+    notes_idle = "RSS of each agent (n = agents x runs), Flower's SuperNode tree = supernode + superexec (+ clientapp)."
+    figures = [
+        Figure(
+            "8a agent process idle, model loaded",
+            mb(idle_agent),
+            anchor_idle,
+            anchor_name + " (idle)",
+            "lower",
+            f"<= {IDLE_GOAL_MB:.0f} MB idle",
+            statistics.median(idle_agent) <= IDLE_GOAL_MB,
+            notes="the agent process alone (MQTT, cleaning, SQLite, ONNX Runtime session); no torch, no flwr. "
+            + notes_idle,
+        ),
+        Figure(
+            "8b whole agent tree idle (worker light)",
+            mb(idle_cold),
+            anchor_idle,
+            anchor_name + " (idle)",
+            "lower",
+            f"<= {IDLE_GOAL_MB:.0f} MB idle",
+            statistics.median(idle_cold) <= IDLE_GOAL_MB,
+            notes="agent + flower-supernode + ClientApp worker before any round (and after worker_idle_exit_s).",
+            extra={"agent_tree_idle_flower_defaults_mb": statistics.median(flower_idle_tree)},
+        ),
+        Figure(
+            "8b' whole agent tree idle right after a run (worker holds torch)",
+            mb(idle_warm),
+            anchor_idle,
+            anchor_name + " (idle)",
+            "lower",
+            f"<= {IDLE_GOAL_MB:.0f} MB idle",
+            statistics.median(idle_warm) <= IDLE_GOAL_MB,
+            notes="until worker_idle_exit_s (default 120 s) passes without a message; then the worker re-executes "
+            "itself light"
+            + (f" (measured after it: median {statistics.median(idle_dropped):.0f} MB)." if idle_dropped else "."),
+            extra={"after_idle_exit_mb": statistics.median(idle_dropped)} if idle_dropped else {},
+        ),
+        Figure(
+            "8c whole agent tree peak during a round",
+            mb(peak),
+            anchor_peak,
+            anchor_name + " (peak during a round)",
+            "lower",
+            f"<= {PEAK_GOAL_MB:.0f} MB peak",
+            statistics.median(peak) <= PEAK_GOAL_MB,
+            notes="sampled every 50 ms over a whole training run; fedforge's SuperNode tree (supernode + worker) "
+            f"peaked at {statistics.median(peak_supernode_ours):.0f} MB, the whole agent tree with Flower's "
+            f"defaults at {statistics.median(flower_peak_tree):.0f} MB.",
+            extra={
+                "supernode_tree_peak_fedforge_mb": statistics.median(peak_supernode_ours),
+                "agent_tree_peak_flower_defaults_mb": statistics.median(flower_peak_tree),
+            },
+        ),
+    ]
+    write_result("bench_agent_memory", figures, quick=args.quick, out=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The round loop of the ServerApp: one exchange per round, replies pulled every 0.1 s.
+
+Flower's ``Strategy.start`` sends each round's messages with ``Grid.send_and_receive``,
+which sleeps a hard-coded 3 s between two pulls of the replies, and runs a second
+(evaluate) exchange per round. Here the strategy still decides who trains on what
+(``configure_train``) and how replies combine (``aggregate_train``), but the messages go
+out with ``grid.push_messages`` and the replies are pulled every ``poll_s`` with
+``grid.pull_messages`` (both public Grid API), and evaluation happens on the server's
+holdout (``evaluate_fn``) instead of a second exchange. ``round_exchange = "flower"`` in the server
+settings keeps Flower's own ``Strategy.start`` (train + evaluate exchanges, 3 s polls).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+@dataclass
+class RoundsResult:
+    """What ``Strategy.start`` returns, for the parts fedforge reads."""
+
+    arrays: ArrayRecord = field(default_factory=ArrayRecord)
+    train_metrics: dict[int, MetricRecord] = field(default_factory=dict)
+    evaluate_metrics: dict[int, MetricRecord] = field(default_factory=dict)
+    round_seconds: dict[int, float] = field(default_factory=dict)
+
+
+def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float, poll_s: float = 0.1) -> list[Message]:
+    """Push ``messages`` and pull their replies until all arrived or ``timeout`` passed."""
+    pending = {mid for mid in grid.push_messages(messages) if mid}
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(msg.metadata.reply_to_message_id for msg in got)
+        if not pending:
+            break
+        if time.monotonic() >= deadline:
+            log.warning("%d replies missing after %.0f s: the round goes on without them", len(pending), timeout)
+            break
+        time.sleep(poll_s)
+    return replies
+
+
+def run_rounds(
+    strategy: Strategy,
+    grid: Grid,
+    *,
+    initial_arrays: ArrayRecord,
+    num_rounds: int,
+    train_config: ConfigRecord,
+    evaluate_fn: EvaluateFn | None,
+    timeout: float,
+    poll_s: float = 0.1,
+) -> RoundsResult:
+    """Synchronous rounds like ``Strategy.start`` with one train exchange per round."""
+    result = RoundsResult()
+    arrays = initial_arrays
+    if evaluate_fn is not None and (metrics := evaluate_fn(0, arrays)) is not None:
+        result.evaluate_metrics[0] = metrics
+    for server_round in range(1, num_rounds + 1):
+        started = time.monotonic()
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        replies = exchange(grid, messages, timeout=timeout, poll_s=poll_s)
+        aggregated, train_metrics = strategy.aggregate_train(server_round, replies)
+        if aggregated is not None:
+            arrays = result.arrays = aggregated
+        if train_metrics is not None:
+            result.train_metrics[server_round] = train_metrics
+        if evaluate_fn is not None and (metrics := evaluate_fn(server_round, arrays)) is not None:
+            result.evaluate_metrics[server_round] = metrics
+        seconds = result.round_seconds[server_round] = time.monotonic() - started
+        log.info("round %d/%d: %d replies in %.2f s", server_round, num_rounds, len(replies), seconds)
+    return result
