@@ -14,6 +14,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from shared.tasks.adam import Adam
 from shared.tasks.fraud_spec import (
     ALERT_THRESHOLD,
     FEATURES,
@@ -133,7 +134,7 @@ def train(model: FraudMLP, x: npt.NDArray[np.float32], y: npt.NDArray[np.floatin
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
     yt = torch.from_numpy(np.asarray(y, dtype=np.float32)).to(device)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight_for(np.asarray(y)), device=device))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)  # not torch.optim: see adam.py
     anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else []
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     total, steps = 0.0, 0
@@ -141,7 +142,7 @@ def train(model: FraudMLP, x: npt.NDArray[np.float32], y: npt.NDArray[np.floatin
         order = torch.randperm(len(xt), generator=gen).to(device)
         for start in range(0, len(xt), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss = loss_fn(model(xt[idx]), yt[idx])
             if anchor:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
