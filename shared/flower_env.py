@@ -32,3 +32,19 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
         }
     )
     return env
+
+
+# The edge node's processes (SuperNode, ClientApp worker) run with one compute thread.
+# Measured on the worker (2 cores, torch 2.13.0 CPU, fraud MLP, 2026-11-29): a 256-row
+# local epoch takes ~5 ms instead of ~90 ms (OpenMP's spinning threads fight the agent, the
+# SuperNode and the other agents for two cores) and the worker runs 3 threads instead of 6;
+# the tiny model has nothing to gain from more. Resident memory is the same either way, and
+# so it is with MALLOC_ARENA_MAX=2 or a malloc_trim(0) after each message (worker 304 MB,
+# SuperNode 147 MB with and without): the worker's memory is torch's import (~180 MB) plus
+# flwr's runtime client (~100 MB), not freed heap, so neither is set.
+LEAN_NODE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def lean_node_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus the edge node's thread settings; a value already set in ``env`` wins."""
+    return {**LEAN_NODE_ENV, **env}

@@ -56,6 +56,16 @@ from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 log = logging.getLogger(__name__)
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
 
 # The SuperNode hands out a task before it has fetched the message's objects from the
 # SuperLink; Flower's pull then waits 1 s before its first retry. Retry sooner.
@@ -186,7 +196,9 @@ class ClientAppWorker:
             marks.append(time.monotonic())
             names = ("pull", "run", "push")[: len(marks) - 1]
             steps = ", ".join(f"{n} {b - a:.3f} s" for n, a, b in zip(names, marks, marks[1:], strict=False))
-            log.info("task %s: %s", "done" if status == SubStatus.COMPLETED else "failed", steps)
+            log.info(
+                "task %s: %s; RSS %.0f MB", "done" if status == SubStatus.COMPLETED else "failed", steps, rss_mb()
+            )
 
     def _app(self, fab_id: str, fab_version: str, fab: Any) -> ClientApp:
         app = self._apps.get(fab.hash_str)

@@ -87,3 +87,15 @@ def test_companion_supervises_the_supernode_without_starting_it(tmp_path: Path) 
     assert companion.process.log_path == s.data_dir / "supernode.log"
     assert (s.data_dir / "flwr").is_dir()
     assert not companion.process.running()
+
+
+def test_supernode_and_worker_run_with_one_compute_thread_unless_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "4")  # an operator's setting wins
+    companion = SuperNodeCompanion(settings(tmp_path, superlink_address="127.0.0.1:9092"))
+    for process in companion.processes:
+        assert process.env["OMP_NUM_THREADS"] == "1"
+        assert process.env["MKL_NUM_THREADS"] == "4"
+        assert process.env["FLWR_TELEMETRY_ENABLED"] == "0"
