@@ -196,9 +196,7 @@ class ClientAppWorker:
             marks.append(time.monotonic())
             names = ("pull", "run", "push")[: len(marks) - 1]
             steps = ", ".join(f"{n} {b - a:.3f} s" for n, a, b in zip(names, marks, marks[1:], strict=False))
-            log.info(
-                "task %s: %s; RSS %.0f MB", "done" if status == SubStatus.COMPLETED else "failed", steps, rss_mb()
-            )
+            log.info("task %s: %s; RSS %.0f MB", "done" if status == SubStatus.COMPLETED else "failed", steps, rss_mb())
 
     def _app(self, fab_id: str, fab_version: str, fab: Any) -> ClientApp:
         app = self._apps.get(fab.hash_str)
