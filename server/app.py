@@ -109,7 +109,7 @@ def flower_run_starter(settings: ServerSettings, config_path: Path) -> RunStarte
         from server.federation.flower import submit_run
 
         log.info("submitting training run %s (%s, %d rounds, >= %d agents)", run_id, strategy, rounds, min_agents)
-        return submit_run(settings, config_path, run_id, rounds, min_agents)
+        return submit_run(settings, config_path, run_id, rounds, min_agents, strategy)
 
     return start
 

@@ -43,6 +43,9 @@ def _parser(name: str) -> argparse.ArgumentParser:
     if name == "train":
         parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: settings.rounds)")
         parser.add_argument("--min-agents", type=int, default=None)
+        parser.add_argument(
+            "--strategy", default=None, help="aggregation rule: fedavg, fedprox, median, trimmed-mean, krum, multi-krum"
+        )
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
         parser.add_argument("--run-id", default=None)
     return parser
@@ -128,9 +131,15 @@ def _train(settings: object, config_path: Path, args: argparse.Namespace) -> int
     min_agents = args.min_agents or settings.min_agents
     run_id = args.run_id or f"run-{uuid.uuid4().hex[:12]}"
     migrate(settings.database_url)
-    flower_run_id = submit_run(settings, config_path, run_id, rounds, min_agents)
+    strategy = args.strategy or settings.strategy
+    flower_run_id = submit_run(settings, config_path, run_id, rounds, min_agents, strategy)
     log.info(
-        "submitted training run %s (Flower run %s): %d rounds, >= %d agents", run_id, flower_run_id, rounds, min_agents
+        "submitted training run %s (Flower run %s): %s, %d rounds, >= %d agents",
+        run_id,
+        flower_run_id,
+        strategy,
+        rounds,
+        min_agents,
     )
     outcome = wait_run(settings, flower_run_id, args.timeout)
     registry = SqlRegistry(settings.database_url)

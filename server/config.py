@@ -13,6 +13,7 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import Field, model_validator
 
+from server.federation.catalog import StrategyName
 from shared.config import FedforgeSettings, load_settings
 from shared.errors import ConfigError
 from shared.mqtt import TlsKwargs, tls_kwargs
@@ -52,6 +53,9 @@ class ServerSettings(FedforgeSettings):
     min_agents: int = Field(default=1, ge=1)
     rounds: int = Field(default=3, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
+    # The aggregation rule of runs that name none (`fedforge train --strategy`, the API's
+    # POST /api/runs and the dashboard name one): server/federation/catalog.py.
+    strategy: StrategyName = "fedavg"
     # "fedforge": one train exchange per round, replies pulled every 0.1 s (rounds.py);
     # "flower": Flower's Strategy.start (train + evaluate exchanges, 3 s polls), for reference.
     round_exchange: Literal["fedforge", "flower"] = "fedforge"

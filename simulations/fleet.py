@@ -266,9 +266,9 @@ class LocalFleet:
 
     # -- actions -------------------------------------------------------------------
 
-    def start_run(self, rounds: int, timeout: float = 900.0) -> dict[str, Any]:
+    def start_run(self, rounds: int, timeout: float = 900.0, strategy: str = "fedavg") -> dict[str, Any]:
         """A training run through the API (POST /api/runs), waited for; the run with its rounds."""
-        body = {"rounds": rounds, "strategy": "fedavg", "min_agents": self.min_agents or self.n_agents}
+        body = {"rounds": rounds, "strategy": strategy, "min_agents": self.min_agents or self.n_agents}
         run_id = str(self.post("/api/runs", body)["run_id"])
         finished: dict[str, Any] = {}
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from server.config import ServerSettings
 from server.errors import ServerError
+from server.federation.catalog import DEFAULT_STRATEGY, STRATEGY_NAMES, is_strategy
 from shared.flower_env import flower_env
 from shared.flower_env import venv_executable as executable
 from shared.process import ManagedProcess
@@ -27,7 +28,7 @@ from shared.process import ManagedProcess
 log = logging.getLogger(__name__)
 
 CONNECTION = "fedforge"
-APP_CONFIG_KEYS = ("num-rounds", "min-agents", "server-config", "training-run-id")
+APP_CONFIG_KEYS = ("num-rounds", "min-agents", "strategy", "server-config", "training-run-id")
 
 APP_PYPROJECT = """\
 [build-system]
@@ -51,6 +52,7 @@ clientapp = "edge_agent.federation.client_app:app"
 [tool.flwr.app.config]
 num-rounds = 1
 min-agents = 1
+strategy = "fedavg"
 server-config = ""
 training-run-id = ""
 """
@@ -167,12 +169,26 @@ class RunOutcome:
         return self.status == "finished:completed"
 
 
-def submit_run(settings: ServerSettings, config_path: Path, run_id: str, rounds: int, min_agents: int) -> str:
-    app_dir = write_app(settings)
-    run_config = (
-        f"num-rounds={rounds} min-agents={min_agents} "
+def run_config_text(config_path: Path, run_id: str, rounds: int, min_agents: int, strategy: str) -> str:
+    """The ``--run-config`` the ServerApp reads back (server_app.main): TOML-ish ``key=value`` pairs."""
+    if not is_strategy(strategy):
+        raise FlowerRunError(f"unknown strategy {strategy!r}: one of {', '.join(STRATEGY_NAMES)}")
+    return (
+        f"num-rounds={rounds} min-agents={min_agents} strategy='{strategy}' "
         f"server-config='{config_path.resolve()}' training-run-id='{run_id}'"
     )
+
+
+def submit_run(
+    settings: ServerSettings,
+    config_path: Path,
+    run_id: str,
+    rounds: int,
+    min_agents: int,
+    strategy: str = DEFAULT_STRATEGY,
+) -> str:
+    app_dir = write_app(settings)
+    run_config = run_config_text(config_path, run_id, rounds, min_agents, strategy)
     out = _json_tail(_flwr(settings, "run", str(app_dir), CONNECTION, "--run-config", run_config, "--format", "json"))
     if not out.get("success"):
         raise FlowerRunError(

@@ -19,6 +19,8 @@ import torch
 
 from server.config import ServerSettings
 from server.errors import ServerError
+from server.federation.catalog import DEFAULT_STRATEGY, STRATEGY_NAMES, is_strategy
+from server.federation.strategies import CatalogStrategy, build_strategy
 from server.federation.strategy import SanitizedFedAvg
 from server.registry.records import Registry, RoundRecord
 from server.registry.sql import SqlRegistry
@@ -76,7 +78,8 @@ class TrainingRun:
     holdout: LabelledSet
     finetune: LabelledSet | None
     round_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
-    _strategy: SanitizedFedAvg | None = None
+    strategy_name: str = DEFAULT_STRATEGY
+    _strategy: SanitizedFedAvg | CatalogStrategy | None = None
     _round_started: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -89,7 +92,10 @@ class TrainingRun:
         min_agents: int,
         flower_run_id: int | None = None,
         registry: Registry | None = None,
+        strategy: str = DEFAULT_STRATEGY,
     ) -> TrainingRun:
+        if not is_strategy(strategy):
+            raise ServerError(f"unknown strategy {strategy!r}: one of {', '.join(STRATEGY_NAMES)}")
         registry = registry or SqlRegistry(settings.database_url)
         record = registry.latest_published(settings.task)
         if record is None:
@@ -106,7 +112,9 @@ class TrainingRun:
             registry.start_run(run_id, rounds, flower_run_id=flower_run_id, started=time.time())
         elif flower_run_id is not None:
             registry.set_flower_run_id(run_id, flower_run_id)
-        return cls(settings, registry, run_id, rounds, min_agents, parent, model, holdout, finetune)
+        return cls(
+            settings, registry, run_id, rounds, min_agents, parent, model, holdout, finetune, strategy_name=strategy
+        )
 
     # -- federated part ------------------------------------------------------------
 
@@ -114,10 +122,19 @@ class TrainingRun:
     def round_timeout_s(self) -> float:
         return self.settings.round_timeout_s
 
-    def strategy(self, fraction_evaluate: float = 0.0) -> SanitizedFedAvg:
-        self._strategy = SanitizedFedAvg(
-            min_nodes=self.min_agents, device=self.settings.device, fraction_evaluate=fraction_evaluate
-        )
+    def strategy(self, fraction_evaluate: float = 0.0) -> SanitizedFedAvg | CatalogStrategy:
+        """FedAvg runs on the one-pass kernels (CPU or GPU); the other rules come from the catalog.
+
+        ``fraction_evaluate`` matters only to Flower's own round loop (``round_exchange =
+        "flower"``); the catalog's rules never ask the agents to evaluate.
+        """
+        if self.strategy_name == DEFAULT_STRATEGY:
+            self._strategy = SanitizedFedAvg(
+                min_nodes=self.min_agents, device=self.settings.device, fraction_evaluate=fraction_evaluate
+            )
+        else:
+            self._strategy = build_strategy(self.strategy_name, min_nodes=self.min_agents)
+        log.info("run %s aggregates with %s", self.run_id, self.strategy_name)
         return self._strategy
 
     def train_config(

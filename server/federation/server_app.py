@@ -48,6 +48,7 @@ def main(grid: Grid, context: Context) -> None:
             rounds=int(cfg.get("num-rounds", 1)),
             min_agents=int(cfg.get("min-agents", settings.min_agents)),
             flower_run_id=int(context.run_id),
+            strategy=str(cfg.get("strategy", settings.strategy)),
         )
         flower_exchange = settings.round_exchange == "flower"
         strategy = training.strategy(fraction_evaluate=1.0 if flower_exchange else 0.0)

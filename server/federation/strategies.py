@@ -21,7 +21,6 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -30,13 +29,11 @@ from flwr.serverapp.strategy import FedAvg
 
 from server.aggregation import robust
 from server.errors import ServerError
+from server.federation.catalog import STRATEGY_NAMES
 from server.federation.strategy import RoundOutcome, check_reply
 
 log = logging.getLogger(__name__)
 
-StrategyName = Literal["fedavg", "fedprox", "median", "trimmed-mean", "krum", "multi-krum"]
-STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
-ROBUST = frozenset({"median", "trimmed-mean", "krum", "multi-krum"})
 
 ReplyFilter = Callable[[int, list[Message]], list[Message]]
 

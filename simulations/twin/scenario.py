@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from server.federation.strategies import StrategyName
+from server.federation.catalog import StrategyName
 from shared.bundle import DEFAULT_CHUNK_SIZE
 from shared.errors import ConfigError
 

@@ -13,7 +13,11 @@ import pytest
 from benchmarks.report import render
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+# bench_twin starts Ray: on the same pytest-xdist worker as the twin's tests (--dist loadgroup).
+SCRIPTS = [
+    pytest.param(name, marks=pytest.mark.xdist_group("ray")) if name == "bench_twin" else name
+    for name in sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+]
 
 pytestmark = pytest.mark.slow
 

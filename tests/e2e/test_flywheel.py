@@ -67,8 +67,9 @@ def test_one_training_run_reaches_every_agent(mosquitto, tmp_path: Path) -> None
         ).run(until_done=True)
         fleet.wait_labelled(min(3000, *(len(p) for p in parts)))
 
-        # Through the API as an operator would (the demo drives `fedforge train` instead).
-        run = fleet.start_run(rounds=1)
+        # Through the API as an operator would (the demo drives `fedforge train` instead), with
+        # a robust rule: the strategy travels in Flower's run config to the ServerApp.
+        run = fleet.start_run(rounds=1, strategy="median")
         assert run["status"] == "succeeded", run
         published = run["published_version"]
         assert published == 2

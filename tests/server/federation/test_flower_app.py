@@ -82,3 +82,14 @@ def test_superlink_process_argv(settings: ServerSettings) -> None:
     assert proc.env["FLWR_HOME"] == str(flwr_home(settings))
     assert proc.log_path == settings.data_dir / "logs" / "superlink.log"
     assert not proc.running()
+
+
+def test_run_config_names_the_strategy_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    from server.federation.flower import FlowerRunError, run_config_text
+
+    text = run_config_text(tmp_path / "server.toml", "run-1", 2, 3, "trimmed-mean")
+    assert "strategy='trimmed-mean'" in text
+    assert "num-rounds=2" in text
+    assert "min-agents=3" in text
+    with pytest.raises(FlowerRunError, match="unknown strategy"):
+        run_config_text(tmp_path / "server.toml", "run-1", 2, 3, "bogus")

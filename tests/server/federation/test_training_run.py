@@ -164,6 +164,44 @@ def test_evaluate_round_records_rounds_with_the_strategy_outcome(boot: Bootstrap
     assert rounds[0].duration_s >= 0
 
 
+def test_open_refuses_an_unknown_strategy(boot: Bootstrapped) -> None:
+    with pytest.raises(ServerError, match="unknown strategy 'bogus'"):
+        TrainingRun.open(boot.settings, run_id="r", rounds=1, min_agents=1, registry=boot.registry, strategy="bogus")
+
+
+def test_a_named_strategy_aggregates_with_its_rule(boot: Bootstrapped) -> None:
+    """A run opened with ``median`` takes the coordinate-wise median, where FedAvg would be pulled away."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    state = load_state(boot.settings.data_dir, boot.settings.task, 1)
+    results = {}
+    for name in ("fedavg", "median"):
+        run = TrainingRun.open(
+            boot.settings, run_id=f"run-{name}", rounds=1, min_agents=1, registry=boot.registry, strategy=name
+        )
+        strategy = run.strategy()
+        saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 5, 1
+        try:
+
+            def reply(node: int, scale: float) -> Message:
+                arrays = ArrayRecord({k: v * scale for k, v in state.items()})
+                sent = Message(RecordDict({"arrays": arrays}), dst_node_id=node, message_type=MessageType.TRAIN)
+                metrics = MetricRecord({"num-examples": 10, "train-loss": 0.3, "positives": 1})
+                return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=sent)
+
+            # Two honest updates (the parent) and one scaled by 50: an outlier the median ignores.
+            agg, _ = strategy.aggregate_train(1, [reply(2, 1.0), reply(3, 1.0), reply(4, 50.0)])
+        finally:
+            TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+        assert agg is not None
+        results[name] = agg.to_torch_state_dict()
+    for key, parent in state.items():
+        if parent.abs().max() > 0:
+            assert torch.allclose(results["median"][key], parent, atol=1e-6)
+            assert not torch.allclose(results["fedavg"][key], parent, atol=1e-3)
+
+
 def test_finish_without_an_aggregate_raises(boot: Bootstrapped) -> None:
     run = open_run(boot)
     with pytest.raises(ServerError, match="no round produced an aggregate"):

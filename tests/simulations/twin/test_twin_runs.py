@@ -23,7 +23,9 @@ from shared.net import free_port, wait_port
 from shared.process import TAG_ENV, kill_tree
 from simulations.twin.scenario import RAY_ADDRESS_ENV
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+# One Ray instance at a time on a machine (its session directory under /tmp is shared): under
+# pytest-xdist every Ray user runs on the same worker (--dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.xdist_group("ray")]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -45,7 +47,8 @@ def _twin_processes() -> list[str]:
         except OSError:
             continue
         tagged = any(var.startswith(f"{TAG_ENV}=".encode()) and b"twin-" in var for var in environ.split(b"\0"))
-        if tagged and any(name in cmdline for name in RAY_NAMES):
+        # This checkout's venv only: another checkout's suite may run Ray on the same machine.
+        if tagged and sys.prefix in cmdline and any(name in cmdline for name in RAY_NAMES):
             found.append(f"{entry}: {cmdline[:120]}")
     return found
 
