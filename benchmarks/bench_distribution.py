@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,9 +40,10 @@ from benchmarks.harness import Figure, Sample, parse_args, write_result
 from server.release.publisher import clear_release, publish_release
 from shared.bundle import DEFAULT_CHUNK_SIZE, build_manifest, split_chunks
 from shared.mqtt import BrokerAddress, MqttClient
-from shared.net import free_port, wait_port
 from shared.signing import write_keypair
 from shared.tasks.fraud_spec import INPUT_NAME, OUTPUT_NAME, TASK, base_feature_spec
+from simulations.mosquitto import start as start_mosquitto
+from simulations.mosquitto import stop_process_group
 
 FLEET = "bench"
 TIME_GOAL = "fedforge <= 2x the bare time"
@@ -70,20 +69,8 @@ class Broker:
     """A private Mosquitto on a free loopback port whose memory we can read."""
 
     def __init__(self, workdir: Path, name: str) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
-            raise SystemExit("mosquitto is not installed")
-        self.port = free_port()
-        conf = workdir / f"{name}.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 0\nmax_inflight_messages 0\nlog_type error\nlog_dest stderr\n"
-        )
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], start_new_session=True)
-        if not wait_port(self.port):
-            self.stop()
-            raise SystemExit(f"mosquitto did not listen on {self.port}")
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        broker = start_mosquitto(workdir, name)
+        self.port, self.proc, self.url = broker.port, broker.proc, broker.url
         self._poll_peak = 0
         self._polling = threading.Event()
 
@@ -120,18 +107,7 @@ class Broker:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        _stop_group(self.proc)
-
-
-def _stop_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(5)
+        stop_process_group(self.proc)
 
 
 class Workers:
@@ -206,7 +182,7 @@ class Workers:
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(15)
-            _stop_group(proc)
+            stop_process_group(proc)
 
 
 class BarePublisher:

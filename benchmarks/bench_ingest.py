@@ -15,17 +15,13 @@ format (``simulations.replay``: a JSON array of ingest records).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import shutil
-import signal
-import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,41 +43,14 @@ from server.release.export import export_onnx
 from shared import topics
 from shared.bundle import build_manifest
 from shared.mqtt import BrokerAddress, MqttClient
-from shared.net import free_port, wait_port
 from shared.schemas import prediction_batch_bytes
 from shared.signing import TrustStore, write_keypair
 from shared.tasks.fraud import INPUT_NAME, OUTPUT_NAME, FraudMLP, base_feature_spec
+from simulations.mosquitto import private_mosquitto
 
 FLEET = "bench"
 DEVICE = "ingest-0"
 GOAL = ">= 50% of the bare rate"
-
-
-@contextlib.contextmanager
-def mosquitto(workdir: Path) -> Iterator[str]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        raise SystemExit("mosquitto is not installed")
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\nmax_inflight_messages 0\nlog_type error\nlog_dest stderr\n"
-    )
-    proc = subprocess.Popen([exe, "-c", str(conf)], start_new_session=True)
-    try:
-        if not wait_port(port):
-            raise SystemExit(f"mosquitto did not listen on {port}")
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def install_model(settings: AgentSettings, key: Ed25519PrivateKey) -> None:
@@ -320,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedforge-bench-ingest-") as tmp:
         work = Path(tmp)
         key = write_keypair(work / "op.key", work / "op.pub")
-        with mosquitto(work) as url:
+        with private_mosquitto(work) as broker:
+            url = broker.url
             for per_message in (1, 10):
                 settings = AgentSettings(
                     device_id=DEVICE,

@@ -26,7 +26,7 @@ from shared.errors import ConfigError
 from shared.mqtt import BrokerAddress, MqttClient, MqttError, tls_kwargs
 from shared.net import free_port, wait_port
 from shared.schemas import DeviceStatus
-from tests.conftest import stop_process_group
+from simulations.mosquitto import stop_process_group
 from tests.edge_agent.agent_harness import AgentThread, wait_for
 from tests.edge_agent.conftest import Keys
 

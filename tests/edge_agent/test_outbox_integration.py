@@ -22,7 +22,7 @@ from shared.features import FeatureSpec
 from shared.mqtt import BrokerAddress, MqttClient
 from shared.net import free_port, wait_port
 from shared.schemas import PredictionBatch
-from tests.conftest import stop_process_group
+from simulations.mosquitto import stop_process_group
 from tests.edge_agent.agent_harness import AgentThread, wait_for
 from tests.edge_agent.agent_testlib import payload, record
 from tests.edge_agent.conftest import Bundle, Keys
