@@ -35,8 +35,15 @@ RAY_NAMES = ("raylet", "gcs_server", "ray::", "default_worker.py", "log_monitor"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+HEAD_TAG_PREFIX = "twin-test-head-"
+
+
 def _twin_processes() -> list[str]:
-    """Ray processes started by a twin run or by this module (their environment is tagged)."""
+    """Ray processes started by a twin run (their environment is tagged).
+
+    The module's own Ray head is left out: its fixture may outlive this check (module
+    fixtures of a pytest-xdist worker end in no fixed order) and checks its own reaping.
+    """
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -46,7 +53,8 @@ def _twin_processes() -> list[str]:
             environ = Path(f"/proc/{entry}/environ").read_bytes()
         except OSError:
             continue
-        tagged = any(var.startswith(f"{TAG_ENV}=".encode()) and b"twin-" in var for var in environ.split(b"\0"))
+        tags = [var for var in environ.split(b"\0") if var.startswith(f"{TAG_ENV}=".encode())]
+        tagged = any(b"twin-" in var and HEAD_TAG_PREFIX.encode() not in var for var in tags)
         # This checkout's venv only: another checkout's suite may run Ray on the same machine.
         if tagged and sys.prefix in cmdline and any(name in cmdline for name in RAY_NAMES):
             found.append(f"{entry}: {cmdline[:120]}")
@@ -130,7 +138,7 @@ def test_fedavg_degrades_under_sign_flips_while_the_median_holds(runs: dict[str,
 def ray_head() -> Iterator[str]:
     """A separate Ray head on a free port, as a cluster would be (tagged, so it is reaped)."""
     port = free_port()
-    tag = f"twin-test-head-{uuid.uuid4().hex[:8]}"
+    tag = f"{HEAD_TAG_PREFIX}{uuid.uuid4().hex[:8]}"
     env = {**os.environ, TAG_ENV: tag, "RAY_USAGE_STATS_ENABLED": "0"}
     ray = str(Path(sys.executable).parent / "ray")
     argv = [ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
@@ -139,8 +147,9 @@ def ray_head() -> Iterator[str]:
         assert wait_port(port, timeout=120), "the Ray head did not listen"
         yield f"127.0.0.1:{port}"
     finally:
-        kill_tree([head.pid], grace=5.0, tag=tag)
+        survivors = kill_tree([head.pid], grace=5.0, tag=tag)
         head.wait(10)
+        assert not survivors, f"the Ray head left processes behind: {sorted(survivors)}"
 
 
 def test_same_seed_same_results_on_a_ray_cluster_named_by_the_environment(
