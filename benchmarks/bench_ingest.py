@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from benchmarks.fraud_model import signed_fraud_model
 from benchmarks.harness import Figure, Sample, parse_args, write_result
 from edge_agent.config import AgentSettings
 from edge_agent.inference import OnnxScorer
@@ -39,13 +39,11 @@ from edge_agent.pipeline import clean_payloads
 from edge_agent.service import Agent
 from edge_agent.store import ScoredRecord, SqliteAgentStore
 from edge_agent.updater import ModelFiles
-from server.release.export import export_onnx
 from shared import topics
-from shared.bundle import build_manifest
 from shared.mqtt import BrokerAddress, MqttClient
 from shared.schemas import prediction_batch_bytes
 from shared.signing import TrustStore, write_keypair
-from shared.tasks.fraud import INPUT_NAME, OUTPUT_NAME, FraudMLP, base_feature_spec
+from shared.tasks.fraud import base_feature_spec
 from simulations.mosquitto import private_mosquitto
 
 FLEET = "bench"
@@ -55,21 +53,9 @@ GOAL = ">= 50% of the bare rate"
 
 def install_model(settings: AgentSettings, key: Ed25519PrivateKey) -> None:
     """A signed fraud model in the agent's model directory, as an installed update leaves it."""
-    torch.manual_seed(0)
-    model_bytes = export_onnx(FraudMLP().eval())
     rng = np.random.default_rng(1)
-    spec = base_feature_spec().fit(
-        np.column_stack([rng.normal(0.0, 2.0, size=(5000, 28)), rng.exponential(90.0, size=5000)])
-    )
-    manifest = build_manifest(
-        model_bytes=model_bytes,
-        task="fraud",
-        version=1,
-        feature_spec=spec,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        signing_key=key,
-    )
+    fit_rows = np.column_stack([rng.normal(0.0, 2.0, size=(5000, 28)), rng.exponential(90.0, size=5000)])
+    model_bytes, manifest, _ = signed_fraud_model(fit_rows, key)
     ModelFiles(settings.models_dir).save(manifest, model_bytes)
 
 

@@ -20,15 +20,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from benchmarks.fraud_model import signed_fraud_model
 from benchmarks.harness import Figure, interleaved, parse_args, write_result
 from edge_agent.inference import LoadedModel, ModelSlot, OnnxScorer
-from server.release.export import export_onnx
-from shared.bundle import build_manifest
 from shared.features import FeatureSpec
-from shared.tasks.fraud import INPUT_NAME, OUTPUT_NAME, FraudMLP, base_feature_spec
+from shared.tasks.fraud import INPUT_NAME, OUTPUT_NAME
 
 GOAL = "agent's path <= 2x the bare call"
 
@@ -40,18 +38,7 @@ def synthetic_raw(n: int, seed: int) -> npt.NDArray[np.float64]:
 
 
 def build_slot() -> tuple[ModelSlot, bytes, FeatureSpec]:
-    torch.manual_seed(0)
-    model_bytes = export_onnx(FraudMLP().eval())
-    spec = base_feature_spec().fit(synthetic_raw(10_000, seed=1))
-    manifest = build_manifest(
-        model_bytes=model_bytes,
-        task="fraud",
-        version=1,
-        feature_spec=spec,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        signing_key=Ed25519PrivateKey.generate(),
-    )
+    model_bytes, manifest, spec = signed_fraud_model(synthetic_raw(10_000, seed=1), Ed25519PrivateKey.generate())
     return ModelSlot(LoadedModel(OnnxScorer(model_bytes, manifest), manifest)), model_bytes, spec
 
 

@@ -38,7 +38,6 @@ def main(grid: Grid, context: Context) -> None:
     flower_exchange = False
     if hosted is not None:
         run = hosted
-        strategy = hosted.strategy()
     else:
         cfg = context.run_config
         settings = load_server_settings(Path(str(cfg["server-config"])))
@@ -51,8 +50,12 @@ def main(grid: Grid, context: Context) -> None:
             strategy=str(cfg.get("strategy", settings.strategy)),
         )
         flower_exchange = settings.round_exchange == "flower"
-        strategy = training.strategy(fraction_evaluate=1.0 if flower_exchange else 0.0)
     try:
+        strategy = (
+            training.strategy(fraction_evaluate=1.0 if flower_exchange else 0.0)
+            if hosted is None
+            else hosted.strategy()
+        )
         initial = ArrayRecord(run.model.state_dict())
         train_config = ConfigRecord(run.train_config())
 
