@@ -83,11 +83,12 @@ def ray_session(scenario: Scenario) -> Iterator[EngineInfo]:
 
     tag = f"twin-{uuid.uuid4().hex[:12]}"
     outer = os.environ.get(TAG_ENV)
-    os.environ[TAG_ENV] = f"{outer}:{tag}" if outer else tag  # local Ray processes inherit it
+    nested = f"{outer}:{tag}" if outer else tag
+    os.environ[TAG_ENV] = nested  # local Ray processes inherit it
     become_subreaper()
     before = set(_children())
     try:
-        args = ray_init_args(scenario, tag)
+        args = ray_init_args(scenario, nested)  # workers too keep the enclosing tags
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # Ray's notice about accelerator env vars
