@@ -86,11 +86,12 @@ def install_action_routes(app: FastAPI, settings: ServerSettings, registry: Regi
     @app.get("/api/rollouts", dependencies=viewer)
     async def rollouts() -> dict[str, Any]:
         def _read() -> dict[str, Any]:
+            commands = registry.list_commands(settings.fleet)  # the newest 100
             return rollouts_view(
                 registry.list_devices(settings.fleet),
                 registry.list_model_versions(settings.task),
-                registry.list_commands(settings.fleet),
-                registry.list_acks(),
+                commands,
+                registry.list_acks(command_ids=[c.command_id for c in commands]),
                 settings.online_window_s,
             )
 

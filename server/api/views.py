@@ -56,6 +56,7 @@ def run_view(r: RunRecord) -> dict[str, Any]:
         "finished": r.finished,
         "error": r.error,
         "published_version": r.published_version,
+        "strategy": r.strategy,
     }
 
 

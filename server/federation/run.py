@@ -109,7 +109,7 @@ class TrainingRun:
             LabelledSet.from_parquet(settings.bootstrap_data, spec, "bootstrap") if settings.finetune_epochs else None
         )
         if registry.get_run(run_id) is None:
-            registry.start_run(run_id, rounds, flower_run_id=flower_run_id, started=time.time())
+            registry.start_run(run_id, rounds, flower_run_id=flower_run_id, started=time.time(), strategy=strategy)
         elif flower_run_id is not None:
             registry.set_flower_run_id(run_id, flower_run_id)
         return cls(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 from server.errors import NotFoundError, RegistryError
@@ -106,10 +107,18 @@ class InMemoryRegistry:
 
     # -- training runs ------------------------------------------------------------
     def start_run(
-        self, run_id: str, rounds: int, *, flower_run_id: str | int | None = None, started: float
+        self,
+        run_id: str,
+        rounds: int,
+        *,
+        flower_run_id: str | int | None = None,
+        started: float,
+        strategy: str | None = None,
     ) -> RunRecord:
         fid = None if flower_run_id is None else str(flower_run_id)
-        record = RunRecord(run_id=run_id, flower_run_id=fid, status="running", rounds=rounds, started=started)
+        record = RunRecord(
+            run_id=run_id, flower_run_id=fid, status="running", rounds=rounds, started=started, strategy=strategy
+        )
         with self._lock:
             if run_id in self._runs:
                 raise RegistryError(f"run {run_id} already exists")
@@ -183,9 +192,16 @@ class InMemoryRegistry:
         with self._lock:
             self._acks[(ack.command_id, ack.device_id)] = ack
 
-    def list_acks(self, command_id: str | None = None) -> list[AckRecord]:
+    def list_acks(
+        self, command_id: str | None = None, *, command_ids: Collection[str] | None = None
+    ) -> list[AckRecord]:
+        wanted = None if command_ids is None else set(command_ids)
         with self._lock:
-            acks = [a for a in self._acks.values() if command_id is None or a.command_id == command_id]
+            acks = [
+                a
+                for a in self._acks.values()
+                if (command_id is None or a.command_id == command_id) and (wanted is None or a.command_id in wanted)
+            ]
         return sorted(acks, key=lambda a: (a.command_id, a.device_id))
 
     def close(self) -> None:

@@ -88,6 +88,7 @@ class TrainingRun(Base):
     finished: Mapped[float | None]
     error: Mapped[str | None] = mapped_column(Text)
     published_version: Mapped[int | None]
+    strategy: Mapped[str | None] = mapped_column(String(32))
 
 
 class Round(Base):

@@ -7,6 +7,7 @@ Times are epoch seconds (floats), as on the wire.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
@@ -69,6 +70,7 @@ class RunRecord:
     finished: float | None = None
     error: str | None = None
     published_version: int | None = None
+    strategy: str | None = None  # None for runs recorded before revision 0005
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,13 @@ class Registry(Protocol):
 
     # -- training runs ------------------------------------------------------------
     def start_run(
-        self, run_id: str, rounds: int, *, flower_run_id: str | int | None = None, started: float
+        self,
+        run_id: str,
+        rounds: int,
+        *,
+        flower_run_id: str | int | None = None,
+        started: float,
+        strategy: str | None = None,
     ) -> RunRecord: ...
 
     def set_flower_run_id(self, run_id: str, flower_run_id: str | int) -> None: ...
@@ -213,7 +221,11 @@ class Registry(Protocol):
         """Upsert per (command_id, device_id); acks of unknown commands are kept too."""
         ...
 
-    def list_acks(self, command_id: str | None = None) -> list[AckRecord]: ...
+    def list_acks(
+        self, command_id: str | None = None, *, command_ids: Collection[str] | None = None
+    ) -> list[AckRecord]:
+        """All acks, or those of one command, or of the given commands (bounded reads for views)."""
+        ...
 
     # -- audit --------------------------------------------------------------------
     def audit(self, actor: str, action: str, detail: dict[str, Any], *, at: float | None = None) -> None: ...

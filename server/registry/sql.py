@@ -8,6 +8,7 @@ ServerApp can share one registry across threads. The schema is owned by Alembic
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, select
@@ -98,6 +99,7 @@ def _run(row: TrainingRun) -> RunRecord:
         finished=row.finished,
         error=row.error,
         published_version=row.published_version,
+        strategy=row.strategy,
     )
 
 
@@ -232,7 +234,13 @@ class SqlRegistry:
 
     # -- training runs ------------------------------------------------------------
     def start_run(
-        self, run_id: str, rounds: int, *, flower_run_id: str | int | None = None, started: float
+        self,
+        run_id: str,
+        rounds: int,
+        *,
+        flower_run_id: str | int | None = None,
+        started: float,
+        strategy: str | None = None,
     ) -> RunRecord:
         row = TrainingRun(
             run_id=run_id,
@@ -243,6 +251,7 @@ class SqlRegistry:
             finished=None,
             error=None,
             published_version=None,
+            strategy=strategy,
         )
         try:
             with self._session() as s, s.begin():
@@ -364,10 +373,14 @@ class SqlRegistry:
                 )
             )
 
-    def list_acks(self, command_id: str | None = None) -> list[AckRecord]:
+    def list_acks(
+        self, command_id: str | None = None, *, command_ids: Collection[str] | None = None
+    ) -> list[AckRecord]:
         query = select(CommandAckRow).order_by(CommandAckRow.command_id, CommandAckRow.device_id)
         if command_id is not None:
             query = query.where(CommandAckRow.command_id == command_id)
+        if command_ids is not None:
+            query = query.where(CommandAckRow.command_id.in_(list(command_ids)))
         with self._session() as s:
             return [
                 AckRecord(r.command_id, r.device_id, r.accepted, r.reason, r.serving_version, r.at)

@@ -71,6 +71,7 @@ def test_one_training_run_reaches_every_agent(mosquitto, tmp_path: Path) -> None
         # a robust rule: the strategy travels in Flower's run config to the ServerApp.
         run = fleet.start_run(rounds=1, strategy="median")
         assert run["status"] == "succeeded", run
+        assert run["strategy"] == "median"  # recorded on the run by the ServerApp
         published = run["published_version"]
         assert published == 2
         assert run["round_metrics"][0]["participants"] == 3

@@ -128,7 +128,7 @@ def test_duplicate_version_and_unknown_stage_target_are_refused(registry: Regist
 
 def test_runs_and_rounds(registry: Registry) -> None:
     registry.start_run("run-a", 3, started=100.0)
-    registry.start_run("run-b", 2, flower_run_id=42, started=200.0)
+    registry.start_run("run-b", 2, flower_run_id=42, started=200.0, strategy="median")
     with pytest.raises(RegistryError):
         registry.start_run("run-a", 3, started=300.0)
     registry.set_flower_run_id("run-a", "7")
@@ -149,6 +149,7 @@ def test_runs_and_rounds(registry: Registry) -> None:
     run_b = registry.get_run("run-b")
     assert run_b is not None
     assert (run_b.status, run_b.flower_run_id, run_b.error) == ("failed", "42", "too few agents")
+    assert (run_a.strategy, run_b.strategy) == (None, "median")  # None: not recorded (older runs)
     rounds = registry.list_rounds("run-a")
     assert [(r.round, r.participants, r.metrics["loss"]) for r in rounds] == [(1, 3, 0.5), (2, 3, 0.3)]
     assert len(registry.list_rounds()) == 2
@@ -204,6 +205,9 @@ def test_commands_and_acks(registry: Registry) -> None:
     assert [(a.device_id, a.accepted, a.serving_version) for a in acks] == [("d1", True, 1), ("d2", True, 1)]
     assert registry.list_acks("c2") == []
     assert len(registry.list_acks()) == 2
+    registry.record_ack(AckRecord("old", "d1", True, "serving v1", 1, 5.0))  # of a command no view shows
+    assert [a.command_id for a in registry.list_acks(command_ids=["c1", "c2"])] == ["c1", "c1"]
+    assert registry.list_acks(command_ids=[]) == []
 
 
 def test_audit_pages_back_with_before(registry: Registry) -> None:

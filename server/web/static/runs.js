@@ -48,6 +48,7 @@ async function load() {
         el("td", {}, el("a", { href: `#${r.run_id}` }, r.run_id)),
         el("td", {}, el("span", { class: `badge run-${r.status}` }, r.status)),
         el("td", { class: "num" }, String(r.rounds)),
+        el("td", {}, r.strategy ?? "–"),
         el("td", {}, fmtTime(r.started)),
         el("td", {}, r.finished ? fmtDuration(r.finished - r.started) : "running"),
         el("td", {}, r.published_version === null ? "–" : versionLabel(r.published_version)),
@@ -61,7 +62,7 @@ async function load() {
       return tr;
     }),
   );
-  if (runs.length === 0) tbody.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no training run yet")));
+  if (runs.length === 0) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no training run yet")));
   const wanted = decodeURIComponent(location.hash.slice(1)) || selected || (runs[0] && runs[0].run_id);
   if (wanted && runs.some((r) => r.run_id === wanted)) await showRun(wanted);
 }
