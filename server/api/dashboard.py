@@ -37,10 +37,9 @@ DEFAULT_HISTORY_S = 3600.0
 
 def fleet_snapshot(settings: ServerSettings, registry: Registry, telemetry: TelemetryStore) -> dict[str, Any]:
     now = time.time()
-    rows = [
-        device_row(d, telemetry.latest_points(d.device_id, RATE_POINTS), now, settings.online_window_s)
-        for d in registry.list_devices(settings.fleet)
-    ]
+    devices = registry.list_devices(settings.fleet)
+    points = telemetry.latest_points_many([d.device_id for d in devices], RATE_POINTS)
+    rows = [device_row(d, points[d.device_id], now, settings.online_window_s) for d in devices]
     latest = registry.latest_published(settings.task)
     summary = fleet_summary(rows, None if latest is None else latest.version, now)
     audit = registry.list_audit(1)

@@ -32,6 +32,10 @@ class TelemetryStore(Protocol):
         """The newest ``n``, oldest first."""
         ...
 
+    def latest_points_many(self, device_ids: Sequence[str], n: int) -> dict[str, list[TelemetryPoint]]:
+        """``latest_points`` for many devices in one read (the fleet view); every id is a key."""
+        ...
+
     def add_quarantine(self, entries: Sequence[QuarantineEntry]) -> int:
         """Adds the entries not yet stored; keeps the newest ``QUARANTINE_KEEP`` per device."""
         ...
@@ -72,6 +76,9 @@ class InMemoryTelemetryStore:
     def latest_points(self, device_id: str, n: int) -> list[TelemetryPoint]:
         with self._lock:
             return list(self._points.get(device_id, [])[-n:]) if n > 0 else []
+
+    def latest_points_many(self, device_ids: Sequence[str], n: int) -> dict[str, list[TelemetryPoint]]:
+        return {d: self.latest_points(d, n) for d in device_ids}
 
     def add_quarantine(self, entries: Sequence[QuarantineEntry]) -> int:
         added = 0

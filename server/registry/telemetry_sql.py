@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.registry.models import QuarantineSampleRow, TelemetryRow
@@ -89,6 +89,28 @@ class SqlTelemetryStore:
         )
         with self._session() as s:
             return [_point(r) for r in reversed(list(s.scalars(query)))]
+
+    def latest_points_many(self, device_ids: Sequence[str], n: int) -> dict[str, list[TelemetryPoint]]:
+        out: dict[str, list[TelemetryPoint]] = {d: [] for d in device_ids}
+        if n <= 0 or not device_ids:
+            return out
+        # One query for the whole fleet: rank each device's points newest first, keep n each.
+        rank = (
+            func.row_number()
+            .over(partition_by=TelemetryRow.device_id, order_by=(TelemetryRow.at.desc(), TelemetryRow.id.desc()))
+            .label("rank")
+        )
+        ranked = select(TelemetryRow.id, rank).where(TelemetryRow.device_id.in_(list(device_ids))).subquery()
+        query = (
+            select(TelemetryRow)
+            .join(ranked, ranked.c.id == TelemetryRow.id)
+            .where(ranked.c.rank <= n)
+            .order_by(TelemetryRow.device_id, TelemetryRow.at, TelemetryRow.id)
+        )
+        with self._session() as s:
+            for row in s.scalars(query):
+                out[row.device_id].append(_point(row))
+        return out
 
     def add_quarantine(self, entries: Sequence[QuarantineEntry]) -> int:
         added = 0

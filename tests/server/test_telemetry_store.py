@@ -43,6 +43,9 @@ def test_points_come_back_in_time_order(store: TelemetryStore) -> None:
     assert [p.at for p in store.list_points("d1", since=20.0)] == [20.0, 30.0]
     assert [p.at for p in store.latest_points("d1", 2)] == [20.0, 30.0]
     assert store.latest_points("d1", 0) == []
+    many = store.latest_points_many(["d1", "d2", "nobody"], 2)
+    assert many == {"d1": store.latest_points("d1", 2), "d2": store.latest_points("d2", 2), "nobody": []}
+    assert store.latest_points_many(["d1"], 0) == {"d1": []}
     assert store.list_points("nobody") == []
     assert store.list_points("d1")[0] == _point("d1", 10.0, 10)
 
