@@ -188,6 +188,8 @@ class TelemetryRow(Base):
     drift_score: Mapped[float | None]
     queue_depth: Mapped[int]
     kind: Mapped[str] = mapped_column(String(16))
+    drift_feature: Mapped[str | None] = mapped_column(String(128))
+    drift_shift: Mapped[float | None]
 
 
 class QuarantineSampleRow(Base):

@@ -26,6 +26,8 @@ def _point(r: TelemetryRow) -> TelemetryPoint:
         serving_version=r.serving_version,
         scoring_latency_ms=r.scoring_latency_ms,
         drift_score=r.drift_score,
+        drift_feature=r.drift_feature,
+        drift_shift=r.drift_shift,
         queue_depth=r.queue_depth,
         kind=r.kind,
     )
@@ -61,6 +63,8 @@ class SqlTelemetryStore:
                     serving_version=point.serving_version,
                     scoring_latency_ms=point.scoring_latency_ms,
                     drift_score=point.drift_score,
+                    drift_feature=point.drift_feature,
+                    drift_shift=point.drift_shift,
                     queue_depth=point.queue_depth,
                     kind=point.kind,
                 )

@@ -17,7 +17,7 @@ def device_row(d: DeviceRecord, recent: Sequence[TelemetryPoint], now: float, on
     # A revoked device is no longer trusted: whatever it still says, it is not part of the fleet.
     online = d.online(now, online_window_s) and not d.revoked
     r = rates(recent)
-    drift = next((p.drift_score for p in reversed(recent) if p.drift_score is not None), None)
+    drifted = next((p for p in reversed(recent) if p.drift_score is not None), None)
     return {
         "device_id": d.device_id,
         "online": online,
@@ -29,7 +29,9 @@ def device_row(d: DeviceRecord, recent: Sequence[TelemetryPoint], now: float, on
         # An offline device's last rate is history, not throughput.
         "records_per_s": None if r.records_per_s is None or not online else round(r.records_per_s, 3),
         "quarantine_rate": None if r.quarantine_rate is None else round(r.quarantine_rate, 6),
-        "drift_score": drift,
+        "drift_score": None if drifted is None else drifted.drift_score,
+        "drift_feature": None if drifted is None else drifted.drift_feature,
+        "drift_shift": None if drifted is None else drifted.drift_shift,
         "scoring_latency_ms": d.scoring_latency_ms_p50,
         "queue_depth": d.queue_depth,
         "counters": d.counters,

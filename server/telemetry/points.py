@@ -30,6 +30,8 @@ class TelemetryPoint:
     drift_score: float | None = None
     queue_depth: int = 0
     kind: str = "heartbeat"
+    drift_feature: str | None = None  # the feature whose mean moved most (its shift in drift_shift)
+    drift_shift: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ def point_from_status(status: DeviceStatus, at: float) -> TelemetryPoint:
         drift_score=None if status.drift is None else status.drift.score,
         queue_depth=status.queue_depth,
         kind=status.kind,
+        drift_feature=None if status.drift is None else status.drift.worst_feature,
+        drift_shift=None if status.drift is None or status.drift.worst_feature is None else status.drift.worst_shift,
     )
 
 
@@ -106,6 +110,7 @@ def series(points: Sequence[TelemetryPoint]) -> list[dict[str, Any]]:
                 "quarantine_rate": _round(r.quarantine_rate),
                 "scoring_latency_ms": _round(b.scoring_latency_ms),
                 "drift_score": _round(b.drift_score),
+                "drift_feature": b.drift_feature,
                 "queue_depth": b.queue_depth,
                 "serving_version": b.serving_version,
             }

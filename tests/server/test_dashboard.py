@@ -98,6 +98,7 @@ def test_fleet_summary_has_rates_drift_and_versions(world: tuple[TestClient, Ide
     assert rows["edge-1"]["records_per_s"] == pytest.approx(40.0)
     assert rows["edge-1"]["quarantine_rate"] == pytest.approx(5 / 200)
     assert rows["edge-1"]["drift_score"] == 0.12
+    assert (rows["edge-1"]["drift_feature"], rows["edge-1"]["drift_shift"]) == ("Amount", 0.5)
     assert rows["edge-1"]["scoring_latency_ms"] == 0.005
     assert rows["edge-2"]["records_per_s"] is None  # one point: no rate yet
     assert rows["edge-4"]["online"] is False

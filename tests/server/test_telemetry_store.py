@@ -32,7 +32,9 @@ def store(request: pytest.FixtureRequest) -> Iterator[TelemetryStore]:
 
 
 def _point(device: str, at: float, ingested: int = 0) -> TelemetryPoint:
-    return TelemetryPoint(device, at, ingested, 0, ingested, serving_version=1, drift_score=0.5)
+    return TelemetryPoint(
+        device, at, ingested, 0, ingested, serving_version=1, drift_score=0.5, drift_feature="V3", drift_shift=1.5
+    )
 
 
 def test_points_come_back_in_time_order(store: TelemetryStore) -> None:

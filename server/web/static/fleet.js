@@ -34,7 +34,15 @@ function render() {
         el("td", { class: "version" }, versionLabel(r.serving_version)),
         el("td", { class: "num" }, fmtNum(r.records_per_s, 1)),
         el("td", { class: "num" }, fmtPct(r.quarantine_rate)),
-        el("td", { class: `num ${r.drift_score > 0.25 ? "warn" : ""}` }, fmtNum(r.drift_score, 3)),
+        el(
+          "td",
+          {
+            class: `num ${r.drift_score > 0.25 ? "warn" : ""}`,
+            title: r.drift_feature ? `moved most: ${r.drift_feature} (${fmtNum(r.drift_shift, 2)} sd)` : null,
+          },
+          fmtNum(r.drift_score, 3),
+          r.drift_feature ? el("span", { class: "muted drift-feature" }, ` ${r.drift_feature}`) : null,
+        ),
         el("td", { class: "num" }, r.scoring_latency_ms === null ? "–" : fmtNum(r.scoring_latency_ms, 4)),
       ),
     ),

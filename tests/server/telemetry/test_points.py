@@ -40,7 +40,7 @@ def test_no_rate_from_a_single_point_or_no_traffic() -> None:
 
 
 def test_series_has_one_row_per_interval() -> None:
-    rows = series([_p(0, 0, drift_score=0.1), _p(2, 20, 2, drift_score=0.2, serving_version=3)])
+    rows = series([_p(0, 0, drift_score=0.1), _p(2, 20, 2, drift_score=0.2, serving_version=3, drift_feature="V2")])
     assert rows == [
         {
             "at": 2,
@@ -48,6 +48,7 @@ def test_series_has_one_row_per_interval() -> None:
             "quarantine_rate": pytest.approx(2 / 22),
             "scoring_latency_ms": None,
             "drift_score": 0.2,
+            "drift_feature": "V2",
             "queue_depth": 0,
             "serving_version": 3,
         }
@@ -68,3 +69,4 @@ def test_point_from_status_keeps_counters_and_drift() -> None:
     p = point_from_status(status, 9.0)
     assert (p.device_id, p.at, p.ingested, p.quarantined, p.scored) == ("d9", 9.0, 7, 1, 6)
     assert (p.serving_version, p.scoring_latency_ms, p.drift_score) == (2, 0.01, 0.3)
+    assert (p.drift_feature, p.drift_shift) == ("V1", 0.9)
