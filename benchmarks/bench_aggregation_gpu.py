@@ -146,7 +146,7 @@ def host_figures(size: Size, weights: list[int]) -> list[Figure]:
 
     cpu = fedavg(views, weights, workers=default_workers())
     diff = max_abs_diff(cpu.arrays, gpu.arrays)
-    norm_rel = float(np.max(np.abs(cpu.sq_norms - gpu.sq_norms) / cpu.sq_norms))
+    norm_rel = float(np.max(np.abs(cpu.norms() - gpu.norms()) / cpu.norms()))
     records = [
         ArrayRecord({"w": Array(dtype="float32", shape=(size.parameters,), stype="numpy.ndarray", data=p)})
         for p in payloads

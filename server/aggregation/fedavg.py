@@ -1,23 +1,33 @@
-"""FedAvg on the CPU: the weighted mean of K updates in one pass over their bytes.
+"""FedAvg on the CPU: the weighted mean of K updates in one pass over their bytes, on several cores.
 
 Flower's ``aggregate_arrayrecords`` decodes every array with ``np.load`` (a copy), multiplies
 it by its weight (a fresh temporary, page faults included) and adds it in (another pass).
-Here each layer is cut into cache-sized blocks; for one block, every update is multiplied
-into a scratch buffer that stays in cache and added to the accumulator, which stays in cache
-too. The updates' bytes are read exactly once, straight from where they arrived (see
-``npy.npy_view``), and the same pass yields each update's squared norm (NaN/Inf when it holds
-a non-finite value), so the sanity check costs no second pass over the memory.
+Here the updates' bytes are read exactly once, straight from where they arrived (see
+``npy.npy_view``), and the work is cut into jobs that run on ``workers`` threads (NumPy
+releases the GIL in its loops, and a single core cannot draw the memory bandwidth of two):
+
+- a large layer is cut into cache-sized blocks; for one block, every update is multiplied
+  into a scratch buffer and added to the accumulator, both of which stay in L2;
+- small layers (biases, norms: a few thousand values) would cost K NumPy calls each for
+  almost no arithmetic, so all K updates' copies of a group of them are stacked into one
+  cache-sized matrix, scaled by the weights and reduced over the updates in three calls.
+
+The same pass yields each update's squared norm (NaN/Inf when it holds a non-finite value)
+from the values while they are in cache, so the sanity check costs no second pass over the
+memory; a caller that does not need them (``norms=False``) skips even that.
 
 The arithmetic is Flower's: weights normalised as ``w / sum(w)`` in Python floats, products
-and sums in the layer's own float dtype (float32 models accumulate in float32), updates
-added in order. The result is therefore bit-identical to Flower's for the same inputs
-(single worker; with several workers blocks run in parallel but each block's order is the
-same, so the values are still identical). Non-float layers are averaged in float64, as
+rounded in the layer's own float dtype (float32 models accumulate in float32, as NumPy does
+for ``float32_array * python_float``), updates added in order (a reduction over the first
+axis of a C-ordered stack adds row after row). The result is therefore bit-identical to
+Flower's for the same inputs, whatever the block size or thread count: each output value is
+computed by one thread, in the same order. Non-float layers are averaged in float64, as
 NumPy's promotion does in Flower.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -36,8 +46,16 @@ Update = Sequence[Layer]
 
 Mean = Callable[[Sequence[Update], Sequence[float]], "Averaged"]
 
-# 64 Ki elements: 256 KiB of float32 per operand, so accumulator + scratch fit in L2.
+# 64 Ki elements: 256 KiB of float32 per operand, so accumulator + scratch + the block being
+# read fit in L2 (block sizes 16-256 Ki measured within the noise of each other; smaller ones
+# pay more per-call overhead than they gain in cache).
 DEFAULT_BLOCK = 1 << 16
+# A layer whose K copies fit in this many bytes is stacked (see the module docstring).
+STACK_BYTES = 1 << 20
+# Below this many values in a round (K x P), threads cost more to wake than the work they share.
+PARALLEL_MIN_VALUES = 1 << 22
+# Memory-bound beyond a few cores: more threads only add contention.
+MAX_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -45,10 +63,18 @@ class Averaged:
     """The weighted mean, and what the one pass learnt about each update."""
 
     arrays: list[npt.NDArray[np.floating]]
-    sq_norms: npt.NDArray[np.float64]  # per update; NaN or Inf when the update is non-finite (or overflows)
+    # Per update; NaN or Inf when the update is non-finite (or its squares overflow).
+    # None when the pass was asked not to compute them.
+    sq_norms: npt.NDArray[np.float64] | None
 
     def bad_updates(self) -> list[int]:
-        return [i for i, sq in enumerate(self.sq_norms) if not math.isfinite(sq)]
+        return [i for i, sq in enumerate(self.norms()) if not math.isfinite(sq)]
+
+    def norms(self) -> npt.NDArray[np.float64]:
+        """The squared norms; an error to ask for when the pass skipped them."""
+        if self.sq_norms is None:
+            raise AggregationError("the squared norms were not computed (norms=False)")
+        return self.sq_norms
 
 
 def normalised(weights: Sequence[float]) -> list[float]:
@@ -85,13 +111,77 @@ def check_layout(updates: Sequence[Update]) -> list[tuple[tuple[int, ...], np.dt
     return layout
 
 
-def fedavg(
-    updates: Sequence[Update], weights: Sequence[float], *, block: int = DEFAULT_BLOCK, workers: int = 1
-) -> Averaged:
-    """Weighted mean of ``updates`` (each a list of layers, same layout) with their squared norms.
+def default_workers() -> int:
+    """Threads for the CPU kernel: the cores this process may use, at most ``MAX_WORKERS``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
 
-    ``workers`` > 1 spreads the blocks over threads (NumPy releases the GIL in its loops);
-    useful on a many-core server, not on a busy small machine.
+
+def resolve_workers(workers: int | None, values: int) -> int:
+    """``None``: ``default_workers()`` for a round of at least ``PARALLEL_MIN_VALUES`` values, else 1."""
+    if workers is None:
+        return default_workers() if values >= PARALLEL_MIN_VALUES else 1
+    if workers < 1:
+        raise AggregationError(f"workers must be at least 1, got {workers}")
+    return workers
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """Values ``start:stop`` of one large layer: the updates are added in one by one."""
+
+    layer: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """Small layers of one accumulator dtype: all updates' copies at once, as one matrix."""
+
+    layers: tuple[int, ...]
+    width: int  # their values together
+
+
+Job = _Blocks | _Stack
+
+
+def plan(sizes: Sequence[int], dtypes: Sequence[np.dtype[np.floating]], updates: int, block: int) -> list[Job]:
+    """The jobs of one round: blocks of the large layers, then groups of the small ones."""
+    jobs: list[Job] = []
+    groups: dict[np.dtype[np.floating], list[int]] = {}
+    for j, (n, dtype) in enumerate(zip(sizes, dtypes, strict=True)):
+        if updates * n * dtype.itemsize > STACK_BYTES:
+            count = -(-n // block)
+            # Even blocks (no sliver at the end), starting on cache-line multiples.
+            bounds = sorted({min(n, -(-n * b // count // 64) * 64) for b in range(count)} | {n})
+            jobs.extend(_Blocks(j, start, stop) for start, stop in itertools.pairwise(bounds))
+            continue
+        group = groups.setdefault(dtype, [])
+        if group and updates * (sum(sizes[i] for i in group) + n) * dtype.itemsize > STACK_BYTES:
+            jobs.append(_Stack(tuple(group), sum(sizes[i] for i in group)))
+            group.clear()
+        group.append(j)
+    jobs.extend(_Stack(tuple(group), sum(sizes[i] for i in group)) for group in groups.values() if group)
+    return jobs
+
+
+def fedavg(
+    updates: Sequence[Update],
+    weights: Sequence[float],
+    *,
+    block: int = DEFAULT_BLOCK,
+    workers: int | None = None,
+    norms: bool = True,
+) -> Averaged:
+    """Weighted mean of ``updates`` (each a list of layers, same layout), with their squared norms.
+
+    ``workers`` threads share the jobs (``None``: see ``resolve_workers``); the result does not
+    depend on it, nor on ``block``. ``norms=False`` leaves ``sq_norms`` out (a little less work
+    per value, for callers that check nothing).
     """
     factors = normalised(weights)
     layout = check_layout(updates)
@@ -99,47 +189,76 @@ def fedavg(
         raise AggregationError(f"{len(updates)} updates but {len(factors)} weights")
     if block <= 0:
         raise AggregationError(f"block must be positive, got {block}")
-    flats = [[np.ravel(a) for a in update] for update in updates]  # views for C-ordered layers
-    outputs = [np.empty(math.prod(shape), dtype=accumulator_dtype(dtype)) for shape, dtype in layout]
-    jobs = [
-        (j, start, min(out.size, start + block)) for j, out in enumerate(outputs) for start in range(0, out.size, block)
-    ]
-    sq = np.zeros(len(updates), dtype=np.float64)
-
-    def run(job: tuple[int, int, int]) -> npt.NDArray[np.float64]:
-        j, start, stop = job
-        return _block(flats, factors, j, start, stop, outputs[j])
-
+    sizes = [math.prod(shape) for shape, _ in layout]
+    threads = resolve_workers(workers, len(updates) * sum(sizes))
+    dtypes = [accumulator_dtype(dtype) for _, dtype in layout]
+    kernel = _Kernel(
+        flats=[[np.ravel(a) for a in update] for update in updates],  # views for C-ordered layers
+        factors=factors,
+        outputs=[np.empty(n, dtype=dtype) for n, dtype in zip(sizes, dtypes, strict=True)],
+        norms=norms,
+    )
+    jobs = plan(sizes, dtypes, len(updates), block)
+    sq = np.zeros(len(updates), dtype=np.float64) if norms else None
     with np.errstate(all="ignore"):  # non-finite updates are reported through sq_norms, not warnings
-        if workers <= 1 or len(jobs) < 2:
-            for job in jobs:
-                sq += run(job)
-        else:
-            for part in _pool(workers).map(run, jobs):
+        parts = map(kernel.run, jobs) if threads <= 1 or len(jobs) < 2 else _pool(threads).map(kernel.run, jobs)
+        for part in parts:
+            if sq is not None and part is not None:
                 sq += part
-    arrays = [out.reshape(shape) for out, (shape, _) in zip(outputs, layout, strict=True)]
+    arrays = [out.reshape(shape) for out, (shape, _) in zip(kernel.outputs, layout, strict=True)]
     return Averaged(arrays, sq)
 
 
-def _block(
-    flats: list[list[Layer]], factors: list[float], j: int, start: int, stop: int, out: npt.NDArray[np.floating]
-) -> npt.NDArray[np.float64]:
-    acc = out[start:stop]
-    scratch = np.empty_like(acc)
-    sq = np.empty(len(flats), dtype=np.float64)
-    dtype = acc.dtype.type
-    for k, layers in enumerate(flats):
-        x = layers[j][start:stop]
-        if x.dtype != acc.dtype:  # non-float layer: promote once, here, in cache
-            x = x.astype(acc.dtype)
-        if k == 0:
-            np.multiply(x, dtype(factors[k]), out=acc)
-        else:
-            np.multiply(x, dtype(factors[k]), out=scratch)
-            np.add(acc, scratch, out=acc)
-        xd = x if x.dtype.itemsize >= 4 else x.astype(np.float32)  # float16 squares overflow early
-        sq[k] = float(np.dot(xd, xd))
-    return sq
+@dataclass(frozen=True)
+class _Kernel:
+    flats: list[list[Layer]]
+    factors: list[float]
+    outputs: list[npt.NDArray[np.floating]]
+    norms: bool
+
+    def run(self, job: Job) -> npt.NDArray[np.float64] | None:
+        if isinstance(job, _Blocks):
+            return self._blocks(job)
+        return self._stack(job)
+
+    def _blocks(self, job: _Blocks) -> npt.NDArray[np.float64] | None:
+        acc = self.outputs[job.layer][job.start : job.stop]
+        scratch = np.empty_like(acc)
+        sq = np.empty(len(self.flats), dtype=np.float64) if self.norms else None
+        dtype = acc.dtype.type
+        for k, layers in enumerate(self.flats):
+            x = layers[job.layer][job.start : job.stop]
+            if x.dtype != acc.dtype:  # non-float layer: promote once, here, in cache
+                x = x.astype(acc.dtype)
+            if k == 0:
+                np.multiply(x, dtype(self.factors[k]), out=acc)
+            else:
+                np.multiply(x, dtype(self.factors[k]), out=scratch)
+                np.add(acc, scratch, out=acc)
+            if sq is not None:
+                xd = x if x.dtype.itemsize >= 4 else x.astype(np.float32)  # float16 squares overflow early
+                sq[k] = float(np.dot(xd, xd))
+        return sq
+
+    def _stack(self, job: _Stack) -> npt.NDArray[np.float64] | None:
+        dtype = self.outputs[job.layers[0]].dtype
+        # At least two columns: a (K, 1) reduction would be summed pairwise, not row after row.
+        stack = np.empty((len(self.flats), max(job.width, 2)), dtype=dtype)
+        stack[:, job.width :] = 0
+        offsets = [0]
+        for j in job.layers:
+            view = stack[:, offsets[-1] : offsets[-1] + self.outputs[j].size]
+            np.stack([layers[j] for layers in self.flats], out=view, casting="unsafe")
+            offsets.append(offsets[-1] + self.outputs[j].size)
+        sq = None
+        if self.norms:
+            wide = stack if dtype.itemsize >= 4 else stack.astype(np.float32)
+            sq = np.einsum("ij,ij->i", wide, wide).astype(np.float64)
+        stack *= np.array(self.factors, dtype=dtype)[:, None]
+        total = np.add.reduce(stack, axis=0)
+        for j, start, stop in zip(job.layers, offsets, offsets[1:], strict=False):
+            self.outputs[j][...] = total[start:stop]
+        return sq
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -155,19 +274,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
-def default_workers() -> int:
-    """Threads for the CPU kernel: the cores this process may use, at most 8 (memory-bound beyond)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
-
-
 def update_problems(averaged: Averaged, updates: Sequence[Update], max_norm: float) -> dict[int, str]:
     """Which updates must not count, and why, from the norms the pass computed."""
     problems: dict[int, str] = {}
-    for i, sq in enumerate(averaged.sq_norms):
+    for i, sq in enumerate(averaged.norms()):
         finite = math.isfinite(sq)
         if not finite and not all(np.isfinite(a).all() for a in updates[i] if a.dtype.kind in "fc"):
             problems[i] = "non-finite values in update"

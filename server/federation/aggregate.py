@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord
 
-from server.aggregation.fedavg import Averaged, default_workers, fedavg, screen
+from server.aggregation.fedavg import Averaged, fedavg, screen
 from server.aggregation.npy import npy_bytes, npy_view
 from server.errors import AggregationError
 
@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 NUMPY_STYPE = "numpy.ndarray"  # flwr.common.constant.SType.NUMPY
 # Below this many values in a round (K x P) the GPU's transfers and set-up cost more than they save.
 GPU_MIN_VALUES = 1 << 24
-# Below this many values, threads cost more to wake than the arithmetic they would share.
-PARALLEL_MIN_VALUES = 1 << 22
 
 
 def record_views(record: ArrayRecord) -> list[npt.NDArray[np.generic]]:
@@ -61,9 +59,18 @@ def use_gpu(device: str, updates: int, values_per_update: int) -> bool:
 
 
 def average(
-    updates: Sequence[Sequence[npt.NDArray[np.generic]]], weights: Sequence[float], *, device: str = "cpu"
+    updates: Sequence[Sequence[npt.NDArray[np.generic]]],
+    weights: Sequence[float],
+    *,
+    device: str = "cpu",
+    workers: int | None = None,
+    norms: bool = True,
 ) -> Averaged:
-    """FedAvg with its per-update squared norms, on the GPU or the CPU per ``use_gpu``."""
+    """FedAvg (with its per-update squared norms unless ``norms=False``), on the GPU or the CPU per ``use_gpu``.
+
+    ``workers``: CPU threads (``None``: ``server.aggregation.fedavg.resolve_workers`` decides).
+    The GPU path always computes the norms (they cost it nothing measurable).
+    """
     values = sum(int(a.size) for a in updates[0]) if updates else 0
     if use_gpu(device, len(updates), values):
         from server.aggregation.fedavg_torch import fedavg_torch
@@ -72,8 +79,7 @@ def average(
             return fedavg_torch(updates, weights, device="cuda" if device == "auto" else device)
         except RuntimeError as exc:  # CUDA out of memory, a lost device: the CPU still gets the round done
             log.warning("GPU aggregation failed (%s); aggregating on the CPU", exc)
-    workers = default_workers() if len(updates) * values >= PARALLEL_MIN_VALUES else 1
-    return fedavg(updates, weights, workers=workers)
+    return fedavg(updates, weights, workers=workers, norms=norms)
 
 
 def screened_average(
@@ -87,10 +93,15 @@ def screened_average(
     return screen(updates, weights, max_norm=max_norm, mean=lambda u, w: average(u, w, device=device))
 
 
-def aggregate_records(records: Sequence[ArrayRecord], weights: Sequence[float], *, device: str = "cpu") -> ArrayRecord:
-    """Drop-in for Flower's ``aggregate_arrayrecords`` on already-checked records (the benchmark's subject)."""
+def aggregate_records(
+    records: Sequence[ArrayRecord], weights: Sequence[float], *, device: str = "cpu", workers: int | None = None
+) -> ArrayRecord:
+    """Drop-in for Flower's ``aggregate_arrayrecords`` on already-checked records (the benchmark's subject).
+
+    Like Flower's, it checks no values, so it skips the norms the screening path needs.
+    """
     if not records:
         raise AggregationError("no records to aggregate")
     keys = list(records[0].keys())
-    averaged = average([record_views(r) for r in records], weights, device=device)
+    averaged = average([record_views(r) for r in records], weights, device=device, workers=workers, norms=False)
     return to_record(keys, averaged.arrays)

@@ -16,6 +16,7 @@ and exploding norms costs no extra pass (benchmarks/bench_aggregation.py, figure
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -101,7 +102,7 @@ def parse_reply(msg: Message, expected: ArrayRecord | None = None) -> ParsedRepl
         views = record_views(arrays[0])
     except AggregationError as exc:
         return f"{node}: undecodable arrays: {exc}"
-    if [(tuple(v.shape), str(v.dtype)) for v in views] != [(s, d) for _, s, d in layout]:
+    if [(tuple(v.shape), _dtype_name(v.dtype)) for v in views] != [(s, d) for _, s, d in layout]:
         return f"{node}: array bytes do not match their declared shapes or dtypes"
     if expected is not None and layout != _layout(expected):
         return f"{node}: arrays do not match the model sent (dtypes differ)"
@@ -188,7 +189,7 @@ class SanitizedFedAvg(FedAvg):
         if metrics is not None:
             outcome.train_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         # The round waits for the slowest agent: its training time is the round's compute.
-        compute = [_metric(reply.msg, "compute-s") for reply in sound]
+        compute = [_metric(reply.metrics, "compute-s") for reply in sound]
         if any(c is not None for c in compute):
             outcome.train_metrics["compute-s-max"] = max(c for c in compute if c is not None)
         return arrays, metrics
@@ -210,6 +211,12 @@ class SanitizedFedAvg(FedAvg):
         log.warning("round %d: dropped reply: %s", outcome.server_round, problem)
 
 
-def _metric(msg: Message, key: str) -> float | None:
-    value = next(iter(msg.content.metric_records.values())).get(key)
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype[np.generic]) -> str:
+    """``str(dtype)``, cached: NumPy builds the name anew each time, for every array of every reply."""
+    return str(dtype)
+
+
+def _metric(metrics: MetricRecord, key: str) -> float | None:
+    value = metrics.get(key)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

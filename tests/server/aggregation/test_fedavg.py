@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from server.aggregation.fedavg import fedavg, normalised, screen
+from server.aggregation import fedavg as kernel
+from server.aggregation.fedavg import PARALLEL_MIN_VALUES, default_workers, fedavg, normalised, resolve_workers, screen
 from server.errors import AggregationError
 
 SHAPES = [(37, 11), (11,), (5, 3, 2), ()]
@@ -49,25 +50,101 @@ def test_result_is_the_weighted_mean_within_1e_6() -> None:
 
 
 @pytest.mark.parametrize(("block", "workers"), [(1, 1), (7, 1), (64, 3), (1 << 16, 4)])
-def test_blocks_and_threads_do_not_change_the_result(block: int, workers: int) -> None:
+@pytest.mark.parametrize("stack_bytes", [0, kernel.STACK_BYTES])
+def test_blocks_threads_and_stacking_do_not_change_the_result(
+    block: int, workers: int, stack_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     updates = make_updates(6, seed=2)
     weights = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     reference = fedavg(updates, weights)
+    monkeypatch.setattr(kernel, "STACK_BYTES", stack_bytes)  # 0: every layer takes the block path
     result = fedavg(updates, weights, block=block, workers=workers)
     for got, want in zip(result.arrays, reference.arrays, strict=True):
         np.testing.assert_array_equal(got, want)
-    np.testing.assert_allclose(result.sq_norms, reference.sq_norms, rtol=1e-6)
+    np.testing.assert_allclose(result.norms(), reference.norms(), rtol=1e-6)
+
+
+def odd_layout(k: int, seed: int) -> list[list[np.ndarray]]:
+    """Many tensors: odd sizes, empty ones, 0-d ones, large ones cut into blocks and small ones stacked."""
+    shapes = [(0,), (), (1,), (3, 0, 2), (70_001,), (13, 17), (), (4099,), (2, 3, 5), (0, 4), (9_999,), (1,)]
+    shapes += [(i % 5 + 1, 7) for i in range(40)]
+    rng = np.random.default_rng(seed)
+    return [[(rng.standard_normal(s) * 0.1).astype(np.float32) for s in shapes] for _ in range(k)]
+
+
+def float64_reference(updates: list[list[np.ndarray]], weights: list[float]) -> list[np.ndarray]:
+    w = np.array(weights, dtype=np.float64) / sum(weights)
+    return [sum(wk * u[j].astype(np.float64) for wk, u in zip(w, updates, strict=True)) for j in range(len(updates[0]))]
+
+
+def test_one_thread_and_two_threads_give_identical_results_on_many_odd_tensors() -> None:
+    updates = odd_layout(23, seed=7)
+    weights = [float(i % 7 + 1) for i in range(23)]
+    one = fedavg(updates, weights, block=4096, workers=1)
+    two = fedavg(updates, weights, block=4096, workers=2)
+    for a, b, want in zip(one.arrays, two.arrays, flower_arithmetic(updates, weights), strict=True):
+        assert a.shape == b.shape == want.shape
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, want)
+    np.testing.assert_array_equal(one.norms(), two.norms())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_many_odd_tensors_are_within_1e_6_of_a_float64_mean(workers: int) -> None:
+    updates = odd_layout(31, seed=8)
+    weights = [float(17 * i % 11 + 1) for i in range(31)]
+    result = fedavg(updates, weights, block=1000, workers=workers)
+    for got, exact in zip(result.arrays, float64_reference(updates, weights), strict=True):
+        assert got.shape == np.shape(exact)
+        np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6)
+    for sq, update in zip(result.norms(), updates, strict=True):
+        assert sq == pytest.approx(sum(float(np.square(a, dtype=np.float64).sum()) for a in update), rel=1e-5)
+
+
+def test_single_values_in_half_precision_are_added_in_order() -> None:
+    # A (K, 1) stack would be reduced pairwise, in float32: the kernel pads it to keep Flower's order.
+    rng = np.random.default_rng(9)
+    updates = [[np.array(rng.standard_normal() * 3, dtype=np.float16)] for _ in range(50)]
+    weights = [float(i + 1) for i in range(50)]
+    got = fedavg(updates, weights).arrays[0]
+    want = flower_arithmetic(updates, weights)[0]
+    assert got.dtype == want.dtype == np.float16
+    np.testing.assert_array_equal(got, want)
+
+
+def test_norms_can_be_left_out_without_changing_the_mean() -> None:
+    updates = odd_layout(5, seed=10)
+    with_norms = fedavg(updates, [1, 2, 3, 4, 5])
+    without = fedavg(updates, [1, 2, 3, 4, 5], norms=False)
+    assert without.sq_norms is None
+    for a, b in zip(with_norms.arrays, without.arrays, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(AggregationError, match="not computed"):
+        without.bad_updates()
+
+
+def test_thread_count_defaults_to_the_cores_for_big_rounds_only() -> None:
+    assert resolve_workers(None, PARALLEL_MIN_VALUES - 1) == 1
+    assert resolve_workers(None, PARALLEL_MIN_VALUES) == default_workers()
+    assert 1 <= default_workers() <= kernel.MAX_WORKERS
+    assert resolve_workers(3, 10) == 3
+    with pytest.raises(AggregationError, match="workers must be at least 1"):
+        fedavg(make_updates(2), [1, 1], workers=0)
 
 
 def test_squared_norms_come_from_the_same_pass() -> None:
     updates = make_updates(4, seed=3)
     result = fedavg(updates, [1, 1, 1, 1])
-    for sq, update in zip(result.sq_norms, updates, strict=True):
+    for sq, update in zip(result.norms(), updates, strict=True):
         assert sq == pytest.approx(sum(float(np.square(a, dtype=np.float64).sum()) for a in update), rel=1e-5)
     assert result.bad_updates() == []
 
 
-def test_non_float_layers_average_in_float64_and_half_floats_keep_their_dtype() -> None:
+@pytest.mark.parametrize("stack_bytes", [0, kernel.STACK_BYTES])
+def test_non_float_layers_average_in_float64_and_half_floats_keep_their_dtype(
+    stack_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel, "STACK_BYTES", stack_bytes)
     ints = [[np.array([1, 2, 3], dtype=np.int64)], [np.array([4, 5, 6], dtype=np.int64)]]
     result = fedavg(ints, [1, 3])
     assert result.arrays[0].dtype == np.float64
@@ -76,10 +153,14 @@ def test_non_float_layers_average_in_float64_and_half_floats_keep_their_dtype() 
     result = fedavg(halves, [1, 1])
     assert result.arrays[0].dtype == np.float16
     np.testing.assert_array_equal(result.arrays[0], np.full(4, 150.0, dtype=np.float16))
-    assert math.isfinite(result.sq_norms[0])  # 4 * 200**2 overflows float16, not the float32 norm
+    assert math.isfinite(result.norms()[0])  # 4 * 200**2 overflows float16, not the float32 norm
 
 
-def test_screen_leaves_out_non_finite_and_oversized_updates_with_reasons() -> None:
+@pytest.mark.parametrize("stack_bytes", [0, kernel.STACK_BYTES])
+def test_screen_leaves_out_non_finite_and_oversized_updates_with_reasons(
+    stack_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel, "STACK_BYTES", stack_bytes)
     updates = make_updates(5, seed=4)
     updates[1][0][3, 3] = np.nan
     updates[2][1][0] = -np.inf
@@ -92,7 +173,7 @@ def test_screen_leaves_out_non_finite_and_oversized_updates_with_reasons() -> No
     expected = fedavg([updates[0], updates[4]], [1, 1])
     for got, want in zip(averaged.arrays, expected.arrays, strict=True):
         np.testing.assert_array_equal(got, want)
-    assert len(averaged.sq_norms) == 5  # norms of every update, sound or not
+    assert len(averaged.norms()) == 5  # norms of every update, sound or not
 
 
 def test_a_norm_that_overflows_float32_is_a_norm_problem_not_a_non_finite_one() -> None:
@@ -127,3 +208,13 @@ def test_mismatched_updates_are_refused_with_the_culprit() -> None:
         fedavg([a, a], [1])
     with pytest.raises(AggregationError, match="no updates"):
         fedavg([], [])
+
+
+@pytest.mark.parametrize("stack_bytes", [0, kernel.STACK_BYTES])
+def test_big_endian_layers_give_the_same_mean(stack_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "STACK_BYTES", stack_bytes)
+    updates = make_updates(3, seed=11)
+    swapped = [[a.astype(a.dtype.newbyteorder(">")) for a in update] for update in updates]
+    got = fedavg(swapped, [1, 2, 3])
+    for a, b in zip(got.arrays, fedavg(updates, [1, 2, 3]).arrays, strict=True):
+        np.testing.assert_array_equal(a, b)
