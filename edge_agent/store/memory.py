@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,7 +40,6 @@ class InMemoryAgentStore:
         self._training: list[tuple[str, int, int, float | None, float]] = []
         self._outbox: dict[int, tuple[OutboxEntry, tuple[str, ...]]] = {}  # insertion order = id order
         self._outbox_seq = 0
-        self._refs: Counter[str] = Counter()  # record_id -> pending outbox entries naming it
 
     def add_records(self, batch: Sequence[CleanRecord]) -> list[CleanRecord]:
         new: list[CleanRecord] = []
@@ -152,7 +150,6 @@ class InMemoryAgentStore:
             entry = OutboxEntry(self._outbox_seq, topic, bytes(payload), time.time())
             refs = tuple(record_ids)
             self._outbox[entry.id] = (entry, refs)
-            self._refs.update(refs)
             dropped = 0
             if max_rows is not None:
                 while len(self._outbox) > max(max_rows, 1):
@@ -161,14 +158,7 @@ class InMemoryAgentStore:
         return entry.id, dropped
 
     def _remove_entry(self, entry_id: int) -> bool:
-        item = self._outbox.pop(entry_id, None)
-        if item is None:
-            return False
-        self._refs.subtract(item[1])
-        for rid in item[1]:
-            if self._refs[rid] <= 0:
-                del self._refs[rid]
-        return True
+        return self._outbox.pop(entry_id, None) is not None
 
     def outbox_delete(self, entry_id: int) -> bool:
         with self._lock:
@@ -201,11 +191,14 @@ class InMemoryAgentStore:
 
     def evict_shipped(self, limit: int) -> int:
         with self._lock:
+            # Like the SQLite store: pending entries' ids are gathered when eviction asks, not
+            # kept up to date on every write and ack.
+            pending = {rid for _, refs in self._outbox.values() for rid in refs}
             victims: list[str] = []
             for rid in self._records:
                 if len(victims) >= limit:
                     break
-                if rid in self._scored and rid not in self._refs:
+                if rid in self._scored and rid not in pending:
                     victims.append(rid)
             gone = set(victims)
             for rid in victims:
