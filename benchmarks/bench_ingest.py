@@ -250,7 +250,8 @@ def stage_costs(settings: AgentSettings, per_message: int, packed: bool, records
     spec = stored.manifest.feature_spec
     messages = make_messages(records // per_message, per_message, repeat=999, packed=packed)
     group = max(1, settings.max_batch // per_message)
-    cost = dict.fromkeys(("decode+clean", "store records", "score", "prediction message", "outbox", "predictions"), 0.0)
+    stages = ("decode+clean", "store records", "score", "prediction message", "outbox", "predictions", "commit")
+    cost = dict.fromkeys(stages, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteAgentStore(Path(tmp) / "stages.db")
         try:
@@ -259,23 +260,30 @@ def stage_costs(settings: AgentSettings, per_message: int, packed: bool, records
                 batch = clean_payloads(messages[start : start + group], spec, store.known_ids).accepted
                 cost["decode+clean"] += time.process_time() - t
                 t = time.process_time()
-                new = store.add_batch(batch)
-                cost["store records"] += time.process_time() - t
+                with store.atomic():  # as the agent: one transaction per chunk
+                    cost["commit"] += time.process_time() - t
+                    t = time.process_time()
+                    new = store.add_batch(batch)
+                    cost["store records"] += time.process_time() - t
+                    t = time.process_time()
+                    scores = scorer.score_raw(new.values).tolist()
+                    cost["score"] += time.process_time() - t
+                    t = time.process_time()
+                    alerts = [x >= 0.5 for x in scores]
+                    scored = [ScoredRecord(*row) for row in zip(new.record_ids, scores, alerts, strict=True)]
+                    payload = prediction_batch_bytes(DEVICE, 1, new.record_ids, scores, alerts)
+                    cost["prediction message"] += time.process_time() - t
+                    t = time.process_time()
+                    entry, _ = store.outbox_add("t", payload, new.record_ids)
+                    cost["outbox"] += time.process_time() - t
+                    t = time.process_time()
+                    store.add_predictions(1, scored)
+                    cost["predictions"] += time.process_time() - t
+                    t = time.process_time()
+                cost["commit"] += time.process_time() - t
                 t = time.process_time()
-                scores = scorer.score_raw(new.values).tolist()
-                cost["score"] += time.process_time() - t
-                t = time.process_time()
-                alerts = [x >= 0.5 for x in scores]
-                scored = [ScoredRecord(*row) for row in zip(new.record_ids, scores, alerts, strict=True)]
-                payload = prediction_batch_bytes(DEVICE, 1, new.record_ids, scores, alerts)
-                cost["prediction message"] += time.process_time() - t
-                t = time.process_time()
-                entry, _ = store.outbox_add("t", payload, new.record_ids)
                 store.outbox_delete(entry)  # what the broker's ack triggers
                 cost["outbox"] += time.process_time() - t
-                t = time.process_time()
-                store.add_predictions(1, scored)
-                cost["predictions"] += time.process_time() - t
         finally:
             store.close()
     return {name: seconds / records * 1e6 for name, seconds in cost.items()}

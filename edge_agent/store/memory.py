@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +30,7 @@ from edge_agent.store.base import (
 
 class InMemoryAgentStore:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._records: dict[str, CleanRecord] = {}  # insertion order = arrival order
         self._scored: set[str] = set()
         self._predictions: list[tuple[str, int, float, bool, float]] = []
@@ -139,6 +140,12 @@ class InMemoryAgentStore:
                 "trained_examples": sum(t[2] for t in self._training),
                 "models_rejected": sum(1 for m in self._models if m.event == "rejected"),
             }
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """No other thread sees the block half done; there is no disk to crash halfway through."""
+        with self._lock:
+            yield
 
     # -- outbox ----------------------------------------------------------------------------
 

@@ -127,6 +127,7 @@ class SqliteAgentStore:
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
+        self._depth = 0  # writes open on this connection: > 0 inside a transaction
         if readonly:
             if not self.path.is_file():
                 raise StoreError(f"agent store {self.path} does not exist")
@@ -185,13 +186,40 @@ class SqliteAgentStore:
         if self.readonly:
             raise StoreError("this store was opened read-only")
         with self._lock:
+            if self._depth:
+                # Inside atomic(): a savepoint, so a write that fails (and is caught by its
+                # caller) leaves nothing half done in the enclosing transaction.
+                self._depth += 1
+                self._conn.execute("SAVEPOINT nested")
+                try:
+                    yield self._conn
+                except BaseException:
+                    if self._conn.in_transaction:  # some errors (disk full) end the whole transaction
+                        self._conn.execute("ROLLBACK TO nested")
+                        self._conn.execute("RELEASE nested")
+                    raise
+                finally:
+                    self._depth -= 1
+                self._conn.execute("RELEASE nested")
+                return
             self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
+            if not self._conn.in_transaction:
+                raise StoreError("the transaction was rolled back by an error inside it")
             self._conn.execute("COMMIT")
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        with self._write():
+            yield
 
     # -- records ------------------------------------------------------------------------
 
