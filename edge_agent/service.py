@@ -17,8 +17,10 @@ Federation (``edge_agent.federation``) plugs in as *companions*: objects with
 goes down (``Agent(settings, companions=[...])`` or ``agent.add_companion(...)``).
 
 Prediction batches go through the on-disk outbox (``edge_agent.outbox``): a crash or a
-broker outage delays them, never loses them. A housekeeping task re-sends the outbox after
-a reconnect and keeps the store inside its disk budget (``edge_agent.store.budget``).
+broker outage delays them, never loses them. A chunk's records, its outbox entry and its
+predictions commit in one transaction, and the message is published after the commit. A
+housekeeping task re-sends the outbox after a reconnect and keeps the store inside its disk
+budget (``edge_agent.store.budget``).
 """
 
 from __future__ import annotations

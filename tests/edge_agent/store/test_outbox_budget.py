@@ -205,18 +205,25 @@ def test_atomic_writes_commit_together(store: AgentStore) -> None:
 def test_atomic_rolls_back_everything_on_error(tmp_path: Path) -> None:
     store = SqliteAgentStore(tmp_path / "a.db")
     try:
-        with pytest.raises(RuntimeError), store.atomic():
-            store.add_records([rec(0)])
-            store.outbox_add("t", b"batch", ["r0"])
-            raise RuntimeError("crash before the commit")
-        assert remaining(store, 1) == [] and store.outbox_count() == 0
+
+        def crash_before_commit() -> None:
+            with store.atomic():
+                store.add_records([rec(0)])
+                store.outbox_add("t", b"batch", ["r0"])
+                raise RuntimeError("crash before the commit")
+
+        with pytest.raises(RuntimeError):
+            crash_before_commit()
+        assert remaining(store, 1) == []
+        assert store.outbox_count() == 0
         # A write that fails inside the block, and is handled there, undoes only itself.
         with store.atomic():
             store.add_records([rec(1)])
             with pytest.raises(sqlite3.IntegrityError):
                 store.quarantine([Quarantined(None, "no raw", None)])  # type: ignore[arg-type]
             store.outbox_add("t", b"batch", ["r1"])
-        assert remaining(store, 2) == ["r1"] and store.outbox_count() == 1
+        assert remaining(store, 2) == ["r1"]
+        assert store.outbox_count() == 1
         assert store.counts()["quarantined"] == 0
     finally:
         store.close()
