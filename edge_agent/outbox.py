@@ -44,18 +44,28 @@ class Outbox:
         self.on_idle: Callable[[], None] | None = None
 
     def send(self, topic: str, payload: bytes, record_ids: Sequence[str] = ()) -> None:
-        """Write, then publish. A failed write (disk full) degrades to a plain publish: a late
-        prediction kept in paho's memory is better than none."""
+        """Write, then publish."""
+        self.write(topic, payload, record_ids)()
+
+    def write(self, topic: str, payload: bytes, record_ids: Sequence[str] = ()) -> Callable[[], None]:
+        """Write the entry; returns the publish step, for a caller that first commits the
+        entry together with other writes (``AgentStore.atomic``). A failed write (disk full)
+        degrades to a plain publish: a late prediction kept in paho's memory is better than none."""
         try:
             entry_id, dropped = self.store.outbox_add(topic, payload, record_ids, max_rows=self.max_rows)
         except Exception:
             log.exception("outbox write failed; publishing %s without durability", topic)
-            self._publish(topic, payload, _nothing)
-            return
+            return lambda: self._plain(topic, payload)
         if dropped:
             self.dropped += dropped
             log.warning("outbox full (%d rows): dropped the %d oldest undelivered messages", self.max_rows, dropped)
-        self._send(entry_id, topic, payload)
+        return lambda: self._send(entry_id, topic, payload)
+
+    def _plain(self, topic: str, payload: bytes) -> None:
+        try:
+            self._publish(topic, payload, _nothing)
+        except Exception:
+            log.exception("publishing %s failed", topic)
 
     def replay(self) -> int:
         """Publish pending entries not already in paho's hands; returns how many."""

@@ -17,8 +17,10 @@ Federation (``edge_agent.federation``) plugs in as *companions*: objects with
 goes down (``Agent(settings, companions=[...])`` or ``agent.add_companion(...)``).
 
 Prediction batches go through the on-disk outbox (``edge_agent.outbox``): a crash or a
-broker outage delays them, never loses them. A housekeeping task re-sends the outbox after
-a reconnect and keeps the store inside its disk budget (``edge_agent.store.budget``).
+broker outage delays them, never loses them. A chunk's records, its outbox entry and its
+predictions commit in one transaction, and the message is published after the commit. A
+housekeeping task re-sends the outbox after a reconnect and keeps the store inside its disk
+budget (``edge_agent.store.budget``).
 """
 
 from __future__ import annotations
@@ -341,11 +343,27 @@ class Agent:
                     log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
             if accepted is not None:
                 for chunk in accepted.chunks(self.settings.max_batch):
-                    new = self.store.add_batch(chunk)
-                    self.counters.ingested += len(new)
-                    self._score_batch(new)
+                    self._store_and_score(chunk)
         except Exception:
             log.exception("storing a batch failed (%d records)", 0 if accepted is None else len(accepted))
+
+    def _store_and_score(self, chunk: CleanBatch) -> None:
+        """Records, their outbox entry and their predictions in one transaction, published after
+        the commit: one commit per chunk instead of three, and no crash in between can keep
+        the records but lose the prediction message."""
+        with self.store.atomic():
+            new = self.store.add_batch(chunk)
+            try:
+                scored = self._score_batch(new, defer=True)
+            except Exception:
+                # The records are kept all the same: the backlog scores them after a restart.
+                log.exception("scoring a batch of %d records failed", len(new))
+                scored = None
+        self.counters.ingested += len(new)
+        if scored is not None:
+            publish, count = scored
+            self.counters.scored += count
+            publish()
 
     def _score(self, records: Sequence[CleanRecord]) -> int:
         """Score stored records (the backlog: their widths may differ from the model's)."""
@@ -356,16 +374,22 @@ class Agent:
         usable = [r for r in records if len(r.values) == width]
         if len(usable) != len(records):
             log.warning("%d stored records do not fit model width %d", len(records) - len(usable), width)
-        return self._score_batch(CleanBatch.from_records(usable, width)) if usable else 0
+        if not usable:
+            return 0
+        scored = self._score_batch(CleanBatch.from_records(usable, width), defer=False)
+        return 0 if scored is None else scored[1]
 
-    def _score_batch(self, batch: CleanBatch) -> int:
+    def _score_batch(self, batch: CleanBatch, *, defer: bool) -> tuple[Callable[[], None], int] | None:
+        """Score, write the outbox entry and the predictions; returns the publish step (already
+        taken unless ``defer``: the caller publishes after its transaction commits) and how
+        many records were scored, or None when nothing could be scored."""
         loaded = self.slot.current  # one reference for the whole batch, even across a swap
         if loaded is None or len(batch) == 0:
-            return 0
+            return None
         if batch.width != loaded.scorer.width:
             width = loaded.scorer.width
             log.warning("%d records of width %d do not fit model width %d", len(batch), batch.width, width)
-            return 0
+            return None
         started = time.perf_counter()
         scores = loaded.scorer.score_raw(batch.values)
         elapsed = time.perf_counter() - started
@@ -376,13 +400,16 @@ class Agent:
         alerts = [s >= threshold for s in values]
         scored = [ScoredRecord(*row) for row in zip(batch.record_ids, values, alerts, strict=True)]
         message = prediction_batch_bytes(self.settings.device_id, loaded.version, batch.record_ids, values, alerts)
-        # Outbox row first: a crash before add_predictions re-sends the batch and re-scores the
-        # records (duplicates are harmless); the other order could lose the batch for good.
-        self.outbox.send(self.link.predictions_topic, message, batch.record_ids)
+        # Outbox row first: outside a transaction, a crash before add_predictions re-sends the
+        # batch and re-scores the records (duplicates are harmless); the other order could
+        # lose the batch for good.
+        publish = self.outbox.write(self.link.predictions_topic, message, batch.record_ids)
         self.store.add_predictions(loaded.version, scored)
-        self.counters.scored += len(scored)
         self.drift.observe(loaded.version, loaded.manifest.feature_spec, batch.values)
-        return len(scored)
+        if not defer:
+            self.counters.scored += len(scored)
+            publish()
+        return publish, len(scored)
 
     def _score_backlog(self) -> None:
         """Score what was stored while no model (or a model of another width) was serving."""

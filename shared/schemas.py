@@ -66,6 +66,28 @@ def loads_json(payload: bytes) -> Any:
         raise PayloadError("broken JSON: nested too deeply") from None
 
 
+# ---- ingest (devices -> agent) -----------------------------------------------------------
+
+# The packed ingest form: the field names once, then one array per record,
+# ``[record_id, ts, value of fields[0], value of fields[1], ...]`` (docs/architecture.md,
+# "Wire contracts"). The agent reads it straight into its value array; per-record objects
+# repeat every field name in every record.
+PACKED_INGEST_KEYS = frozenset({"schema_version", "fields", "rows"})
+
+
+def packed_ingest_bytes(
+    fields: Sequence[str], record_ids: Sequence[str], ts: Sequence[float], rows: Sequence[Sequence[float]]
+) -> bytes:
+    """Records as one packed ingest payload (``rows[i]`` holds the values of ``fields`` in order)."""
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "fields": list(fields),
+            "rows": [[rid, t, *values] for rid, t, values in zip(record_ids, ts, rows, strict=True)],
+        }
+    )
+
+
 # ---- labels (labeller -> agent) -------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ import numpy.typing as npt
 from edge_agent.pipeline.cleaning import (
     MAX_RECORD_ID_CHARS,
     CleanRecord,
+    Packed,
     Quarantined,
     RecordError,
     checker_for,
@@ -111,20 +112,23 @@ class _Origins:
 
     def __init__(self) -> None:
         self.starts: list[int] = []
-        self.sources: list[tuple[list[Any], bytes, bool]] = []  # (items, payload, single)
+        self.sources: list[tuple[list[Any] | Packed, bytes, bool]] = []  # (items, payload, single)
 
-    def add(self, start: int, items: list[Any], payload: bytes, single: bool) -> None:
+    def add(self, start: int, items: list[Any] | Packed, payload: bytes, single: bool) -> None:
         self.starts.append(start)
         self.sources.append((items, payload, single))
 
     def obj(self, pos: int) -> Any:
+        """The record object at ``pos`` (a packed row as the record it stands for)."""
         k = bisect_right(self.starts, pos) - 1
-        return self.sources[k][0][pos - self.starts[k]]
+        items = self.sources[k][0]
+        i = pos - self.starts[k]
+        return items.record(i) if isinstance(items, Packed) else items[i]
 
     def raw(self, pos: int) -> bytes:
         k = bisect_right(self.starts, pos) - 1
-        items, payload, single = self.sources[k]
-        return record_raw(items[pos - self.starts[k]], payload, single)
+        _, payload, single = self.sources[k]
+        return record_raw(self.obj(pos), payload, single)
 
 
 def clean_payloads(
@@ -139,7 +143,7 @@ def clean_payloads(
     cand_pos: list[int] = []
     cand_ids: list[str] = []
     cand_ts: list[float] = []
-    rows: list[tuple[Any, ...]] = []
+    rows: list[Sequence[Any]] = []
     slow: list[int] = []  # positions the reference must judge
     quarantined: list[tuple[int, Quarantined]] = []
     pos = 0
@@ -148,6 +152,24 @@ def clean_payloads(
         if isinstance(parsed, Quarantined):
             quarantined.append((pos, parsed))
             pos += 1
+            continue
+        if isinstance(parsed, Packed):
+            origins.add(pos, parsed, payload, False)
+            taker = _row_values(parsed.fields, checker.names)
+            size = width + 2
+            for row in parsed.rows:
+                if taker is not None and type(row) is list and len(row) == size:
+                    rid = row[0]
+                    ts = _finite_ts(row[1])
+                    if type(rid) is str and 0 < len(rid) <= MAX_RECORD_ID_CHARS and ts is not None:
+                        cand_pos.append(pos)
+                        cand_ids.append(rid)
+                        cand_ts.append(ts)
+                        rows.append(taker(row))
+                        pos += 1
+                        continue
+                slow.append(pos)
+                pos += 1
             continue
         items, single = parsed
         origins.add(pos, items, payload, single)
@@ -169,10 +191,8 @@ def clean_payloads(
                         and type(features) is dict
                         and len(features) == width
                     ):
-                        if type(ts) is int and -_INT_TS_LIMIT < ts < _INT_TS_LIMIT:
-                            ts = float(ts)
-                        # finite: inf - inf and nan - nan are nan
-                        if type(ts) is float and ts - ts == 0.0:
+                        ts = _finite_ts(ts)
+                        if ts is not None:
                             try:
                                 row = getter(features)
                             except KeyError:  # right count, wrong names: the reference says which
@@ -230,8 +250,29 @@ def clean_payloads(
     return BatchResult(CleanBatch(ids, ts_arr, values), [q for _, q in quarantined])
 
 
+def _finite_ts(ts: Any) -> float | None:
+    """``ts`` as the float the reference makes of it, when that is plain; else None."""
+    if type(ts) is int and -_INT_TS_LIMIT < ts < _INT_TS_LIMIT:
+        ts = float(ts)
+    # finite: inf - inf and nan - nan are nan
+    if type(ts) is float and ts - ts == 0.0:
+        return ts
+    return None
+
+
+def _row_values(fields: tuple[str, ...], names: tuple[str, ...]) -> Callable[[list[Any]], Sequence[Any]] | None:
+    """Takes a packed row's values in spec order; None when the fields are not the spec's
+    (every row then goes to the reference, which names the unknown or missing ones)."""
+    if fields == names:
+        return lambda row: row[2:]
+    if len(fields) != len(names) or set(fields) != set(names):
+        return None
+    index = [fields.index(name) + 2 for name in names]
+    return lambda row: [row[i] for i in index]
+
+
 def _checked_values(
-    rows: list[tuple[Any, ...]], bounds: tuple[tuple[str, float, float], ...], width: int
+    rows: list[Sequence[Any]], bounds: tuple[tuple[str, float, float], ...], width: int
 ) -> tuple[npt.NDArray[np.float64], list[int]]:
     """The rows as one array, and the indexes of rows the reference must judge."""
     if not rows:

@@ -12,6 +12,11 @@ here); whatever orjson refuses is decoded again by the stdlib, so a payload with
 ``1e999`` or a ``NaN`` literal is judged exactly as before. The one visible difference:
 integers beyond 64 bits arrive as floats of the same value, which is why reasons name JSON
 types ("number") rather than Python ones.
+
+A payload is one record object, an array of them, or the packed form (``Packed``: field names
+once, one array per record), which saves the sender and the agent every repeated field name.
+A packed row is judged as the record object it stands for, so both forms share every rule
+and every reason; only a header that leaves no row readable quarantines the whole payload.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import orjson
 
 from shared.errors import PayloadError
 from shared.features import FeatureSpec
-from shared.schemas import MAX_JSON_PAYLOAD_BYTES, SCHEMA_VERSION, loads_json
+from shared.schemas import MAX_JSON_PAYLOAD_BYTES, PACKED_INGEST_KEYS, SCHEMA_VERSION, loads_json
 
 RECORD_KEYS = frozenset({"schema_version", "record_id", "ts", "features"})
 # json.dumps(obj, separators=(",", ":")) without building an encoder per call.
@@ -53,6 +58,43 @@ class Quarantined:
 class CleanResult:
     accepted: list[CleanRecord] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row of a packed payload that cannot stand for a record (not an array of the right
+    length): the reference quarantines it with ``reason``, keeping the row as it came."""
+
+    reason: str
+    row: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """A packed payload: the field names once, then one array per record,
+    ``[record_id, ts, value of fields[0], value of fields[1], ...]``.
+
+    A row of the right length means exactly the record object
+    ``{"schema_version": 1, "record_id": row[0], "ts": row[1], "features": {fields[i]: row[2 + i]}}``,
+    so every rule (and every quarantine reason) of a record applies to it unchanged."""
+
+    fields: tuple[str, ...]
+    rows: list[Any]
+
+    def record(self, i: int) -> Any:
+        """Row ``i`` as the record object it stands for (a ``BadRow`` when it cannot)."""
+        row = self.rows[i]
+        size = len(self.fields) + 2
+        if type(row) is not list:
+            return BadRow(f"packed row is not a JSON array but {_json_type(row)}", row)
+        if len(row) != size:
+            return BadRow(f"packed row has {len(row)} values, expected {size} (record_id, ts, then one per field)", row)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "record_id": row[0],
+            "ts": row[1],
+            "features": dict(zip(self.fields, row[2:], strict=True)),
+        }
 
 
 class RecordError(Exception):
@@ -189,13 +231,16 @@ def decode_payload(payload: bytes) -> Any:
         return loads_json(payload)  # the stdlib's values (1e999 -> inf) and error messages
 
 
-def payload_items(payload: bytes) -> tuple[list[Any], bool] | Quarantined:
-    """The records of one payload (and whether it was a single object), or why it has none."""
+def payload_items(payload: bytes) -> tuple[list[Any], bool] | Packed | Quarantined:
+    """The records of one payload (and whether it was a single object), its rows when it is
+    packed, or why it has none."""
     try:
         doc = decode_payload(payload)
     except PayloadError as exc:
         return Quarantined(None, str(exc), payload)
     if type(doc) is dict:
+        if "rows" in doc:
+            return _packed(doc, payload)
         return [doc], True
     if type(doc) is list:
         if not doc:
@@ -204,8 +249,33 @@ def payload_items(payload: bytes) -> tuple[list[Any], bool] | Quarantined:
     return Quarantined(None, f"payload is not a JSON object or array but {_json_type(doc)}", payload)
 
 
+def _packed(doc: dict[str, Any], payload: bytes) -> Packed | Quarantined:
+    """The header of a packed payload: anything wrong there leaves no row readable."""
+    keys = doc.keys()
+    if keys != PACKED_INGEST_KEYS:
+        unknown = keys - PACKED_INGEST_KEYS
+        which = f"unknown keys: {_names(unknown)}" if unknown else f"missing keys: {_names(PACKED_INGEST_KEYS - keys)}"
+        return Quarantined(None, f"packed payload: {which}", payload)
+    version = doc["schema_version"]
+    if type(version) is not int or version != SCHEMA_VERSION:
+        reason = f"packed payload: unsupported schema_version {version!r:.40} (expected {SCHEMA_VERSION})"
+        return Quarantined(None, reason, payload)
+    fields, rows = doc["fields"], doc["rows"]
+    if type(fields) is not list or not all(type(f) is str for f in fields):
+        return Quarantined(None, "packed payload: fields is not an array of strings", payload)
+    if len(set(fields)) != len(fields):
+        return Quarantined(None, "packed payload: a field is named twice", payload)
+    if type(rows) is not list:
+        return Quarantined(None, f"packed payload: rows is not a JSON array but {_json_type(rows)}", payload)
+    if not rows:
+        return Quarantined(None, "empty record array", payload)
+    return Packed(tuple(fields), rows)
+
+
 def clean_record(obj: Any, checker: Checker) -> CleanRecord:
     """One decoded record to a ``CleanRecord``; raises ``RecordError`` with the reason."""
+    if type(obj) is BadRow:
+        raise RecordError(obj.reason)
     rid = record_id_of(obj)
     if rid is None and type(obj) is dict and "record_id" in obj:
         raise RecordError(_bad_id_reason(obj))
@@ -216,6 +286,8 @@ def record_raw(obj: Any, payload: bytes, single: bool) -> bytes:
     """What is kept of a quarantined record: its payload, or the record re-serialized."""
     if single:
         return payload
+    if type(obj) is BadRow:
+        obj = obj.row
     try:
         return _COMPACT.encode(obj).encode("utf-8")
     except (RecursionError, ValueError):  # absurdly nested: keep the whole payload instead
@@ -229,7 +301,10 @@ def clean_payload(payload: bytes, spec: FeatureSpec, seen: Callable[[str], bool]
     if isinstance(parsed, Quarantined):
         result.quarantined.append(parsed)
         return result
-    items, single = parsed
+    if isinstance(parsed, Packed):
+        items, single = [parsed.record(i) for i in range(len(parsed.rows))], False
+    else:
+        items, single = parsed
     is_seen = seen.__contains__ if isinstance(seen, set) else seen
     checker = checker_for(spec)
     local: set[str] = set()

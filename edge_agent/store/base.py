@@ -8,6 +8,7 @@ part of the interface and not of the agent.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -112,6 +113,12 @@ class AgentStore(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Keys: ``COUNT_KEYS``."""
+        ...
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """The store's writes inside the block are kept together or not at all (one
+        transaction): the agent stores a chunk, its outbox entry and its predictions at once,
+        so a crash cannot keep the records and lose the prediction message."""
         ...
 
     # -- outbox: outgoing messages that must survive a crash until the broker acks them ----

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +30,7 @@ from edge_agent.store.base import (
 
 class InMemoryAgentStore:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._records: dict[str, CleanRecord] = {}  # insertion order = arrival order
         self._scored: set[str] = set()
         self._predictions: list[tuple[str, int, float, bool, float]] = []
@@ -41,7 +41,6 @@ class InMemoryAgentStore:
         self._training: list[tuple[str, int, int, float | None, float]] = []
         self._outbox: dict[int, tuple[OutboxEntry, tuple[str, ...]]] = {}  # insertion order = id order
         self._outbox_seq = 0
-        self._refs: Counter[str] = Counter()  # record_id -> pending outbox entries naming it
 
     def add_records(self, batch: Sequence[CleanRecord]) -> list[CleanRecord]:
         new: list[CleanRecord] = []
@@ -142,6 +141,12 @@ class InMemoryAgentStore:
                 "models_rejected": sum(1 for m in self._models if m.event == "rejected"),
             }
 
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """No other thread sees the block half done; there is no disk to crash halfway through."""
+        with self._lock:
+            yield
+
     # -- outbox ----------------------------------------------------------------------------
 
     def outbox_add(
@@ -152,7 +157,6 @@ class InMemoryAgentStore:
             entry = OutboxEntry(self._outbox_seq, topic, bytes(payload), time.time())
             refs = tuple(record_ids)
             self._outbox[entry.id] = (entry, refs)
-            self._refs.update(refs)
             dropped = 0
             if max_rows is not None:
                 while len(self._outbox) > max(max_rows, 1):
@@ -161,14 +165,7 @@ class InMemoryAgentStore:
         return entry.id, dropped
 
     def _remove_entry(self, entry_id: int) -> bool:
-        item = self._outbox.pop(entry_id, None)
-        if item is None:
-            return False
-        self._refs.subtract(item[1])
-        for rid in item[1]:
-            if self._refs[rid] <= 0:
-                del self._refs[rid]
-        return True
+        return self._outbox.pop(entry_id, None) is not None
 
     def outbox_delete(self, entry_id: int) -> bool:
         with self._lock:
@@ -201,11 +198,14 @@ class InMemoryAgentStore:
 
     def evict_shipped(self, limit: int) -> int:
         with self._lock:
+            # Like the SQLite store: pending entries' ids are gathered when eviction asks, not
+            # kept up to date on every write and ack.
+            pending = {rid for _, refs in self._outbox.values() for rid in refs}
             victims: list[str] = []
             for rid in self._records:
                 if len(victims) >= limit:
                     break
-                if rid in self._scored and rid not in self._refs:
+                if rid in self._scored and rid not in pending:
                     victims.append(rid)
             gone = set(victims)
             for rid in victims:

@@ -7,6 +7,10 @@ reused, and eviction is driven by live pages, not by the file size. A store
 opened with ``readonly=True`` never creates or alters the schema and reads through a
 ``mode=ro`` connection; its one permitted write, ``record_training``, goes through a
 short-lived read-write connection so the ClientApp can report what it trained on.
+
+The schema carries a version (``PRAGMA user_version``, ``SCHEMA_VERSION``): opening an older
+file read-write upgrades it in place, one ``MIGRATIONS`` step at a time inside one
+transaction, so an agent update keeps the records and the undelivered outbox it finds.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from edge_agent.pipeline.batch import CleanBatch
 from edge_agent.pipeline.cleaning import CleanRecord, Quarantined
@@ -79,14 +84,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    refs TEXT NOT NULL DEFAULT '[]'
 );
-CREATE TABLE IF NOT EXISTS outbox_refs (
-    outbox_id INTEGER NOT NULL,
-    record_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_refs_record ON outbox_refs(record_id);
-CREATE INDEX IF NOT EXISTS outbox_refs_outbox ON outbox_refs(outbox_id);
 CREATE TABLE IF NOT EXISTS training (
     id INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL,
@@ -96,6 +96,21 @@ CREATE TABLE IF NOT EXISTS training (
     at REAL NOT NULL
 );
 """
+
+
+# PRAGMA user_version of the schema above. A file of an older version is brought up to date
+# on open (read-write) by the steps in MIGRATIONS, each in one transaction.
+SCHEMA_VERSION = 2
+MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: the record ids an outbox entry protects move from one outbox_refs row per record
+    # (two index updates per record on write and on ack) into a JSON array on the entry itself.
+    1: """
+ALTER TABLE outbox ADD COLUMN refs TEXT NOT NULL DEFAULT '[]';
+UPDATE outbox SET refs = coalesce(
+    (SELECT json_group_array(record_id) FROM outbox_refs WHERE outbox_id = outbox.id), '[]');
+DROP TABLE outbox_refs;
+""",
+}
 
 
 def _pack(values: tuple[float, ...]) -> bytes:
@@ -112,6 +127,7 @@ class SqliteAgentStore:
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
+        self._depth = 0  # writes open on this connection: > 0 inside a transaction
         if readonly:
             if not self.path.is_file():
                 raise StoreError(f"agent store {self.path} does not exist")
@@ -121,7 +137,37 @@ class SqliteAgentStore:
             self._conn = self._connect(str(self.path))
             self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new, empty file only
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema in a new file, or upgrade an older one step by step."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+                has_records = self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
+                ).fetchone()
+                if has_records is None:
+                    version = SCHEMA_VERSION  # a new file: the current schema, nothing to migrate
+                elif version == 0:
+                    version = 1  # files written before the schema carried a version
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"agent store {self.path} has schema version {version}, newer than {SCHEMA_VERSION}"
+                    )
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS[step].split(";"):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def _connect(self, target: str) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -140,13 +186,40 @@ class SqliteAgentStore:
         if self.readonly:
             raise StoreError("this store was opened read-only")
         with self._lock:
+            if self._depth:
+                # Inside atomic(): a savepoint, so a write that fails (and is caught by its
+                # caller) leaves nothing half done in the enclosing transaction.
+                self._depth += 1
+                self._conn.execute("SAVEPOINT nested")
+                try:
+                    yield self._conn
+                except BaseException:
+                    if self._conn.in_transaction:  # some errors (disk full) end the whole transaction
+                        self._conn.execute("ROLLBACK TO nested")
+                        self._conn.execute("RELEASE nested")
+                    raise
+                finally:
+                    self._depth -= 1
+                self._conn.execute("RELEASE nested")
+                return
             self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
+            if not self._conn.in_transaction:
+                raise StoreError("the transaction was rolled back by an error inside it")
             self._conn.execute("COMMIT")
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        with self._write():
+            yield
 
     # -- records ------------------------------------------------------------------------
 
@@ -329,12 +402,10 @@ class SqliteAgentStore:
         dropped = 0
         with self._write() as conn:
             cur = conn.execute(
-                "INSERT INTO outbox(topic, payload, created_at) VALUES (?, ?, ?)", (topic, bytes(payload), time.time())
+                "INSERT INTO outbox(topic, payload, created_at, refs) VALUES (?, ?, ?, ?)",
+                (topic, bytes(payload), time.time(), orjson.dumps(list(record_ids)).decode()),
             )
             entry_id = int(cur.lastrowid or 0)
-            conn.executemany(
-                "INSERT INTO outbox_refs(outbox_id, record_id) VALUES (?, ?)", [(entry_id, rid) for rid in record_ids]
-            )
             if max_rows is not None:
                 (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
                 excess = int(count) - max(max_rows, 1)
@@ -342,14 +413,12 @@ class SqliteAgentStore:
                     victims = [
                         (i,) for (i,) in conn.execute("SELECT id FROM outbox ORDER BY id LIMIT ?", (excess,)).fetchall()
                     ]
-                    conn.executemany("DELETE FROM outbox_refs WHERE outbox_id = ?", victims)
                     conn.executemany("DELETE FROM outbox WHERE id = ?", victims)
                     dropped = len(victims)
         return entry_id, dropped
 
     def outbox_delete(self, entry_id: int) -> bool:
         with self._write() as conn:
-            conn.execute("DELETE FROM outbox_refs WHERE outbox_id = ?", (entry_id,))
             return conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount == 1
 
     def outbox_pending(self, limit: int = 1000, after_id: int = 0) -> list[OutboxEntry]:
@@ -384,7 +453,8 @@ class SqliteAgentStore:
             victims = conn.execute(
                 "SELECT r.record_id FROM records r "
                 "WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.record_id = r.record_id) "
-                "AND NOT EXISTS (SELECT 1 FROM outbox_refs o WHERE o.record_id = r.record_id) "
+                # the ids of all pending entries, gathered once per query (IN builds a temporary index)
+                "AND r.record_id NOT IN (SELECT j.value FROM outbox o, json_each(o.refs) j) "
                 "ORDER BY r.rowid LIMIT ?",
                 (limit,),
             ).fetchall()

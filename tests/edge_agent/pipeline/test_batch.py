@@ -204,3 +204,95 @@ def test_random_batches_match_reference(spec: FeatureSpec, batch: list[bytes]) -
 def test_number_conversion_matches_float(spec: FeatureSpec, numbers: list[float]) -> None:
     obj = record("n", values=tuple(numbers))
     assert_same([payload(obj), payload([obj, record("m", values=tuple(numbers))])], spec)
+
+
+# -- the packed form: the field names once, then one array per record ----------------------
+
+
+def packed(rows: list[Any], fields: Any = NAMES, **header: Any) -> bytes:
+    return json.dumps({"schema_version": 1, "fields": list(fields), "rows": rows} | header).encode()
+
+
+def as_row(obj: Any, fields: tuple[str, ...] = NAMES) -> Any:
+    """The packed row of a record object (a feature it lacks is 0.5); other shapes pass unchanged."""
+    if type(obj) is dict and type(obj.get("features")) is dict:
+        return [obj.get("record_id"), obj.get("ts"), *(obj["features"].get(f, 0.5) for f in fields)]
+    return obj
+
+
+def test_packed_payload_means_the_same_records(spec: FeatureSpec) -> None:
+    objs = [record("p1"), record("p2", values=(1.0, 2.0, 3.0, 4.0), ts=9)]
+    reordered = ("amount", "c", "a", "b")
+    want = clean_payload(payload(objs), spec, set())
+    for fields in (NAMES, reordered):
+        got = clean_payload(packed([as_row(o, fields) for o in objs], fields), spec, set())
+        assert bits(got.accepted) == bits(want.accepted)
+        assert not got.quarantined
+        batch = clean_payloads([packed([as_row(o, fields) for o in objs], fields)], spec)
+        assert bits(batch.accepted.records()) == bits(want.accepted)
+        assert not batch.quarantined
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (packed([], NAMES), "empty record array"),
+        (packed([as_row(record("x"))], NAMES, extra=1), "packed payload: unknown keys: 'extra'"),
+        (json.dumps({"schema_version": 1, "rows": [[1]]}).encode(), "packed payload: missing keys: 'fields'"),
+        (packed([as_row(record("x"))], NAMES, schema_version=2), "packed payload: unsupported schema_version 2"),
+        (packed([as_row(record("x"))], ["a", 1, "c", "amount"]), "fields is not an array of strings"),
+        (packed([as_row(record("x"))], ["a", "a", "c", "amount"]), "a field is named twice"),
+        (json.dumps({"schema_version": 1, "fields": list(NAMES), "rows": {"r": 1}}).encode(), "rows is not a JSON"),
+    ],
+)
+def test_packed_header_errors_quarantine_the_payload(spec: FeatureSpec, body: bytes, reason: str) -> None:
+    result = clean_payload(body, spec, set())
+    assert not result.accepted
+    [q] = result.quarantined
+    assert reason in q.reason
+    assert q.raw == body
+    assert q.record_id is None
+    assert_same([body, payload(record("after"))], spec)
+
+
+def test_packed_bad_rows_quarantined_beside_good_ones(spec: FeatureSpec) -> None:
+    rows = [as_row(record("ok")), "row", [1, 2], as_row(with_value("high", "a", 11.0)), as_row(record("ok"))]
+    result = clean_payload(packed(rows), spec, set())
+    assert [r.record_id for r in result.accepted] == ["ok"]
+    reasons = [(q.record_id, q.reason) for q in result.quarantined]
+    assert reasons == [
+        (None, "packed row is not a JSON array but string"),
+        (None, "packed row has 2 values, expected 6 (record_id, ts, then one per field)"),
+        ("high", "feature 'a': 11.0 outside [-10.0, 10.0]"),
+        ("ok", "duplicate record_id 'ok'"),
+    ]
+    assert result.quarantined[1].raw == b"[1,2]"
+    assert json.loads(result.quarantined[2].raw)["features"]["a"] == 11.0  # kept as the record it stands for
+    assert_same([packed(rows)], spec)
+
+
+def test_packed_adversarial_rows_match_reference(spec: FeatureSpec) -> None:
+    rows = [as_row(obj) for obj in ADVERSARIAL]
+    assert_same([packed(rows)], spec, stored={"stored"})
+    assert_same([packed(rows, ("b", "amount", "a", "c"))], spec, stored={"stored"})
+    assert_same([packed(rows, ("a", "b", "c", "zzz"))], spec)  # fields other than the spec's
+
+
+@st.composite
+def packed_payloads(draw: st.DrawFn) -> bytes:
+    fields = draw(st.sampled_from([NAMES, ("c", "a", "amount", "b"), ("a", "b", "c"), ("a", "b", "c", "amount", "x")]))
+    rows = [as_row(obj, fields) for obj in draw(st.lists(records(), min_size=0, max_size=8))]
+    if draw(st.integers(0, 9)) == 0:
+        rows.append(draw(st.sampled_from([[], ["r1"], "x", None, [["r1", 1.0]]])))
+    header: dict[str, Any] = {}
+    if draw(st.integers(0, 14)) == 0:
+        header = draw(st.sampled_from([{"schema_version": 2}, {"extra": 1}]))
+    if draw(st.integers(0, 14)) == 0:
+        fields = ("a", "a", "c", "amount")  # a field named twice
+    return packed(rows, fields, **header)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(payloads(), packed_payloads()), min_size=1, max_size=6))
+def test_random_packed_and_record_batches_match_reference(spec: FeatureSpec, batch: list[bytes]) -> None:
+    assert_same(batch, spec, stored={"stored"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pytest
 
 from edge_agent.pipeline import CleanRecord, Quarantined
 from edge_agent.store import AgentStore, InMemoryAgentStore, ScoredRecord, SqliteAgentStore
+from edge_agent.store.base import StoreError
 from edge_agent.store.budget import enforce_budget
+from edge_agent.store.sqlite import SCHEMA_VERSION
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -130,3 +133,97 @@ def test_budget_noop_when_under_and_stuck_when_nothing_evictable(store: AgentSto
     assert result.evicted == 0
     assert result.over_budget
     assert store.counts()["records"] == 300
+
+
+# -- schema versions --------------------------------------------------------------------------
+
+# An outbox as agents before schema version 2 wrote it: one outbox_refs row per record.
+V1_OUTBOX = """
+CREATE TABLE records (record_id TEXT PRIMARY KEY, ts REAL NOT NULL, "values" BLOB NOT NULL, received_at REAL NOT NULL);
+CREATE TABLE predictions (id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, model_version INTEGER NOT NULL,
+    score REAL NOT NULL, alert INTEGER NOT NULL, at REAL NOT NULL);
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    created_at REAL NOT NULL);
+CREATE TABLE outbox_refs (outbox_id INTEGER NOT NULL, record_id TEXT NOT NULL);
+INSERT INTO outbox(topic, payload, created_at)
+    VALUES ('t', CAST('pending r1 r2' AS BLOB), 1.0), ('t', CAST('no refs' AS BLOB), 2.0);
+INSERT INTO outbox_refs VALUES (1, 'r1'), (1, 'r2');
+"""
+
+
+def test_version_1_file_is_migrated_with_its_pending_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_OUTBOX)
+    conn.close()
+    store = SqliteAgentStore(path)
+    try:
+        assert [(e.id, e.payload) for e in store.outbox_pending()] == [(1, b"pending r1 r2"), (2, b"no refs")]
+        store.add_records([rec(i) for i in range(4)])
+        store.add_predictions(1, scored(0, 1, 2, 3))
+        assert store.evict_shipped(10) == 2  # r0, r3: r1 and r2 are still in the pending entry
+        assert remaining(store, 4) == ["r1", "r2"]
+        assert store.outbox_delete(1)
+        assert store.evict_shipped(10) == 2
+        new, _ = store.outbox_add("t", b"next", ["r9"])
+        assert new == 3  # ids are never reused across the migration
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "outbox_refs" not in tables
+        assert {"labels", "quarantine", "training"} <= tables
+    finally:
+        conn.close()
+    SqliteAgentStore(path).close()  # opening a current file again changes nothing
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    SqliteAgentStore(tmp_path / "a.db").close()
+    conn = sqlite3.connect(tmp_path / "a.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        SqliteAgentStore(tmp_path / "a.db")
+
+
+# -- one transaction for a chunk, its outbox entry and its predictions ----------------------
+
+
+def test_atomic_writes_commit_together(store: AgentStore) -> None:
+    with store.atomic():
+        store.add_records([rec(0), rec(1)])
+        entry, _ = store.outbox_add("t", b"batch", ["r0", "r1"])
+        store.add_predictions(1, scored(0, 1))
+    assert remaining(store, 2) == ["r0", "r1"]
+    assert [e.id for e in store.outbox_pending()] == [entry]
+    assert store.counts()["predictions"] == 2
+
+
+def test_atomic_rolls_back_everything_on_error(tmp_path: Path) -> None:
+    store = SqliteAgentStore(tmp_path / "a.db")
+    try:
+
+        def crash_before_commit() -> None:
+            with store.atomic():
+                store.add_records([rec(0)])
+                store.outbox_add("t", b"batch", ["r0"])
+                raise RuntimeError("crash before the commit")
+
+        with pytest.raises(RuntimeError):
+            crash_before_commit()
+        assert remaining(store, 1) == []
+        assert store.outbox_count() == 0
+        # A write that fails inside the block, and is handled there, undoes only itself.
+        with store.atomic():
+            store.add_records([rec(1)])
+            with pytest.raises(sqlite3.IntegrityError):
+                store.quarantine([Quarantined(None, "no raw", None)])  # type: ignore[arg-type]
+            store.outbox_add("t", b"batch", ["r1"])
+        assert remaining(store, 2) == ["r1"]
+        assert store.outbox_count() == 1
+        assert store.counts()["quarantined"] == 0
+    finally:
+        store.close()
