@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,78 +20,13 @@ import pytest
 from edge_agent.config import AgentSettings
 from edge_agent.federation.supernode import SuperNodeCompanion
 from server.config import ServerSettings
-from server.federation.flower import CONNECTION, flwr_home, superlink_process, write_connection_config
-from shared.flower_env import flower_env, venv_executable
+from server.federation.flower import superlink_process, write_connection_config
 from shared.net import free_port, wait_port
 from tests.e2e.flower_nodes import online, wait_until
 from tests.e2e.procs import processes_mentioning
+from tests.edge_agent.federation.probe import submit_probe_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-PROBE_PYPROJECT = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "worker-probe"
-version = "1.0.0"
-dependencies = ["flwr==1.42.0"]
-
-[tool.flwr.app]
-publisher = "fedforge-tests"
-
-[tool.flwr.app.components]
-serverapp = "probe_app:server"
-clientapp = "probe_app:client"
-
-[tool.flwr.app.config]
-out = ""
-"""
-
-PROBE_APP = '''\
-"""Probe: where does each ClientApp message run, and does the app stay loaded?"""
-
-import json
-import os
-import time
-from pathlib import Path
-
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
-
-from server.federation.rounds import exchange
-
-client = ClientApp()
-server = ServerApp()
-HANDLED = [0]
-
-
-@client.query()
-def query(msg, context):
-    HANDLED[0] += 1
-    if msg.content.config_records["config"]["fail"]:
-        raise RuntimeError("probe failure on request")
-    metrics = MetricRecord({"pid": os.getpid(), "handled": HANDLED[0]})
-    return Message(RecordDict({"probe": metrics}), reply_to=msg)
-
-
-@server.main()
-def main(grid, context):
-    nodes = []
-    while not nodes:
-        nodes = list(grid.get_node_ids())
-        time.sleep(0.2)
-    out = []
-    for fail in (False, True, False):
-        content = RecordDict({"config": ConfigRecord({"fail": fail})})
-        messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
-        for reply in exchange(grid, messages, timeout=120):
-            failed = reply.has_error()
-            out.append({"error": reply.error.reason} if failed else dict(reply.content.metric_records["probe"]))
-    Path(str(context.run_config["out"])).write_text(json.dumps(out))
-'''
 
 
 def test_worker_runs_every_message_in_one_process_and_survives_a_failure(tmp_path: Path) -> None:
@@ -115,20 +49,7 @@ def test_worker_runs_every_message_in_one_process_and_survives_a_failure(tmp_pat
         worker_pid = companion.worker.pid
         assert wait_until(lambda: len(online(server)) == 1, 90)
 
-        app_dir = tmp_path / "probe"
-        app_dir.mkdir()
-        (app_dir / "pyproject.toml").write_text(PROBE_PYPROJECT)
-        (app_dir / "probe_app.py").write_text(PROBE_APP)
-        out = tmp_path / "replies.json"
-        submitted = subprocess.run(
-            [venv_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", f"out='{out}'"],
-            env=flower_env(flwr_home(server)),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        out = submit_probe_run(server, tmp_path)
         assert wait_until(out.exists, 180), (tmp_path / "agent" / "clientapp-worker.log").read_text()[-3000:]
 
         first, failed, third = json.loads(out.read_text())
