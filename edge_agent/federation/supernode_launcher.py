@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from shared.flower_env import PINNED_FLWR, flwr_is_pinned
+
 log = logging.getLogger(__name__)
 
-PATCHED_FLWR_VERSION = "1.42.0"
 PATCHED_MODULE = "flwr.supernode.start_client_internal"
 # The literals of that module's waits (flwr 1.42.0), recognised by value.
 FLOWER_IDLE_SLEEP_S = 3.0
@@ -108,9 +109,9 @@ def patch_supernode(
 ) -> Callable[[], None]:
     """Swap the SuperNode's waits for ``poll``'s; returns the undo. Raises ``UnsupportedFlowerError``."""
     version = flwr_version or importlib.metadata.version("flwr")
-    if version != PATCHED_FLWR_VERSION:
+    if not flwr_is_pinned(version):
         raise UnsupportedFlowerError(
-            f"flwr {version} is installed; the SuperNode poll patch is written for flwr {PATCHED_FLWR_VERSION} only"
+            f"flwr {version} is installed; the SuperNode poll patch is written for flwr {PINNED_FLWR} only"
         )
     target = module or importlib.import_module(PATCHED_MODULE)
     missing = [name for name in _PATCHED_NAMES if not hasattr(target, name)]
@@ -145,14 +146,22 @@ def patch_supernode(
     return undo
 
 
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The launcher's own options, and Flower's ``flower-supernode`` arguments after ``--``."""
+    args = list(argv)
+    if "--" not in args:
+        return args, []
+    split = args.index("--")
+    return args[:split], args[split + 1 :]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``[--fast-poll S] [--fast-window S] -- <flower-supernode args>``: Flower's SuperNode, patched unless window 0."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    split = args.index("--") if "--" in args else len(args)
+    mine, flowers = split_argv(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m edge_agent.federation.supernode_launcher")
     parser.add_argument("--fast-poll", type=float, default=0.2, help="seconds between pulls while messages flow")
     parser.add_argument("--fast-window", type=float, default=30.0, help="fast pulls after a message; 0: stock")
-    own = parser.parse_args(args[:split])
+    own = parser.parse_args(mine)
     # This module's lines only: Flower's logger propagates, a root handler would print it twice.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -172,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             log.error("%s; running Flower's stock SuperNode (3 s idle poll, slower rounds)", exc)
     from flwr.supernode.cli import flower_supernode
 
-    sys.argv = ["flower-supernode", *args[split + 1 :]]
+    sys.argv = ["flower-supernode", *flowers]
     flower_supernode()
 
 

@@ -27,6 +27,7 @@ from edge_agent.federation.supernode_launcher import (
     AdaptivePoll,
     UnsupportedFlowerError,
     patch_supernode,
+    split_argv,
 )
 from server.config import ServerSettings
 from server.federation.flower import superlink_process, write_connection_config
@@ -97,7 +98,9 @@ def test_the_agent_starts_the_launcher_unless_the_window_is_zero(tmp_path: Path)
     assert argv[:3] == [sys.executable, "-m", "edge_agent.federation.supernode_launcher"]
     assert argv[argv.index("--fast-poll") + 1] == str(adaptive.supernode_fast_poll_s)
     assert argv[argv.index("--fast-window") + 1] == str(adaptive.supernode_fast_window_s)
-    assert argv[argv.index("--") + 1 :][:2] == ["--insecure", "--superlink"]
+    launcher, flowers = split_argv(argv)
+    assert launcher[3:] == ["--fast-poll", "0.2", "--fast-window", "30.0"]
+    assert flowers[:2] == ["--insecure", "--superlink"]
     stock = adaptive.model_copy(update={"supernode_fast_window_s": 0.0})
     assert Path(supernode_argv(stock, port=9400)[0]).name == "flower-supernode"
 
