@@ -8,7 +8,6 @@ must be back at Flower's 3 s poll.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import AgentSettings
-from edge_agent.federation.supernode import SuperNodeCompanion, supernode_argv
+from edge_agent.federation.supernode import supernode_argv
 from edge_agent.federation.supernode_launcher import (
     FLOWER_IDLE_SLEEP_S,
     PATCHED_MODULE,
@@ -29,10 +28,7 @@ from edge_agent.federation.supernode_launcher import (
     patch_supernode,
     split_argv,
 )
-from server.config import ServerSettings
-from server.federation.flower import superlink_process, write_connection_config
-from shared.net import free_port, wait_port
-from tests.e2e.flower_nodes import online, wait_until
+from tests.e2e.flower_nodes import online, superlink_and_node, wait_until
 from tests.e2e.procs import processes_mentioning
 from tests.edge_agent.federation.probe import submit_probe_run
 
@@ -108,25 +104,11 @@ def test_the_agent_starts_the_launcher_unless_the_window_is_zero(tmp_path: Path)
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_real_supernode_polls_fast_while_messages_flow_then_as_flower_when_idle(tmp_path: Path) -> None:
-    server = ServerSettings(data_dir=tmp_path / "server", superlink_port=free_port())
-    link = superlink_process(server)
-    link.start()
-    companion: SuperNodeCompanion | None = None
     log = tmp_path / "agent" / "supernode.log"
-    try:
-        assert wait_port(server.superlink_port, timeout=60)
-        write_connection_config(server)
-        agent = AgentSettings(
-            device_id="poll",
-            data_dir=tmp_path / "agent",
-            superlink_address=f"127.0.0.1:{server.superlink_port}",
-            supernode_fast_poll_s=0.1,
-            supernode_fast_window_s=5.0,
-        )
-        companion = SuperNodeCompanion(agent)
-        asyncio.run(companion.start())
-        assert wait_until(lambda: len(online(server)) == 1, 90)
-
+    with superlink_and_node(tmp_path, device_id="poll", supernode_fast_poll_s=0.1, supernode_fast_window_s=5.0) as (
+        server,
+        companion,
+    ):
         out = submit_probe_run(server, tmp_path)
         assert wait_until(out.exists, 180), log.read_text()[-3000:]
         replies = json.loads(out.read_text())
@@ -142,9 +124,5 @@ def test_a_real_supernode_polls_fast_while_messages_flow_then_as_flower_when_idl
         assert companion.process.running()
         assert companion.process.restarts == 0
         assert len(online(server)) == 1
-    finally:
-        if companion is not None:
-            asyncio.run(companion.stop())
-        link.stop()
     time.sleep(0.5)
     assert processes_mentioning(str(tmp_path)) == []
