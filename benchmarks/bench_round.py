@@ -2,12 +2,13 @@
 
 Both sides run the same ServerApp and ClientApp (same model, same data, same agents and
 SuperLink): fedforge's round design (one train exchange per round pulled every 0.1 s,
-the long-running ClientApp worker) against Flower's default configuration
-(``Strategy.start``: train + evaluate exchanges with ``send_and_receive``, a process per
-message, default polls). A round's overhead is its wall time in the ServerApp (from
-configuring the round to the holdout evaluation of its aggregate, as the registry records
-it) minus the slowest agent's training compute, measured inside the ClientApp. Each agent
-trains one batch, so that compute is a few milliseconds either way.
+the long-running ClientApp worker, the SuperNode's adaptive poll) against Flower's
+default configuration (``Strategy.start``: train + evaluate exchanges with
+``send_and_receive``, a process per message, the stock SuperNode, default polls). A
+round's overhead is its wall time in the ServerApp (from configuring the round to the
+holdout evaluation of its aggregate, as the registry records it) minus the slowest
+agent's training compute, measured inside the ClientApp. Each agent trains one batch, so
+that compute is a few milliseconds either way.
 
 The first round of a run also loads the app on every node (FAB install, imports, torch):
 steady rounds (2..N) make figure 6, round 1 is reported beside it. Runs of both sides
@@ -60,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             notes=(
                 f"{what}; {runs} runs x {rounds} rounds per side, alternating; wall time of the round in the "
                 "ServerApp minus the slowest agent's training compute (one batch). fedforge: one train exchange, "
-                "replies pulled every 0.1 s, long-running ClientApp worker (--isolation process). Flower: "
-                "Strategy.start (train + evaluate exchanges, 3 s pull poll), flwr-clientapp per message, "
-                "SuperExec poll 1 s. Where the rest goes: benchmarks/README-round.md."
+                "replies pulled every 0.1 s, long-running ClientApp worker (--isolation process), SuperNode "
+                "pulling every 0.2 s for 30 s after a message (supernode_launcher). Flower: Strategy.start "
+                "(train + evaluate exchanges, 3 s pull poll), flwr-clientapp per message, SuperExec poll 1 s, "
+                "stock flower-supernode (3 s idle poll). Where the rest goes: benchmarks/README-round.md."
             ),
             extra={
                 "round_s_fedforge": statistics.median(t.seconds for t in ours),

@@ -4,10 +4,12 @@ One server (SuperLink, registry, embedded broker) stays up; the agents are resta
 with the settings of each side:
 
 - ``FEDFORGE``: the defaults of fedforge (one train exchange per round pulled every 0.1 s,
-  the long-running ClientApp worker under ``--isolation process``);
+  the long-running ClientApp worker under ``--isolation process``, the SuperNode's
+  adaptive poll of the SuperLink);
 - ``FLOWER``: Flower's defaults on the same app, model and data (``Strategy.start``, a
   train and an evaluate exchange per round with ``send_and_receive``'s 3 s pull poll, a
-  ``flwr-clientapp`` process per message, SuperExec task poll 1 s).
+  ``flwr-clientapp`` process per message, SuperExec task poll 1 s, Flower's stock
+  ``flower-supernode`` with its 3 s idle poll).
 
 Each agent's store is filled with labelled records before it starts, so a round trains on
 a tiny local epoch (one batch): what is timed is the deployment's overhead, and the
@@ -55,7 +57,7 @@ FEDFORGE = Side("fedforge", {"round_exchange": "fedforge"}, {"clientapp_isolatio
 FLOWER = Side(
     "flower-defaults",
     {"round_exchange": "flower"},
-    {"clientapp_isolation": "subprocess"},
+    {"clientapp_isolation": "subprocess", "supernode_fast_window_s": 0.0},
     {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"},  # Flower's default; fedforge's environment sets 0.1
 )
 

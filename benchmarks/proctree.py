@@ -20,6 +20,7 @@ MB = 1024 * 1024
 # Role of a process, from its command line. Order matters: the first match wins.
 ROLES: tuple[tuple[str, str], ...] = (
     ("flower-supernode", "supernode"),
+    ("edge_agent.federation.supernode_launcher", "supernode"),
     ("flower-superexec", "superexec"),
     ("flwr-clientapp", "clientapp"),
     ("edge_agent.federation.worker", "worker"),

@@ -39,6 +39,14 @@ class AgentSettings(FedforgeSettings):
     # The worker drops the loaded ClientApp (and torch) after this many seconds without a
     # message, so an agent between training runs idles without torch; None keeps it loaded.
     worker_idle_exit_s: float | None = Field(default=120.0, gt=0)
+    # The SuperNode's idle poll of the SuperLink (flwr 1.42 sleeps a fixed 3 s when no message
+    # is waiting): every ``supernode_fast_poll_s`` for ``supernode_fast_window_s`` after the
+    # node last received or sent a message, so a round's next message is picked up at once,
+    # then Flower's 3 s again, so an idle fleet does not load the SuperLink. While the window
+    # is open each node sends the SuperLink 1/fast_poll_s requests a second (stock: 1/3).
+    # 0 runs Flower's stock SuperNode (edge_agent/federation/supernode_launcher.py).
+    supernode_fast_poll_s: float = Field(default=0.2, gt=0, le=3.0)
+    supernode_fast_window_s: float = Field(default=30.0, ge=0)
     # Flower node authentication (opt-in, needs TLS): the CA that signed the SuperLink, and
     # this device's private key (EC P-384, OpenSSH format; created with its .pub beside it on
     # first start). The operator registers the .pub: `fedforge devices register`.

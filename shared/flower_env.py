@@ -7,9 +7,19 @@ No flwr import here: this is configuration, the Flower adapters live in each pac
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
+
+# The flwr release whose internals fedforge reaches into (the ClientApp worker, the
+# SuperNode's adaptive poll, the ServerApp's reply pulls); pyproject.toml pins it exactly.
+PINNED_FLWR = "1.42.0"
+
+
+def flwr_is_pinned(version: str | None = None) -> bool:
+    """Whether the installed flwr (or ``version``) is the one those patches were written for."""
+    return (version or importlib.metadata.version("flwr")) == PINNED_FLWR
 
 
 def venv_executable(name: str) -> str:

@@ -11,7 +11,11 @@ crash it is refused the same way until the SuperLink has declared the old sessio
 By default (``clientapp_isolation = "worker"``) the SuperNode runs with
 ``--isolation process`` and a second supervised child, ``edge_agent.federation.worker``,
 executes every ClientApp message in one long-running process; ``"subprocess"`` is Flower's
-default (a ``flower-superexec`` child that starts one ``flwr-clientapp`` per message). This
+default (a ``flower-superexec`` child that starts one ``flwr-clientapp`` per message).
+
+The SuperNode itself is Flower's, started through ``edge_agent.federation.supernode_launcher``
+so that it polls the SuperLink fast while a run is on and at Flower's 3 s when idle
+(``supernode_fast_window_s = 0`` starts Flower's ``flower-supernode`` unchanged). This
 module imports no flwr: the agent process stays light.
 """
 
@@ -38,11 +42,27 @@ def supernode_security_args(settings: AgentSettings) -> list[str]:
     return argv
 
 
+def supernode_command(settings: AgentSettings) -> list[str]:
+    """Flower's ``flower-supernode``, or the same entry point behind fedforge's adaptive poll."""
+    if settings.supernode_fast_window_s == 0:
+        return [venv_executable("flower-supernode")]
+    return [
+        sys.executable,
+        "-m",
+        "edge_agent.federation.supernode_launcher",
+        "--fast-poll",
+        str(settings.supernode_fast_poll_s),
+        "--fast-window",
+        str(settings.supernode_fast_window_s),
+        "--",
+    ]
+
+
 def supernode_argv(settings: AgentSettings, port: int | None = None) -> list[str]:
     if not settings.superlink_address:
         raise ValueError("superlink_address is not set")
     node_config = f"store-path='{settings.db_path.resolve()}' device-id='{settings.device_id}'"
-    argv = [venv_executable("flower-supernode"), *supernode_security_args(settings)]
+    argv = supernode_command(settings) + supernode_security_args(settings)
     argv += ["--superlink", settings.superlink_address, "--node-config", node_config]
     # Each SuperNode serves its ClientApps on a local port; two on one host must differ.
     # The Runtime API is plaintext on loopback in both isolation modes.

@@ -15,6 +15,7 @@ from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode, _try_
 from edge_agent.config import AgentSettings
 from edge_agent.federation.node_key import ensure_node_key, public_key_path
 from edge_agent.federation.supernode import SuperNodeCompanion, supernode_argv
+from edge_agent.federation.supernode_launcher import split_argv
 from shared.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -54,7 +55,7 @@ def test_a_broken_key_is_a_config_error_and_is_not_replaced(tmp_path: Path) -> N
 
 def test_default_supernode_is_insecure(tmp_path: Path) -> None:
     s = AgentSettings(device_id="d", data_dir=tmp_path, superlink_address="127.0.0.1:9092")
-    args = _parse_args_run_supernode().parse_args(supernode_argv(s)[1:])
+    args = _parse_args_run_supernode().parse_args(split_argv(supernode_argv(s))[1])
     assert args.insecure
     assert args.root_certificates is None
     assert args.auth_supernode_private_key is None
@@ -72,7 +73,7 @@ def test_key_and_ca_replace_insecure(tmp_path: Path, ca: Path) -> None:
     companion = SuperNodeCompanion(s)  # the first start creates the key
     assert key.exists()
     assert public_key_path(key).exists()
-    args = _parse_args_run_supernode().parse_args(companion.process.argv[1:])
+    args = _parse_args_run_supernode().parse_args(split_argv(companion.process.argv)[1])
     assert not args.insecure
     assert args.root_certificates == str(ca.resolve())
     assert args.auth_supernode_private_key == str(key.resolve())

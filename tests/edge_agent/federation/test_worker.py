@@ -10,125 +10,26 @@ re-executing itself under the same PID.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from edge_agent.config import AgentSettings
-from edge_agent.federation.supernode import SuperNodeCompanion
-from server.config import ServerSettings
-from server.federation.flower import CONNECTION, flwr_home, superlink_process, write_connection_config
-from shared.flower_env import flower_env, venv_executable
-from shared.net import free_port, wait_port
-from tests.e2e.flower_nodes import online, wait_until
+from tests.e2e.flower_nodes import superlink_and_node, wait_until
 from tests.e2e.procs import processes_mentioning
+from tests.edge_agent.federation.probe import submit_probe_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PROBE_PYPROJECT = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "worker-probe"
-version = "1.0.0"
-dependencies = ["flwr==1.42.0"]
-
-[tool.flwr.app]
-publisher = "fedforge-tests"
-
-[tool.flwr.app.components]
-serverapp = "probe_app:server"
-clientapp = "probe_app:client"
-
-[tool.flwr.app.config]
-out = ""
-"""
-
-PROBE_APP = '''\
-"""Probe: where does each ClientApp message run, and does the app stay loaded?"""
-
-import json
-import os
-import time
-from pathlib import Path
-
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.serverapp import ServerApp
-
-from server.federation.rounds import exchange
-
-client = ClientApp()
-server = ServerApp()
-HANDLED = [0]
-
-
-@client.query()
-def query(msg, context):
-    HANDLED[0] += 1
-    if msg.content.config_records["config"]["fail"]:
-        raise RuntimeError("probe failure on request")
-    metrics = MetricRecord({"pid": os.getpid(), "handled": HANDLED[0]})
-    return Message(RecordDict({"probe": metrics}), reply_to=msg)
-
-
-@server.main()
-def main(grid, context):
-    nodes = []
-    while not nodes:
-        nodes = list(grid.get_node_ids())
-        time.sleep(0.2)
-    out = []
-    for fail in (False, True, False):
-        content = RecordDict({"config": ConfigRecord({"fail": fail})})
-        messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
-        for reply in exchange(grid, messages, timeout=120):
-            failed = reply.has_error()
-            out.append({"error": reply.error.reason} if failed else dict(reply.content.metric_records["probe"]))
-    Path(str(context.run_config["out"])).write_text(json.dumps(out))
-'''
-
 
 def test_worker_runs_every_message_in_one_process_and_survives_a_failure(tmp_path: Path) -> None:
-    server = ServerSettings(data_dir=tmp_path / "server", superlink_port=free_port())
-    link = superlink_process(server)
-    link.start()
-    companion: SuperNodeCompanion | None = None
-    try:
-        assert wait_port(server.superlink_port, timeout=60)
-        write_connection_config(server)
-        agent = AgentSettings(
-            device_id="probe",
-            data_dir=tmp_path / "agent",
-            superlink_address=f"127.0.0.1:{server.superlink_port}",
-            worker_idle_exit_s=8.0,  # longer than the SuperNode's 3 s poll between two messages
-        )
-        companion = SuperNodeCompanion(agent)
-        asyncio.run(companion.start())
+    # The idle exit is longer than the SuperNode's 3 s poll between two messages.
+    with superlink_and_node(tmp_path, device_id="probe", worker_idle_exit_s=8.0) as (server, companion):
         assert companion.worker is not None
         worker_pid = companion.worker.pid
-        assert wait_until(lambda: len(online(server)) == 1, 90)
 
-        app_dir = tmp_path / "probe"
-        app_dir.mkdir()
-        (app_dir / "pyproject.toml").write_text(PROBE_PYPROJECT)
-        (app_dir / "probe_app.py").write_text(PROBE_APP)
-        out = tmp_path / "replies.json"
-        submitted = subprocess.run(
-            [venv_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", f"out='{out}'"],
-            env=flower_env(flwr_home(server)),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        out = submit_probe_run(server, tmp_path)
         assert wait_until(out.exists, 180), (tmp_path / "agent" / "clientapp-worker.log").read_text()[-3000:]
 
         first, failed, third = json.loads(out.read_text())
@@ -144,10 +45,6 @@ def test_worker_runs_every_message_in_one_process_and_survives_a_failure(tmp_pat
         assert companion.worker.pid == worker_pid
         assert companion.worker.running()
         assert companion.worker.restarts == 0
-    finally:
-        if companion is not None:
-            asyncio.run(companion.stop())
-        link.stop()
     time.sleep(0.5)
     assert processes_mentioning(str(tmp_path)) == []
     workers = processes_mentioning("edge_agent.federation.worker")

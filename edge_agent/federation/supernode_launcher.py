@@ -1,0 +1,189 @@
+"""Flower's own ``flower-supernode``, with its fixed waits made adaptive: the agent's SuperNode.
+
+A flwr 1.42 SuperNode pulls one message from the SuperLink; when there is none it sleeps a
+hard-coded 3 s (``start_client_internal``). During a training run that sleep starts right
+after the node sends its reply, while the server is still aggregating, so a node picks up
+the next round up to 3 s after it is there: most of a round's overhead once the ClientApp
+runs in a warm worker. Two more literals add latency: 0.5 s between looks for the
+ClientApp's reply (``_push_messages``), and a 1 s first retry when the message's objects
+are not yet on the SuperLink (``pull_objects``'s default backoff).
+
+This launcher runs Flower's entry point unchanged after swapping, in that one module only,
+the names those waits go through:
+
+- the idle sleep becomes ``fast_poll_s`` for ``fast_window_s`` after the node last received
+  or sent a message (a run is on: the next message comes right after aggregation), and
+  Flower's 3 s again after that, so an idle fleet polls the SuperLink as gently as stock;
+- the reply waits poll every ``fast_poll_s`` (they only run while a message is in flight);
+- the object pull retries first after ``PULL_INITIAL_BACKOFF_S`` (Flower's doubling and cap
+  are kept, so a missing object is given up on about as late as stock).
+
+The swap depends on flwr internals, so it is applied only to the exact flwr version it was
+written against and checked on a real SuperLink (tests/edge_agent/federation/
+test_supernode_launcher.py); on any other version the node logs an error and runs stock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import importlib.metadata
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from shared.flower_env import PINNED_FLWR, flwr_is_pinned
+
+log = logging.getLogger(__name__)
+
+PATCHED_MODULE = "flwr.supernode.start_client_internal"
+# The literals of that module's waits (flwr 1.42.0), recognised by value.
+FLOWER_IDLE_SLEEP_S = 3.0
+FLOWER_REPLY_WAIT_S = 0.5
+PULL_INITIAL_BACKOFF_S = 0.02
+_PATCHED_NAMES = ("time", "_pull_and_store_message", "_push_messages", "pull_objects")
+
+
+@dataclass
+class AdaptivePoll:
+    """The SuperNode's waits: fast while messages flow, Flower's own once the node has been idle a while."""
+
+    fast_poll_s: float
+    fast_window_s: float
+    idle_poll_s: float = FLOWER_IDLE_SLEEP_S
+    clock: Callable[[], float] = time.monotonic
+    _last_message: float = field(default=float("-inf"))
+    _fast: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def message_seen(self) -> None:
+        with self._lock:
+            self._last_message = self.clock()
+
+    def idle_interval(self) -> float:
+        with self._lock:
+            quiet = self.clock() - self._last_message
+        fast = quiet < self.fast_window_s
+        if fast != self._fast:  # one line per switch, not per poll
+            self._fast = fast
+            if fast:
+                log.info("messages flowing: pulling every %.2f s", self.fast_poll_s)
+            else:
+                log.info("no message for %.0f s: pulling every %.0f s", self.fast_window_s, self.idle_poll_s)
+        return self.fast_poll_s if fast else self.idle_poll_s
+
+    def wait_interval(self, flower_s: float) -> float:
+        """What to sleep where Flower sleeps ``flower_s``: only its two known literals change."""
+        if flower_s == FLOWER_IDLE_SLEEP_S:
+            return self.idle_interval()
+        if flower_s == FLOWER_REPLY_WAIT_S:
+            return min(self.fast_poll_s, flower_s)
+        return flower_s
+
+
+class _ModuleTime:
+    """Stands in for ``time`` inside the patched module only: ``sleep`` adapts, the rest is ``time``."""
+
+    def __init__(self, poll: AdaptivePoll) -> None:
+        self._poll = poll
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(self._poll.wait_interval(seconds))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+class UnsupportedFlowerError(RuntimeError):
+    """The installed flwr is not the one the SuperNode patch was written and tested against."""
+
+
+def patch_supernode(
+    poll: AdaptivePoll, *, flwr_version: str | None = None, module: ModuleType | None = None
+) -> Callable[[], None]:
+    """Swap the SuperNode's waits for ``poll``'s; returns the undo. Raises ``UnsupportedFlowerError``."""
+    version = flwr_version or importlib.metadata.version("flwr")
+    if not flwr_is_pinned(version):
+        raise UnsupportedFlowerError(
+            f"flwr {version} is installed; the SuperNode poll patch is written for flwr {PINNED_FLWR} only"
+        )
+    target = module or importlib.import_module(PATCHED_MODULE)
+    missing = [name for name in _PATCHED_NAMES if not hasattr(target, name)]
+    if missing:
+        raise UnsupportedFlowerError(f"{target.__name__} has no {', '.join(missing)}: not the flwr it was written for")
+    saved = {name: getattr(target, name) for name in _PATCHED_NAMES}
+    pull_and_store, push = saved["_pull_and_store_message"], saved["_push_messages"]
+
+    @functools.wraps(pull_and_store)
+    def pull_and_store_message(*args: Any, **kwargs: Any) -> Any:
+        run_id = pull_and_store(*args, **kwargs)
+        if run_id is not None:
+            poll.message_seen()
+        return run_id
+
+    @functools.wraps(push)
+    def push_messages(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return push(*args, **kwargs)
+        finally:
+            poll.message_seen()
+
+    target.time = _ModuleTime(poll)  # type: ignore[attr-defined]
+    target._pull_and_store_message = pull_and_store_message  # type: ignore[attr-defined]
+    target._push_messages = push_messages  # type: ignore[attr-defined]
+    target.pull_objects = functools.partial(saved["pull_objects"], initial_backoff=PULL_INITIAL_BACKOFF_S)  # type: ignore[attr-defined]
+
+    def undo() -> None:
+        for name, value in saved.items():
+            setattr(target, name, value)
+
+    return undo
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The launcher's own options, and Flower's ``flower-supernode`` arguments after ``--``."""
+    args = list(argv)
+    if "--" not in args:
+        return args, []
+    split = args.index("--")
+    return args[:split], args[split + 1 :]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``[--fast-poll S] [--fast-window S] -- <flower-supernode args>``: Flower's SuperNode, patched unless window 0."""
+    mine, flowers = split_argv(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m edge_agent.federation.supernode_launcher")
+    parser.add_argument("--fast-poll", type=float, default=0.2, help="seconds between pulls while messages flow")
+    parser.add_argument("--fast-window", type=float, default=30.0, help="fast pulls after a message; 0: stock")
+    own = parser.parse_args(mine)
+    # This module's lines only: Flower's logger propagates, a root handler would print it twice.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if own.fast_window > 0:
+        try:
+            patch_supernode(AdaptivePoll(own.fast_poll, own.fast_window))
+            log.info(
+                "SuperNode pulls every %.2f s for %.0f s after a message, then every %.0f s",
+                own.fast_poll,
+                own.fast_window,
+                FLOWER_IDLE_SLEEP_S,
+            )
+        except UnsupportedFlowerError as exc:
+            log.error("%s; running Flower's stock SuperNode (3 s idle poll, slower rounds)", exc)
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv = ["flower-supernode", *flowers]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""A probe Flower app for tests on real Flower: where each ClientApp message runs, and how.
+
+Its ServerApp sends three query messages to every node, one exchange after the other (the
+second asks the ClientApp to fail), and writes the replies to ``out`` as JSON: the PID each
+message ran in and how many messages that ClientApp module had handled, or the error.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from server.config import ServerSettings
+from server.federation.flower import CONNECTION, flwr_home
+from shared.flower_env import flower_env, venv_executable
+
+PROBE_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "worker-probe"
+version = "1.0.0"
+dependencies = ["flwr==1.42.0"]
+
+[tool.flwr.app]
+publisher = "fedforge-tests"
+
+[tool.flwr.app.components]
+serverapp = "probe_app:server"
+clientapp = "probe_app:client"
+
+[tool.flwr.app.config]
+out = ""
+"""
+
+PROBE_APP = '''\
+"""Probe: where does each ClientApp message run, and does the app stay loaded?"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from server.federation.rounds import exchange
+
+client = ClientApp()
+server = ServerApp()
+HANDLED = [0]
+
+
+@client.query()
+def query(msg, context):
+    HANDLED[0] += 1
+    if msg.content.config_records["config"]["fail"]:
+        raise RuntimeError("probe failure on request")
+    metrics = MetricRecord({"pid": os.getpid(), "handled": HANDLED[0]})
+    return Message(RecordDict({"probe": metrics}), reply_to=msg)
+
+
+@server.main()
+def main(grid, context):
+    nodes = []
+    while not nodes:
+        nodes = list(grid.get_node_ids())
+        time.sleep(0.2)
+    out = []
+    for fail in (False, True, False):
+        content = RecordDict({"config": ConfigRecord({"fail": fail})})
+        messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+        for reply in exchange(grid, messages, timeout=120):
+            failed = reply.has_error()
+            out.append({"error": reply.error.reason} if failed else dict(reply.content.metric_records["probe"]))
+    Path(str(context.run_config["out"])).write_text(json.dumps(out))
+'''
+
+
+def submit_probe_run(server: ServerSettings, tmp_path: Path) -> Path:
+    """Submit one probe run to ``server``'s SuperLink; returns where its replies will be written."""
+    app_dir = tmp_path / "probe"
+    app_dir.mkdir()
+    (app_dir / "pyproject.toml").write_text(PROBE_PYPROJECT)
+    (app_dir / "probe_app.py").write_text(PROBE_APP)
+    out = tmp_path / "replies.json"
+    submitted = subprocess.run(
+        [venv_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", f"out='{out}'"],
+        env=flower_env(flwr_home(server)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    return out
