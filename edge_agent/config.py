@@ -39,6 +39,14 @@ class AgentSettings(FedforgeSettings):
     # The worker drops the loaded ClientApp (and torch) after this many seconds without a
     # message, so an agent between training runs idles without torch; None keeps it loaded.
     worker_idle_exit_s: float | None = Field(default=120.0, gt=0)
+    # "always": the SuperNode (and its worker) run for as long as the agent, polling the
+    # SuperLink every 3 s between runs. "on_demand": they run only while the server's signed
+    # federation call for a training run stands (edge_agent/federation/on_demand.py), so
+    # between runs the agent idles alone (~110 MB instead of ~360 MB for the tree).
+    federation_mode: Literal["always", "on_demand"] = "always"
+    # on_demand: seconds the SuperNode stays up once no open call needs it (the run ended,
+    # or its call expired), so back-to-back runs reuse it; then it and its worker stop.
+    federation_idle_stop_s: float = Field(default=15.0, ge=0)
     # Flower node authentication (opt-in, needs TLS): the CA that signed the SuperLink, and
     # this device's private key (EC P-384, OpenSSH format; created with its .pub beside it on
     # first start). The operator registers the .pub: `fedforge devices register`.
