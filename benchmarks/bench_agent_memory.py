@@ -131,58 +131,51 @@ def main(argv: list[str] | None = None) -> int:
     anchor_peak = mb(flower_peak_supernode)
     anchor_name = "Flower SuperNode tree, defaults"
     notes_idle = "RSS of each agent (n = agents x runs), Flower's SuperNode tree = supernode + superexec (+ clientapp)."
+
+    def idle(name: str, values: list[float], notes: str, extra: dict[str, float | str] | None = None) -> Figure:
+        return Figure(
+            name,
+            mb(values),
+            anchor_idle,
+            anchor_name + " (idle)",
+            "lower",
+            f"<= {IDLE_GOAL_MB:.0f} MB idle",
+            statistics.median(values) <= IDLE_GOAL_MB,
+            notes=notes,
+            extra=extra or {},
+        )
+
     figures = [
-        Figure(
+        idle(
             "8a agent process idle, model loaded",
-            mb(idle_agent),
-            anchor_idle,
-            anchor_name + " (idle)",
-            "lower",
-            f"<= {IDLE_GOAL_MB:.0f} MB idle",
-            statistics.median(idle_agent) <= IDLE_GOAL_MB,
-            notes="the agent process alone (MQTT, cleaning, SQLite, ONNX Runtime session); no torch, no flwr. "
-            + notes_idle,
+            idle_agent,
+            "the agent process alone (MQTT, cleaning, SQLite, ONNX Runtime session); no torch, no flwr. " + notes_idle,
         ),
-        Figure(
+        idle(
             "8b whole agent tree idle (worker light)",
-            mb(idle_cold),
-            anchor_idle,
-            anchor_name + " (idle)",
-            "lower",
-            f"<= {IDLE_GOAL_MB:.0f} MB idle",
-            statistics.median(idle_cold) <= IDLE_GOAL_MB,
-            notes="agent + flower-supernode + ClientApp worker before any round (and after worker_idle_exit_s).",
-            extra={"agent_tree_idle_flower_defaults_mb": statistics.median(flower_idle_tree)},
+            idle_cold,
+            "agent + flower-supernode + ClientApp worker before any round (and after worker_idle_exit_s).",
+            {"agent_tree_idle_flower_defaults_mb": statistics.median(flower_idle_tree)},
         ),
-        Figure(
+        idle(
             "8b whole agent tree idle, on-demand federation",
-            mb(on_demand_after),
-            anchor_idle,
-            anchor_name + " (idle)",
-            "lower",
-            f"<= {IDLE_GOAL_MB:.0f} MB idle",
-            statistics.median(on_demand_after) <= IDLE_GOAL_MB,
-            notes="federation_mode = on_demand: the SuperNode and worker run only while a run's federation call "
+            on_demand_after,
+            "federation_mode = on_demand: the SuperNode and worker run only while a run's federation call "
             "stands; measured after a run, once they stopped (before any run: median "
             f"{statistics.median(on_demand_before):.0f} MB; the run's peak: median "
             f"{statistics.median(on_demand_peak):.0f} MB).",
-            extra={
+            {
                 "before_run_mb": statistics.median(on_demand_before),
                 "peak_during_run_mb": statistics.median(on_demand_peak),
             },
         ),
-        Figure(
+        idle(
             "8b' whole agent tree idle right after a run (worker holds torch)",
-            mb(idle_warm),
-            anchor_idle,
-            anchor_name + " (idle)",
-            "lower",
-            f"<= {IDLE_GOAL_MB:.0f} MB idle",
-            statistics.median(idle_warm) <= IDLE_GOAL_MB,
-            notes="until worker_idle_exit_s (default 120 s) passes without a message; then the worker re-executes "
+            idle_warm,
+            "until worker_idle_exit_s (default 120 s) passes without a message; then the worker re-executes "
             "itself light"
             + (f" (measured after it: median {statistics.median(idle_dropped):.0f} MB)." if idle_dropped else "."),
-            extra={"after_idle_exit_mb": statistics.median(idle_dropped)} if idle_dropped else {},
+            {"after_idle_exit_mb": statistics.median(idle_dropped)} if idle_dropped else {},
         ),
         Figure(
             "8c whole agent tree peak during a round",

@@ -79,7 +79,8 @@ def test_an_older_call_does_not_replace_the_one_held(operator_keys: Keys) -> Non
     demand = FederationDemand(idle_stop_s=0)
     demand.offer(call(operator_keys, "ended", now=1010.0))
     reason = demand.offer(call(operator_keys, now=1000.0, ttl=3600))  # a replayed open call
-    assert reason is not None and "older" in reason
+    assert reason is not None
+    assert "older" in reason
     assert demand.decide(1011.0, running=False) is None
 
 
@@ -174,7 +175,7 @@ def test_the_companion_starts_and_stops_the_node_with_the_call(tmp_path: Path, o
         c = companion(tmp_path, operator_keys, log)
         await c.start()
         await asyncio.sleep(0.05)
-        assert log == [] and not c.running
+        assert (log, c.running) == ([], False)
         c.receive(call(operator_keys).to_bytes())
         await until(log, ["start"])
         assert c.running
@@ -184,7 +185,7 @@ def test_the_companion_starts_and_stops_the_node_with_the_call(tmp_path: Path, o
         c.receive(call(operator_keys, run_id="run-2", now=1000.7).to_bytes())
         await until(log, ["start", "stop", "start"])
         await c.stop()  # the agent stops: so does a running node
-        assert log == ["start", "stop", "start", "stop"] and c.starts == 2
+        assert (log, c.starts) == (["start", "stop", "start", "stop"], 2)
 
     asyncio.run(scenario())
 
@@ -199,7 +200,7 @@ def test_a_node_that_fails_to_start_does_not_stop_the_agent(tmp_path: Path, oper
         await until(log, ["start", "stop"])
         await asyncio.sleep(0.1)
         # One try, cleaned up, and no retry before RETRY_START_S.
-        assert log == ["start", "stop"] and not c.running and c.starts == 0
+        assert (log, c.running, c.starts) == (["start", "stop"], False, 0)
         await c.stop()
 
     asyncio.run(scenario())
