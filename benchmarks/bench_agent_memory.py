@@ -7,7 +7,11 @@ Measured on the same local fleet as figure 6 (benchmarks/fleet_rig.py), RSS from
   round (worker light), and right after a run while the worker still holds the ClientApp
   and torch (it drops them after ``worker_idle_exit_s``, 120 s by default; the bench sets a
   short one and measures after it too);
-- (c) the whole tree's peak during a training run, every tree sampled every 50 ms.
+- (c) the whole tree's peak during a training run, every tree sampled every 50 ms;
+- (8b on-demand) the whole tree idle with ``federation_mode = "on_demand"``: the agents
+  start their SuperNode and worker when the run's federation call reaches them and stop
+  them when it ends, so between runs the tree is the agent alone. Measured after a run
+  (once every SuperNode tree is gone), with the before-run figure and the run's peak noted.
 
 The anchor is Flower's SuperNode tree alone (flower-supernode + flower-superexec + the
 flwr-clientapp of each message) with Flower's defaults, measured in the same run on the
@@ -25,6 +29,7 @@ from pathlib import Path
 from benchmarks.fleet_rig import FEDFORGE, FLOWER, BenchFleet
 from benchmarks.harness import Figure, Sample, parse_args, write_result
 from benchmarks.proctree import TreeMemory, TreeSampler, measure
+from simulations.fleet import FleetError
 
 IDLE_GOAL_MB = 150.0
 PEAK_GOAL_MB = 600.0
@@ -56,6 +61,18 @@ def peak_during_run(rig: BenchFleet, rounds: int) -> tuple[list[float], list[flo
     return list(sampler.peaks.total.values()), list(sampler.peaks.supernode_tree.values())
 
 
+def wait_agents_alone(rig: BenchFleet, timeout: float = 120.0) -> None:
+    """Until no agent has a SuperNode or worker below it (on-demand agents after a run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        trees = measure([a.process.pid for a in rig.local.agents if a.process.pid is not None])
+        if all(t.supernode_tree == 0 for t in trees.values()):
+            return
+        if time.monotonic() > deadline:
+            raise FleetError(f"on-demand agents still run a SuperNode {timeout:.0f} s after the run")
+        time.sleep(0.5)
+
+
 def mb(values: list[float]) -> Sample:
     return Sample(tuple(values), "MB")
 
@@ -64,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__ or "", argv)
     agents, runs, rounds = (1, 1, 1) if args.quick else (5, 1, 2)
     ours = replace(FEDFORGE, agent_settings={**FEDFORGE.agent_settings, "worker_idle_exit_s": IDLE_EXIT_S})
+    on_demand = replace(
+        ours,
+        name="fedforge-on-demand",
+        agent_settings={**ours.agent_settings, "federation_mode": "on_demand", "federation_idle_stop_s": 0.0},
+    )
+    on_demand_before: list[float] = []
+    on_demand_after: list[float] = []
+    on_demand_peak: list[float] = []
     idle_agent: list[float] = []
     idle_cold: list[float] = []
     idle_warm: list[float] = []
@@ -76,11 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     flower_peak_tree: list[float] = []
     with tempfile.TemporaryDirectory(prefix="fedforge-bench-mem-") as tmp, BenchFleet(Path(tmp), agents) as rig:
         for run in range(runs):
-            for side in (ours, FLOWER) if run % 2 == 0 else (FLOWER, ours):
+            for side in (ours, FLOWER, on_demand) if run % 2 == 0 else (on_demand, FLOWER, ours):
                 rig.use(side)
                 time.sleep(3.0)  # let start-up settle (first status, backlog scoring)
                 before = idle_snapshot(rig)
                 total, supernode = peak_during_run(rig, rounds)
+                if side is on_demand:
+                    on_demand_before += [t.total for t in before]
+                    on_demand_peak += total
+                    wait_agents_alone(rig)
+                    time.sleep(3.0)  # the new model installed, its backlog scored
+                    on_demand_after += [t.total for t in idle_snapshot(rig)]
+                    continue
                 if side is FLOWER:
                     flower_idle_supernode += [t.supernode_tree for t in before]
                     flower_idle_tree += [t.total for t in before]
@@ -99,41 +131,51 @@ def main(argv: list[str] | None = None) -> int:
     anchor_peak = mb(flower_peak_supernode)
     anchor_name = "Flower SuperNode tree, defaults"
     notes_idle = "RSS of each agent (n = agents x runs), Flower's SuperNode tree = supernode + superexec (+ clientapp)."
+
+    def idle(name: str, values: list[float], notes: str, extra: dict[str, float | str] | None = None) -> Figure:
+        return Figure(
+            name,
+            mb(values),
+            anchor_idle,
+            anchor_name + " (idle)",
+            "lower",
+            f"<= {IDLE_GOAL_MB:.0f} MB idle",
+            statistics.median(values) <= IDLE_GOAL_MB,
+            notes=notes,
+            extra=extra or {},
+        )
+
     figures = [
-        Figure(
+        idle(
             "8a agent process idle, model loaded",
-            mb(idle_agent),
-            anchor_idle,
-            anchor_name + " (idle)",
-            "lower",
-            f"<= {IDLE_GOAL_MB:.0f} MB idle",
-            statistics.median(idle_agent) <= IDLE_GOAL_MB,
-            notes="the agent process alone (MQTT, cleaning, SQLite, ONNX Runtime session); no torch, no flwr. "
-            + notes_idle,
+            idle_agent,
+            "the agent process alone (MQTT, cleaning, SQLite, ONNX Runtime session); no torch, no flwr. " + notes_idle,
         ),
-        Figure(
+        idle(
             "8b whole agent tree idle (worker light)",
-            mb(idle_cold),
-            anchor_idle,
-            anchor_name + " (idle)",
-            "lower",
-            f"<= {IDLE_GOAL_MB:.0f} MB idle",
-            statistics.median(idle_cold) <= IDLE_GOAL_MB,
-            notes="agent + flower-supernode + ClientApp worker before any round (and after worker_idle_exit_s).",
-            extra={"agent_tree_idle_flower_defaults_mb": statistics.median(flower_idle_tree)},
+            idle_cold,
+            "agent + flower-supernode + ClientApp worker before any round (and after worker_idle_exit_s).",
+            {"agent_tree_idle_flower_defaults_mb": statistics.median(flower_idle_tree)},
         ),
-        Figure(
+        idle(
+            "8b whole agent tree idle, on-demand federation",
+            on_demand_after,
+            "federation_mode = on_demand: the SuperNode and worker run only while a run's federation call "
+            "stands; measured after a run, once they stopped (before any run: median "
+            f"{statistics.median(on_demand_before):.0f} MB; the run's peak: median "
+            f"{statistics.median(on_demand_peak):.0f} MB).",
+            {
+                "before_run_mb": statistics.median(on_demand_before),
+                "peak_during_run_mb": statistics.median(on_demand_peak),
+            },
+        ),
+        idle(
             "8b' whole agent tree idle right after a run (worker holds torch)",
-            mb(idle_warm),
-            anchor_idle,
-            anchor_name + " (idle)",
-            "lower",
-            f"<= {IDLE_GOAL_MB:.0f} MB idle",
-            statistics.median(idle_warm) <= IDLE_GOAL_MB,
-            notes="until worker_idle_exit_s (default 120 s) passes without a message; then the worker re-executes "
+            idle_warm,
+            "until worker_idle_exit_s (default 120 s) passes without a message; then the worker re-executes "
             "itself light"
             + (f" (measured after it: median {statistics.median(idle_dropped):.0f} MB)." if idle_dropped else "."),
-            extra={"after_idle_exit_mb": statistics.median(idle_dropped)} if idle_dropped else {},
+            {"after_idle_exit_mb": statistics.median(idle_dropped)} if idle_dropped else {},
         ),
         Figure(
             "8c whole agent tree peak during a round",

@@ -140,7 +140,8 @@ class BenchFleet:
                 store.close()
 
     def use(self, side: Side, timeout: float = 180.0) -> None:
-        """Agents (re)started with ``side``'s settings; returns once every SuperNode is online."""
+        """Agents (re)started with ``side``'s settings; returns once every SuperNode is online
+        (none, for agents in on-demand federation: they start theirs when a run calls them)."""
         fleet = self.local
         fleet.stop_agents()
         self.wait_nodes(0, timeout)
@@ -152,7 +153,8 @@ class BenchFleet:
         version = fleet.latest_version()
         if version is not None:
             fleet.wait_serving(version, timeout)
-        self.wait_nodes(self.n_agents, timeout)
+        on_demand = side.agent_settings.get("federation_mode") == "on_demand"
+        self.wait_nodes(0 if on_demand else self.n_agents, timeout)
         self.side = side
 
     def online_nodes(self) -> int:

@@ -38,7 +38,11 @@ def run_command(name: str, argv: list[str]) -> int:
         from edge_agent.service import Agent  # after settings: a config error needs no ONNX import
 
         agent = Agent(settings)
-        if settings.superlink_address:
+        if settings.superlink_address and settings.federation_mode == "on_demand":
+            from edge_agent.federation.on_demand import OnDemandCompanion
+
+            agent.add_companion(OnDemandCompanion(settings, agent.trust, agent.link.subscribe))
+        elif settings.superlink_address:
             from edge_agent.federation.supernode import SuperNodeCompanion
 
             agent.add_companion(SuperNodeCompanion(settings))

@@ -47,6 +47,14 @@ class AgentSettings(FedforgeSettings):
     # 0 runs Flower's stock SuperNode (edge_agent/federation/supernode_launcher.py).
     supernode_fast_poll_s: float = Field(default=0.2, gt=0, le=3.0)
     supernode_fast_window_s: float = Field(default=30.0, ge=0)
+    # "always": the SuperNode (and its worker) run for as long as the agent, polling the
+    # SuperLink every 3 s between runs. "on_demand": they run only while the server's signed
+    # federation call for a training run stands (edge_agent/federation/on_demand.py), so
+    # between runs the agent idles alone (~110 MB instead of ~360 MB for the tree).
+    federation_mode: Literal["always", "on_demand"] = "always"
+    # on_demand: seconds the SuperNode stays up once no open call needs it (the run ended,
+    # or its call expired), so back-to-back runs reuse it; then it and its worker stop.
+    federation_idle_stop_s: float = Field(default=15.0, ge=0)
     # Flower node authentication (opt-in, needs TLS): the CA that signed the SuperLink, and
     # this device's private key (EC P-384, OpenSSH format; created with its .pub beside it on
     # first start). The operator registers the .pub: `fedforge devices register`.

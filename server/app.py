@@ -102,14 +102,15 @@ def ensure_bootstrap_model(
     return manifest.version
 
 
-def flower_run_starter(settings: ServerSettings, config_path: Path) -> RunStarter:
-    """Training runs from the API go the way `fedforge train` sends them: `flwr run` to our SuperLink."""
+def flower_run_starter(settings: ServerSettings, config_path: Path, client: MqttClient | None = None) -> RunStarter:
+    """Training runs from the API go the way `fedforge train` sends them: the fleet is called
+    (on the server's own MQTT client), then `flwr run` submits the run to our SuperLink."""
 
     def start(run_id: str, rounds: int, strategy: str, min_agents: int) -> str:
-        from server.federation.flower import submit_run
+        from server.federation.calls import submit_called_run
 
         log.info("submitting training run %s (%s, %d rounds, >= %d agents)", run_id, strategy, rounds, min_agents)
-        return submit_run(settings, config_path, run_id, rounds, min_agents, strategy)
+        return submit_called_run(settings, config_path, run_id, rounds, min_agents, strategy, client)
 
     return start
 
@@ -185,7 +186,9 @@ class ServerService:
             self.registry,
             channel=None if self.client is None else MqttReleaseChannel(self.client, self.settings.fleet),
             signing_key=None if key is None else (lambda: key),
-            run_starter=None if self.config_path is None else flower_run_starter(self.settings, self.config_path),
+            run_starter=None
+            if self.config_path is None
+            else flower_run_starter(self.settings, self.config_path, self.client),
             unregister_node=node_unregistrar(self.settings, self.registry),
         )
 

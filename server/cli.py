@@ -122,7 +122,8 @@ def _devices(settings: object, args: argparse.Namespace) -> int:
 
 def _train(settings: object, config_path: Path, args: argparse.Namespace) -> int:
     from server.config import ServerSettings
-    from server.federation.flower import submit_run, wait_run
+    from server.federation.calls import submit_called_run
+    from server.federation.flower import wait_run
     from server.registry.migrate import migrate
     from server.registry.sql import SqlRegistry
 
@@ -132,7 +133,7 @@ def _train(settings: object, config_path: Path, args: argparse.Namespace) -> int
     run_id = args.run_id or f"run-{uuid.uuid4().hex[:12]}"
     migrate(settings.database_url)
     strategy = args.strategy or settings.strategy
-    flower_run_id = submit_run(settings, config_path, run_id, rounds, min_agents, strategy)
+    flower_run_id = submit_called_run(settings, config_path, run_id, rounds, min_agents, strategy)
     log.info(
         "submitted training run %s (Flower run %s): %s, %d rounds, >= %d agents",
         run_id,

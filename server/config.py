@@ -53,6 +53,11 @@ class ServerSettings(FedforgeSettings):
     min_agents: int = Field(default=1, ge=1)
     rounds: int = Field(default=3, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
+    # Before round 1 the ServerApp waits up to this long for a SuperNode from every online,
+    # non-revoked device of the fleet: agents with federation_mode = "on_demand" start theirs
+    # only when the run's federation call reaches them (a few seconds). It goes on as soon as
+    # they are all there; Flower still never starts a round below min_agents.
+    join_wait_s: float = Field(default=30.0, ge=0)
     # The aggregation rule of runs that name none (`fedforge train --strategy`, the API's
     # POST /api/runs and the dashboard name one): server/federation/catalog.py.
     strategy: StrategyName = "fedavg"
@@ -135,6 +140,10 @@ class ServerSettings(FedforgeSettings):
             except ssl.SSLError as exc:
                 raise ConfigError(f"SuperLink TLS files are not a usable CA / certificate / key: {exc}") from None
         return self
+
+    def run_lifetime_s(self, rounds: int) -> float:
+        """How long a run of ``rounds`` may take at most: its federation call expires after it."""
+        return self.join_wait_s + rounds * self.round_timeout_s + 600.0
 
     @property
     def superlink_tls(self) -> bool:

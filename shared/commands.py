@@ -4,18 +4,23 @@ A rollback command names fleet, task, version and sha256 and is signed (Ed25519,
 JSON) with the same operator key as manifests, so an agent trusts it exactly as far as it
 trusts releases. The manifest riding along is verified separately (its own signature) and
 must name the same version and digest.
+
+A federation call (``FederationCall``: "a training run is open, start your SuperNode") is
+signed the same way: all it can make an agent do is connect to the SuperLink it is
+configured with, but a forged ``ended`` would pull agents out of a run, and a replayed
+old call is refused by its expiry and by being older than the call the agent holds.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.bundle import verify_manifest
 from shared.errors import BundleError, SignatureError
-from shared.schemas import Command, ModelManifest
+from shared.schemas import Command, FederationCall, ModelManifest
 from shared.signing import TrustStore, key_id, sign
 
 
@@ -71,3 +76,37 @@ def verify_rollback(
         raise BundleError("the manifest does not name the command's version and digest")
     verify_manifest(manifest, trust)
     return manifest
+
+
+def federation_call(
+    key: Ed25519PrivateKey,
+    *,
+    run_id: str,
+    fleet: str,
+    state: Literal["open", "ended"],
+    ttl_s: float,
+    now: float | None = None,
+) -> FederationCall:
+    issued = time.time() if now is None else now
+    unsigned = FederationCall(
+        run_id=run_id,
+        fleet=fleet,
+        state=state,
+        issued_at=issued,
+        expires_at=issued + ttl_s,
+        signer=key_id(key.public_key()),
+    )
+    return unsigned.model_copy(update={"signature": sign(key, call_signed_fields(unsigned))})
+
+
+def call_signed_fields(call: FederationCall) -> dict[str, Any]:
+    return call.model_dump(mode="json", exclude={"signature"})
+
+
+def verify_federation_call(call: FederationCall, trust: TrustStore, *, fleet: str) -> None:
+    """Raises ``BundleError`` (``SignatureError``) with the reason a call is refused; expiry is the caller's."""
+    if not call.signature:
+        raise SignatureError("federation call is not signed")
+    trust.verify(call.signer, call.signature, call_signed_fields(call))
+    if call.fleet != fleet:
+        raise BundleError(f"federation call is for fleet {call.fleet}, this agent is in {fleet}")

@@ -270,6 +270,25 @@ class Command(WireModel):
     signature: str = ""
 
 
+class FederationCall(WireModel):
+    """The cloud calling the fleet to a training run (``open``) or letting it go (``ended``).
+
+    Retained on the fleet's federation topic, so an agent that comes online during the run
+    joins it. Agents in ``federation_mode = "on_demand"`` run their SuperNode only while an
+    open, unexpired call stands. Signed with the operator key (shared.commands), like a
+    rollback: a forged ``ended`` could pull agents out of a run.
+    """
+
+    run_id: str = Field(min_length=1, max_length=128)
+    fleet: str = Field(min_length=1, max_length=64)
+    state: Literal["open", "ended"]
+    issued_at: float
+    # An open call whose run never said it ended (its ServerApp died) stops counting here.
+    expires_at: float
+    signer: str = ""
+    signature: str = ""
+
+
 class CommandAck(WireModel):
     """An agent's answer to a command: accepted (now serving ``serving_version``) or rejected, and why."""
 

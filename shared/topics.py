@@ -76,6 +76,11 @@ def fleet_commands(fleet: str) -> str:
     return f"{ROOT}/{_check('fleet', fleet)}/commands"
 
 
+def federation_call(fleet: str) -> str:
+    """Cloud -> every agent, retained: the fleet's federation call (a training run opened or ended)."""
+    return f"{ROOT}/{_check('fleet', fleet)}/federation"
+
+
 def manifest(fleet: str, task: str) -> str:
     return f"{ROOT}/{_check('fleet', fleet)}/models/{_check('task', task)}/manifest"
 

@@ -210,7 +210,7 @@ class FleetActions:
         running = [
             r.run_id
             for r in self.registry.list_runs()
-            if r.status == "running" and now - r.started < r.rounds * self.settings.round_timeout_s + 600
+            if r.status == "running" and now - r.started < self.settings.run_lifetime_s(r.rounds)
         ]
         if running:
             raise ActionConflictError(f"training run {running[0]} is still running")

@@ -86,6 +86,24 @@ def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float, poll_s:
     return replies
 
 
+def wait_for_nodes(grid: Grid, expected: int, timeout: float, poll_s: float = 0.5) -> int:
+    """Wait until ``expected`` SuperNodes are connected, at most ``timeout`` s; returns how many are.
+
+    Flower's strategies wait only for their minimum; a run whose agents start their
+    SuperNodes on demand would begin round 1 with the first ``min_agents`` to register.
+    """
+    deadline = time.monotonic() + timeout
+    while (count := len(list(grid.get_node_ids()))) < expected and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    if count < expected:
+        log.warning(
+            "%d of %d expected SuperNodes connected after %.0f s: starting without the rest", count, expected, timeout
+        )
+    else:
+        log.info("%d SuperNodes connected (%d expected)", count, expected)
+    return count
+
+
 def run_rounds(
     strategy: Strategy,
     grid: Grid,

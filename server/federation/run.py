@@ -118,6 +118,16 @@ class TrainingRun:
 
     # -- federated part ------------------------------------------------------------
 
+    def expected_nodes(self) -> int:
+        """SuperNodes round 1 should wait for: every online, non-revoked device, and min_agents."""
+        now = time.time()
+        online = [
+            d
+            for d in self.registry.list_devices(self.settings.fleet)
+            if not d.revoked and d.online(now, self.settings.online_window_s)
+        ]
+        return max(self.min_agents, len(online))
+
     @property
     def round_timeout_s(self) -> float:
         return self.settings.round_timeout_s

@@ -10,6 +10,10 @@ Rounds run through ``server.federation.rounds`` (one exchange per round, replies
 every 0.1 s). ``round_exchange = "flower"`` in the server settings runs Flower's own
 ``Strategy.start`` instead (a train and an evaluate exchange per round, 3 s pull polls):
 the reference the round benchmark measures against.
+
+Before round 1 it waits (``join_wait_s``) for the SuperNodes of the fleet's online devices,
+which on-demand agents start only when the run's federation call reaches them; when the
+run is over it ends that call (server.federation.calls), so they stop them again.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from server.config import load_server_settings
+from server.federation.calls import announce
 from server.federation.hosting import FederatedRun, hosted_run
-from server.federation.rounds import run_rounds
+from server.federation.rounds import run_rounds, wait_for_nodes
 from server.federation.run import TrainingRun
 
 log = logging.getLogger(__name__)
@@ -35,27 +40,36 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     hosted = hosted_run()  # the digital twin hosts its run in this process
     run: FederatedRun
+    training: TrainingRun | None = None
     flower_exchange = False
     if hosted is not None:
         run = hosted
     else:
         cfg = context.run_config
         settings = load_server_settings(Path(str(cfg["server-config"])))
-        training = run = TrainingRun.open(
-            settings,
-            run_id=str(cfg.get("training-run-id") or f"run-{int(time.time())}"),
-            rounds=int(cfg.get("num-rounds", 1)),
-            min_agents=int(cfg.get("min-agents", settings.min_agents)),
-            flower_run_id=int(context.run_id),
-            strategy=str(cfg.get("strategy", settings.strategy)),
-        )
+        run_id, rounds = str(cfg.get("training-run-id") or f"run-{int(time.time())}"), int(cfg.get("num-rounds", 1))
+        try:
+            training = run = TrainingRun.open(
+                settings,
+                run_id=run_id,
+                rounds=rounds,
+                min_agents=int(cfg.get("min-agents", settings.min_agents)),
+                flower_run_id=int(context.run_id),
+                strategy=str(cfg.get("strategy", settings.strategy)),
+            )
+        except BaseException:
+            announce(settings, run_id, rounds, "ended")
+            raise
         flower_exchange = settings.round_exchange == "flower"
     try:
         strategy = (
             training.strategy(fraction_evaluate=1.0 if flower_exchange else 0.0)
-            if hosted is None
-            else hosted.strategy()
+            if training is not None
+            else run.strategy()
         )
+        if training is not None:
+            # On-demand agents start their SuperNode when the run's call reaches them.
+            wait_for_nodes(grid, training.expected_nodes(), training.settings.join_wait_s)
         initial = ArrayRecord(run.model.state_dict())
         train_config = ConfigRecord(run.train_config())
 
@@ -87,3 +101,6 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as exc:
         run.fail(exc)
         raise
+    finally:
+        if training is not None:
+            announce(training.settings, training.run_id, training.rounds, "ended")

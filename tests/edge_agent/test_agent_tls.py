@@ -188,6 +188,29 @@ def test_a_device_cannot_read_another_devices_ingest(broker: TlsBroker, fleet: s
     assert [(t, p) for t, p, _ in inbox.snapshot()] == [(topics.ingest(fleet, DEVICE), b"control")]
 
 
+def test_every_device_reads_the_federation_call_and_none_can_write_it(broker: TlsBroker, fleet: str) -> None:
+    topic = topics.federation_call(fleet)
+    at_device, at_server = Inbox(), Inbox()
+    device = broker.client(DEVICE)
+    device.subscribe(topic, at_device)
+    server = broker.client(SERVER_CN)
+    server.subscribe(topic, at_server)
+    with running(server), running(device):
+        # Once these are acknowledged, the broker has processed each side's SUBSCRIBE.
+        device.publish_and_wait(topics.status(fleet, DEVICE), b"subscribed")
+        server.publish_and_wait(topics.commands(fleet, OTHER), b"sync")
+        device.publish(topic, b"forged call", retain=True)
+        device.publish_and_wait(topics.status(fleet, DEVICE), b"after the forgery")
+        server.publish_and_wait(topic, b"call", retain=True)
+        # One connection's messages are delivered in order: a forged call would come first.
+        wait_for(
+            lambda: all(b"call" in [p for _, p, _ in inbox.snapshot()] for inbox in (at_device, at_server)),
+            what="the server's call at the device",
+        )
+    assert [p for _, p, _ in at_server.snapshot()] == [b"call"]
+    assert [p for _, p, _ in at_device.snapshot()] == [b"call"]
+
+
 def test_an_agent_with_its_certificate_publishes_a_retained_birth(
     broker: TlsBroker, fleet: str, tmp_path: Path, operator_keys: Keys
 ) -> None:

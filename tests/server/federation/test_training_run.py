@@ -26,6 +26,7 @@ from shared.datasets.fraud import synthetic
 from shared.datasets.io import write_parquet_atomic
 from shared.datasets.split import time_split
 from shared.mqtt import BrokerAddress, MqttClient
+from shared.schemas import DeviceStatus
 from shared.signing import TrustStore
 
 # -- promotion_gate ----------------------------------------------------------------------
@@ -120,6 +121,26 @@ def test_open_starts_from_the_parent_checkpoint(boot: Bootstrapped) -> None:
     cfg = run.train_config()
     assert cfg["local-epochs"] == boot.settings.local_epochs
     assert run.parent.feature_spec.model_dump_json() == cfg["feature-spec"]
+
+
+def test_round_one_waits_for_every_online_unrevoked_device_of_the_fleet(boot: Bootstrapped) -> None:
+    now = time.time()
+    fleet = boot.settings.fleet
+    window = boot.settings.online_window_s
+    for device, kind, seen, device_fleet in (
+        ("up-1", "heartbeat", now, fleet),
+        ("up-2", "birth", now, fleet),
+        ("revoked", "heartbeat", now, fleet),
+        ("said-goodbye", "offline", now, fleet),
+        ("silent", "heartbeat", now - 2 * window, fleet),
+        ("elsewhere", "heartbeat", now, "another-fleet"),
+    ):
+        status = DeviceStatus(device_id=device, fleet=device_fleet, kind=kind, ts=seen)
+        boot.registry.upsert_device_status(status, received_at=seen)
+    boot.registry.set_device_revoked("revoked", True)
+    assert open_run(boot).expected_nodes() == 2
+    wider = TrainingRun.open(boot.settings, run_id="run-2", rounds=1, min_agents=5, registry=boot.registry)
+    assert wider.expected_nodes() == 5  # never fewer than min_agents
 
 
 def test_reopening_a_run_records_the_flower_run_id(boot: Bootstrapped) -> None:
