@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,8 +188,12 @@ def test_a_device_cannot_read_another_devices_ingest(broker: TlsBroker, fleet: s
     assert [(t, p) for t, p, _ in inbox.snapshot()] == [(topics.ingest(fleet, DEVICE), b"control")]
 
 
-def test_every_device_reads_the_federation_call_and_none_can_write_it(broker: TlsBroker, fleet: str) -> None:
-    topic = topics.federation_call(fleet)
+@pytest.mark.parametrize("fleet_topic", [topics.federation_call, topics.fleet_commands])
+def test_every_device_reads_the_fleet_wide_topics_and_none_can_write_them(
+    broker: TlsBroker, fleet: str, fleet_topic: Callable[[str], str]
+) -> None:
+    """The federation call and the standing fleet command (a signed rollback) reach every device."""
+    topic = fleet_topic(fleet)
     at_device, at_server = Inbox(), Inbox()
     device = broker.client(DEVICE)
     device.subscribe(topic, at_device)
