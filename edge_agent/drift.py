@@ -64,7 +64,8 @@ class DriftMonitor:
         # Cleaned values are finite and in range, so no per-element check is needed.
         col = x.sum(axis=0)
         if self._log1p.any():
-            col[self._log1p] = np.log1p(x[:, self._log1p]).sum(axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):  # judged just below, not warned about
+                col[self._log1p] = np.log1p(x[:, self._log1p]).sum(axis=0)
         batch_sum = (col - n * self._mean) / self._std
         if not np.isfinite(batch_sum).all():
             return  # a value outside what cleaning allows: skip the batch rather than poison the window
