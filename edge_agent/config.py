@@ -61,8 +61,6 @@ class AgentSettings(FedforgeSettings):
     superlink_ca_file: Path | None = None
     supernode_key: Path | None = None
     max_batch: int = Field(default=256, ge=1, le=100_000)
-    # Bound of the hand-off queue between paho's thread and the asyncio loop (messages).
-    queue_size: int = Field(default=10_000, ge=1)
     # Scores at or above this are published as alerts.
     alert_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     # Seconds without a new chunk before a download is abandoned (retried on re-delivery).

@@ -60,7 +60,7 @@ class AgentCollector(Collector):
         outbox = GaugeMetricFamily("fedforge_agent_outbox_depth", "Prediction batches the broker has not acknowledged")
         outbox.add_metric([], f.outbox_depth)
         yield outbox
-        queue = GaugeMetricFamily("fedforge_agent_queue_depth", "Messages waiting for the agent's loop")
+        queue = GaugeMetricFamily("fedforge_agent_queue_depth", "Messages read from the broker, not yet handled")
         queue.add_metric([], f.queue_depth)
         yield queue
         if f.drift_score is not None:

@@ -64,7 +64,7 @@ class ModelManager:
         self.last_rejection: Rejection | None = None
         # Called with True after an install, False after a rejection (on the agent's loop).
         self._on_change = on_change
-        # Chunk subscriptions deliver through the agent's hand-off, like every other message.
+        # Chunk subscriptions deliver through the agent's read batches, like every other message.
         self._on_chunk = on_chunk
 
     @property

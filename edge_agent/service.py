@@ -1,14 +1,17 @@
 """The agent process: one asyncio loop around MQTT, cleaning, the store, scoring and updates.
 
-paho delivers on its own thread; ``_on_message`` hands each (topic, payload) to the loop
-through a bounded ``Handoff`` (edge_agent.handoff: a deque, and one loop wake-up at a time
-rather than one per message): when the loop falls behind, paho's thread waits (and so does
-the broker's in-flight window) instead of dropping messages. One consumer task drains
-whatever arrived together, so cleaning, storing and
-ONNX scoring work on micro-batches: consecutive ingest payloads are cleaned together
-(``edge_agent.pipeline.clean_payloads``: values checked as one array, the store asked once
-for duplicates), then stored, scored and published ``max_batch`` records at a time, each
-step one call and one transaction for the whole chunk. Every message is handled
+The MQTT link runs on the agent's loop (``shared.mqtt``'s loop mode): the loop watches the
+socket, paho reads on the loop thread, and the messages of one readable event are collected by
+``_on_message`` and handled together by ``_after_read`` before their acknowledgements are
+written. No thread hands messages to another, so a message costs no wake-up and no GIL
+hand-over, and what the broker hears acknowledged has been committed to the store (or
+quarantined). The broker's in-flight window (the link's receive maximum) bounds how much one
+event carries; while the loop works, nothing more is read, which is the back-pressure.
+
+Cleaning, storing and ONNX scoring work on micro-batches: consecutive ingest payloads are
+cleaned together (``edge_agent.pipeline.clean_payloads``: values checked as one array, the
+store asked once for duplicates), then stored, scored and published ``max_batch`` records at
+a time, each step one call and one transaction for the whole chunk. Every message is handled
 inside a try/except: an unexpected error quarantines that payload with the reason and the
 agent keeps running.
 
@@ -37,7 +40,6 @@ from typing import Literal, Protocol
 
 from edge_agent.config import AgentSettings
 from edge_agent.drift import DriftMonitor
-from edge_agent.handoff import Handoff
 from edge_agent.housekeeping import Housekeeping
 from edge_agent.metrics import AgentFigures, AgentMetrics
 from edge_agent.models import ModelManager
@@ -129,9 +131,9 @@ class Agent:
         )
         self.slot = self.models.slot
         self._seq = 0
-        self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handoff: Handoff[Message] = Handoff(settings.queue_size)
+        self._loop_thread = 0
+        self._inbox: list[Message] = []  # what the current readable event delivered
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self.outbox = Outbox(self.store, self.link.publish_tracked, self._call_soon, max_rows=settings.outbox_max_rows)
@@ -161,18 +163,18 @@ class Agent:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._handoff)
+        """Messages read but not handled yet (only ever non-zero inside one readable event)."""
+        return len(self._inbox)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._stopping.clear()
-        self._handoff.open(loop)
+        self._loop_thread = threading.get_ident()
         self.models.load_from_disk()
         _ = self.spec  # fail early (ConfigError) when no spec can be found
-        await loop.run_in_executor(None, self.link.start, self._on_message)
+        await self.link.start_on_loop(self._on_message, self._after_read)
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         self._started = True
@@ -180,7 +182,6 @@ class Agent:
         self._publish_status("birth")
         self._score_backlog()
         self._tasks = [
-            asyncio.create_task(self._consume(), name="agent-consume"),
             asyncio.create_task(self._heartbeat(), name="agent-heartbeat"),
             asyncio.create_task(self._tick(), name="agent-updater-tick"),
             asyncio.create_task(self.housekeeping.run(), name="agent-housekeeping"),
@@ -200,13 +201,11 @@ class Agent:
                 await companion.stop()
             except Exception:
                 log.exception("companion %r failed to stop", companion)
-        self._stopping.set()
-        self._handoff.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        self._drain()
+        # Messages still arriving are handled (and acknowledged) as usual until the link stops.
         await self.housekeeping.settle_outbox()
         loop = asyncio.get_running_loop()
         try:
@@ -214,7 +213,7 @@ class Agent:
             if mid is not None:
                 await loop.run_in_executor(None, self.link.wait_published, mid, 5.0)
         finally:
-            await loop.run_in_executor(None, self.link.stop)
+            await self.link.stop_on_loop()
             self.metrics.stop()
             if self._own_store:
                 self.store.close()
@@ -239,28 +238,26 @@ class Agent:
                 loop.remove_signal_handler(sig)
             await self.stop()
 
-    # -- paho thread -> loop --------------------------------------------------------------
+    # -- the link's I/O (on the loop) ------------------------------------------------------
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the loop thread; dropped when the loop is gone (the outbox keeps the row)."""
+        """Run ``fn`` on the loop thread, after the current callback; dropped when the loop is
+        gone (the outbox keeps the row)."""
         loop = self._loop
         if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            loop.call_soon(fn)
             return
         with contextlib.suppress(RuntimeError):  # loop closed between the check and the call
             loop.call_soon_threadsafe(fn)
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        if not self._handoff.put((topic, payload)) and self._stopping.is_set():
-            log.warning("agent stopping: message on %s not handled", topic)
+        self._inbox.append((topic, payload))
 
-    async def _consume(self) -> None:
-        while True:
-            batch = await self._handoff.get(self.settings.max_batch)
-            self.handle_batch(batch)
-            await asyncio.sleep(0)
-
-    def _drain(self) -> None:
-        batch = self._handoff.take()
+    def _after_read(self) -> None:
+        """The messages of one readable event, handled before the link acknowledges them."""
+        batch, self._inbox = self._inbox, []
         if batch:
             self.handle_batch(batch)
 

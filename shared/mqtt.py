@@ -1,14 +1,29 @@
 """The one paho-mqtt adapter of the project (agent, server, ServerApp and replay use it).
 
-paho runs its network loop on its own thread; handlers registered here are called on that
-thread and must not block: the agent hands messages to its asyncio loop, the server to a
-queue. Facts this relies on (measured): with MQTT 5, a session survives a drop only with
+Two ways to run the network I/O. ``start()``: paho's own thread (``loop_start``); handlers
+are called on that thread and must not block (the server puts messages on a queue).
+``start_on_loop()``: on the caller's asyncio loop, the way the agent runs; the loop watches
+the socket and calls paho's ``loop_read``/``loop_write``/``loop_misc`` itself, so handlers run
+on the loop thread and no message crosses threads. There each readable event is drained
+into the handlers, then ``after_read`` runs, and only then are the PUBACKs paho queued while
+reading written out: a QoS 1 message is acknowledged after ``after_read`` has dealt with it
+(the agent commits it to its store there). A reading client holds the GIL in one thread
+instead of two taking turns: a hand-off between paho's thread and the loop cost about as
+much per message as paho's own work (benchmarks/bench_ingest.py).
+
+Facts this relies on (measured): with MQTT 5, a session survives a drop only with
 ``clean_start=False`` plus a session expiry; a QoS 1 publish while offline is queued by paho
-in memory and sent after reconnect, so delivery is tracked with ``on_publish``.
+in memory and sent after reconnect, so delivery is tracked with ``on_publish``. paho 2.2's
+``loop_read`` reads one packet per call whatever ``max_packets`` says, so draining a socket
+means calling it until a call yields nothing; with an external loop registered paho never
+writes from inside ``loop_read`` (``_packet_queue`` only asks for a writer).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import ssl
 import threading
@@ -30,10 +45,18 @@ from shared.errors import ConfigError, FedforgeError
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes, bool], None]
-"""(topic, payload, retained) -> None; called on paho's network thread."""
+"""(topic, payload, retained) -> None; called on paho's network thread, or on the asyncio
+loop's thread for a client started with ``start_on_loop``."""
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 MAX_CACHED_ROUTES = 4096
+RECONNECT_MIN_S = 1.0
+RECONNECT_MAX_S = 30.0
+# How often the loop mode runs paho's housekeeping (keepalive pings, ping timeouts, reconnects).
+MISC_PERIOD_S = 1.0
+# Packets one readable event may take before the loop gets a turn (QoS 1 traffic to the agent
+# is bounded by its receive maximum long before this; QoS 0 traffic is not).
+MAX_READS_PER_EVENT = 1000
 
 
 class MqttError(FedforgeError):
@@ -151,6 +174,8 @@ class MqttClient:
         self._acked_early: dict[int, bool] = {}  # mid -> success, for acks that beat publish() to the lock
         self._qos0_unsent: set[int] = set()  # QoS 0 mids whose on_publish is not ours to report
         self.connects = 0
+        self._packets = 0  # packets seen by our callbacks: how the loop mode knows a read got one
+        self._io: _LoopIo | None = None
         self._client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -172,11 +197,19 @@ class MqttClient:
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect and start the network thread; retries in the background after that."""
+        deadline = time.monotonic() + timeout
+        self._connect(deadline)
+        self._client.loop_start()
+        if not self._connected.wait(max(0.1, deadline - time.monotonic())):
+            self._client.loop_stop()
+            raise MqttError(f"broker {self.broker.url} did not accept the connection in {timeout} s")
+
+    def _connect(self, deadline: float) -> None:
+        """paho's blocking connect (TCP, TLS handshake, CONNECT queued), retried until ``deadline``."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S if self._persistent else 0
         if self._receive_maximum is not None:
             props.ReceiveMaximum = self._receive_maximum
-        deadline = time.monotonic() + timeout
         while True:
             try:
                 self._client.connect(
@@ -186,15 +219,11 @@ class MqttClient:
                     clean_start=not self._persistent,
                     properties=props,
                 )
-                break
+                return
             except OSError as exc:
                 if time.monotonic() > deadline:
                     raise MqttError(f"cannot connect to {self.broker.url}: {exc}") from None
                 time.sleep(0.2)
-        self._client.loop_start()
-        if not self._connected.wait(max(0.1, deadline - time.monotonic())):
-            self._client.loop_stop()
-            raise MqttError(f"broker {self.broker.url} did not accept the connection in {timeout} s")
 
     def stop(self) -> None:
         """Clean disconnect (the broker does not send the will)."""
@@ -203,6 +232,54 @@ class MqttClient:
         finally:
             self._client.loop_stop()
             self._connected.clear()
+
+    async def start_on_loop(self, connect_s: float = 10.0, after_read: Callable[[], None] | None = None) -> None:
+        """Connect with the network I/O on the running asyncio loop (see the module docstring).
+
+        ``after_read`` runs on the loop after each drained readable event that delivered
+        something, before the acknowledgements of those messages are written. Reconnects
+        (backoff 1 to 30 s) and keepalive run in a task on the same loop; the blocking parts of a
+        connect (TCP, TLS handshake) run in the loop's default executor.
+        """
+        if self._io is not None:
+            raise MqttError("the client is already running on a loop")
+        io = _LoopIo(self, asyncio.get_running_loop(), after_read)
+        self._io = io
+        deadline = time.monotonic() + connect_s
+        try:
+            await io.loop.run_in_executor(None, self._connect, deadline)
+            await asyncio.wait_for(io.up.wait(), max(0.1, deadline - time.monotonic()))
+        except (TimeoutError, MqttError) as exc:
+            await self.stop_on_loop(grace_s=1.0)
+            if isinstance(exc, MqttError):
+                raise
+            raise MqttError(f"broker {self.broker.url} did not accept the connection in {connect_s} s") from None
+        io.supervisor = io.loop.create_task(io.supervise(), name=f"mqtt-{self.client_id}")
+
+    async def stop_on_loop(self, grace_s: float = 5.0) -> None:
+        """Clean disconnect of a client started with ``start_on_loop`` (on that loop)."""
+        io = self._io
+        if io is None:
+            return
+        io.stopping = True
+        if io.supervisor is not None:
+            io.supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await io.supervisor
+        if io.connecting is not None:  # a reconnect in the executor: let it finish, then undo it
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(io.connecting), grace_s)
+        client = self._client
+        try:
+            if client.socket() is not None:
+                client.disconnect()
+                client.loop_write()  # usually sends DISCONNECT now, after which paho closes the socket
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(io.closed.wait(), grace_s)
+        finally:
+            io.close()
+            self._connected.clear()
+            self._io = None
 
     @property
     def connected(self) -> bool:
@@ -275,7 +352,7 @@ class MqttClient:
         if qos > 0 and not self.wait_published(mid, timeout):
             raise MqttError(f"publish to {topic} not acknowledged in {timeout} s")
 
-    # -- paho callbacks (network thread) ----------------------------------------------
+    # -- paho callbacks (network thread, or the loop's thread) --------------------------
 
     def _on_connect(
         self,
@@ -285,6 +362,7 @@ class MqttClient:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._packets += 1
         if reason_code.is_failure:
             log.warning("broker %s refused connection: %s", self.broker.url, reason_code)
             return
@@ -295,6 +373,8 @@ class MqttClient:
             client.subscribe(topic_filter, qos=qos)
         log.info("connected to %s as %s (session present: %s)", self.broker.url, self.client_id, flags.session_present)
         self._connected.set()
+        if self._io is not None:
+            self._io.connected()
 
     def _on_disconnect(
         self,
@@ -316,6 +396,7 @@ class MqttClient:
         reason_code: ReasonCode,
         properties: Properties,
     ) -> None:
+        self._packets += 1
         with self._lock:
             if mid in self._qos0_unsent:
                 self._qos0_unsent.discard(mid)
@@ -335,6 +416,7 @@ class MqttClient:
                 log.exception("delivery callback for message %d failed", mid)  # never kill paho's thread
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        self._packets += 1
         topic = msg.topic
         with self._lock:
             handlers = self._routes.get(topic)
@@ -349,3 +431,134 @@ class MqttClient:
             except Exception:
                 # A handler bug must never kill paho's network thread.
                 log.exception("handler for %s failed", msg.topic)
+
+
+class _LoopIo:
+    """The loop mode of one client: socket watchers on the loop, the after-read hook, and
+    the task that runs paho's housekeeping and reconnects (paho's thread does both otherwise)."""
+
+    def __init__(
+        self, owner: MqttClient, loop: asyncio.AbstractEventLoop, after_read: Callable[[], None] | None
+    ) -> None:
+        self.owner = owner
+        self.client = owner._client
+        self.loop = loop
+        self.thread = threading.get_ident()
+        self.after_read = after_read
+        self.up = asyncio.Event()
+        self.closed = asyncio.Event()  # paho closed its socket (set on the loop)
+        self.stopping = False
+        self.supervisor: asyncio.Task[None] | None = None
+        self.connecting: asyncio.Future[None] | None = None
+        self.delay = RECONNECT_MIN_S
+        self.client.on_socket_open = self._on_socket_open
+        self.client.on_socket_close = self._on_socket_close
+        self.client.on_socket_register_write = self._on_register_write
+        self.client.on_socket_unregister_write = self._on_unregister_write
+
+    def close(self) -> None:
+        """Forget the socket and hand paho back its defaults (a later ``start()`` uses its thread)."""
+        sock = self.client.socket()
+        if sock is not None:
+            log.warning("%s: no clean disconnect from %s", self.owner.client_id, self.owner.broker.url)
+            self.loop.remove_reader(sock)
+            self.loop.remove_writer(sock)
+        self.client.on_socket_open = None
+        self.client.on_socket_close = None
+        self.client.on_socket_register_write = None
+        self.client.on_socket_unregister_write = None
+
+    def connected(self) -> None:
+        self.delay = RECONNECT_MIN_S
+        self.closed.clear()
+        self.up.set()
+
+    # -- paho's socket callbacks: on the loop's thread, except those of a connect (executor)
+    #    and of a publish from another thread, which are passed to the loop.
+
+    def _on_loop(self, fn: Callable[[], None]) -> None:
+        if threading.get_ident() == self.thread:
+            fn()
+        elif not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to watch
+                self.loop.call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
+        def watch() -> None:
+            if client.socket() is sock:
+                self.loop.add_reader(sock, self.readable)
+
+        self._on_loop(watch)
+
+    def _on_socket_close(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
+        def forget() -> None:
+            self.loop.remove_reader(sock)
+            self.loop.remove_writer(sock)
+            self.closed.set()
+
+        self._on_loop(forget)
+
+    def _on_register_write(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
+        def watch() -> None:
+            if client.socket() is sock:
+                self.loop.add_writer(sock, functools.partial(self.writable, sock))
+
+        self._on_loop(watch)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
+        def forget() -> None:
+            self.loop.remove_writer(sock)
+
+        self._on_loop(forget)
+
+    # -- the loop's callbacks -------------------------------------------------------------
+
+    def readable(self) -> None:
+        """Drain the socket into the handlers, run ``after_read``, then write the PUBACKs."""
+        client, owner = self.client, self.owner
+        start = owner._packets
+        for _ in range(MAX_READS_PER_EVENT):
+            before = owner._packets
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS or owner._packets == before:
+                break
+        if owner._packets != start and self.after_read is not None:
+            try:
+                self.after_read()
+            except Exception:
+                log.exception("after-read hook of %s failed", owner.client_id)
+        sock = client.socket()
+        if sock is None:
+            return
+        if client.want_write():
+            client.loop_write()  # now rather than on the next turn of the loop
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending() > 0:
+            self.loop.call_soon(self.readable)  # TLS: bytes already decrypted leave the fd quiet
+
+    def writable(self, sock: paho.SocketLike) -> None:
+        self.client.loop_write()
+        if not self.client.want_write():
+            # paho unregisters only what it believes registered; a writer left behind would spin.
+            self.loop.remove_writer(sock)
+
+    async def supervise(self) -> None:
+        """Keepalive once a second; after a drop, reconnect with a doubling delay (1 to 30 s)."""
+        client = self.client
+        while True:
+            if client.socket() is not None:
+                await asyncio.sleep(MISC_PERIOD_S)
+                client.loop_misc()
+                continue
+            await asyncio.sleep(self.delay)
+            self.delay = min(self.delay * 2, RECONNECT_MAX_S)
+            self.connecting = self.loop.run_in_executor(None, self._reconnect)
+            try:
+                await self.connecting
+            finally:
+                self.connecting = None
+
+    def _reconnect(self) -> None:
+        try:
+            self.client.reconnect()
+        except Exception as exc:  # refused, unreachable, TLS: all mean "try again later"
+            log.warning("cannot reconnect to %s: %s", self.owner.broker.url, exc)

@@ -76,3 +76,32 @@ def private_mosquitto(workdir: Path, name: str = "mosquitto") -> Iterator[Privat
         yield broker
     finally:
         stop_process_group(broker.proc)
+
+
+class RestartableMosquitto:
+    """A private Mosquitto that can be stopped and started again on the same port, keeping its
+    sessions and in-flight messages (persistence on): for broker outages and restarts."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        directory.mkdir(parents=True, exist_ok=True)
+        # Started as root, mosquitto would switch to its own user, which cannot write into directory.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf = directory / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n{user}"
+            f"persistence_location {directory}/\nmax_queued_messages 0\nlog_type error\nlog_dest stderr\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([executable(), "-c", str(self.conf)], start_new_session=True)
+        if not wait_port(self.port):
+            self.stop()
+            raise MosquittoError(f"mosquitto did not listen on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc)
+            self.proc = None

@@ -10,8 +10,11 @@ the retained chunks as the manifest arrives, and the broker serialises all of th
 agents at once (a 10 MiB model to 100 agents peaked Mosquitto at 330-450 MB). With a window
 of 16 the broker holds at most 16 chunks per agent (4 MiB at 256 KiB chunks; measured peak
 ~30 MB) and the rest as shared references; 4 halved that again but cost ~30 % in time
-(benchmarks/bench_distribution.py, figure 7). Ingest is QoS 1 too, but its messages are small
-and the agent acknowledges on receipt, so the window does not limit it.
+(benchmarks/bench_distribution.py, figure 7). Ingest is QoS 1 too: the agent runs the link on
+its asyncio loop (``start_on_loop``) and acknowledges a message after committing it, so one
+readable event carries at most this many messages, and each batch waits for the broker to
+hear the acknowledgements of the previous one (figure 3 measures what that costs).
+Other users of the link (benchmarks/distribution_worker.py) run it on paho's thread (``start``).
 """
 
 from __future__ import annotations
@@ -69,11 +72,23 @@ class AgentLink:
         )
 
     def start(self, handler: MessageHandler, timeout: float = 10.0) -> None:
-        """Subscribe the agent's fixed topics (before connecting, so they survive reconnects)."""
+        """Subscribe the agent's fixed topics (before connecting, so they survive reconnects);
+        paho's thread calls ``handler``."""
+        self._subscribe_fixed(handler)
+        self._client.start(timeout=timeout)
+
+    async def start_on_loop(
+        self, handler: MessageHandler, after_read: Callable[[], None], connect_s: float = 10.0
+    ) -> None:
+        """As ``start``, with the I/O on the running loop: ``handler`` is called there for each
+        message of a readable event, then ``after_read`` once; the acknowledgements follow."""
+        self._subscribe_fixed(handler)
+        await self._client.start_on_loop(connect_s=connect_s, after_read=after_read)
+
+    def _subscribe_fixed(self, handler: MessageHandler) -> None:
         fixed = (self.ingest_topic, self.labels_topic, self.manifest_topic, self.commands_topic)
         for topic in (*fixed, self.fleet_commands_topic):
             self._client.subscribe(topic, handler, qos=topics.QOS_AT_LEAST_ONCE)
-        self._client.start(timeout=timeout)
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         self._client.subscribe(topic_filter, handler, qos=topics.QOS_AT_LEAST_ONCE)
@@ -94,7 +109,8 @@ class AgentLink:
         return self._client.publish(self.predictions_topic, batch.to_bytes(), qos=1)
 
     def publish_tracked(self, topic: str, payload: bytes, on_delivered: Callable[[], None]) -> int:
-        """QoS 1 publish whose broker ack calls ``on_delivered`` (on paho's thread; must not block)."""
+        """QoS 1 publish whose broker ack calls ``on_delivered`` (on the thread doing the link's
+        I/O; must not block)."""
         return self._client.publish(topic, payload, qos=1, on_delivered=on_delivered)
 
     @property
@@ -111,3 +127,6 @@ class AgentLink:
 
     def stop(self) -> None:
         self._client.stop()
+
+    async def stop_on_loop(self) -> None:
+        await self._client.stop_on_loop()

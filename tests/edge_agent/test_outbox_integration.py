@@ -4,12 +4,9 @@ agent kept running (paho resends) or was restarted (the on-disk outbox resends).
 from __future__ import annotations
 
 import functools
-import os
-import shutil
-import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,9 +17,8 @@ from edge_agent.updater import ModelFiles
 from shared import topics
 from shared.features import FeatureSpec
 from shared.mqtt import BrokerAddress, MqttClient
-from shared.net import free_port, wait_port
 from shared.schemas import PredictionBatch
-from simulations.mosquitto import stop_process_group
+from simulations.mosquitto import RestartableMosquitto
 from tests.edge_agent.agent_harness import AgentThread, wait_for
 from tests.edge_agent.agent_testlib import payload, record
 from tests.edge_agent.conftest import Bundle, Keys
@@ -32,35 +28,6 @@ pytestmark = pytest.mark.integration
 DEVICE = "dev1"
 BATCHES = 5
 PER_BATCH = 7
-
-
-class PersistentBroker:
-    """A Mosquitto that can be stopped and restarted on the same port, keeping its sessions
-    (persistence on), so a subscriber's queued messages survive the outage."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        directory.mkdir(parents=True, exist_ok=True)
-        # Started as root, mosquitto would switch to its own user, which cannot write into tmp_path.
-        user = "user root\n" if os.geteuid() == 0 else ""
-        self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n{user}"
-            f"persistence_location {directory}/\nmax_queued_messages 0\nlog_type error\nlog_dest stderr\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], start_new_session=True)
-        if not wait_port(self.port):
-            raise TimeoutError(f"mosquitto did not listen on {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process_group(self.proc)
-            self.proc = None
 
 
 class Subscriber:
@@ -83,15 +50,15 @@ class Subscriber:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[PersistentBroker]:
-    b = PersistentBroker(tmp_path / "broker")
+def broker(tmp_path: Path) -> Iterator[RestartableMosquitto]:
+    b = RestartableMosquitto(tmp_path / "broker")
     b.start()
     yield b
     b.stop()
 
 
 @pytest.fixture
-def settings(broker: PersistentBroker, tmp_path: Path, operator_keys: Keys, make_bundle: object) -> AgentSettings:
+def settings(broker: RestartableMosquitto, tmp_path: Path, operator_keys: Keys, make_bundle: object) -> AgentSettings:
     s = AgentSettings(
         device_id=DEVICE,
         fleet=f"t{uuid.uuid4().hex[:10]}",
@@ -107,13 +74,13 @@ def settings(broker: PersistentBroker, tmp_path: Path, operator_keys: Keys, make
 
 
 @pytest.fixture
-def subscriber(broker: PersistentBroker, settings: AgentSettings) -> Iterator[Subscriber]:
+def subscriber(broker: RestartableMosquitto, settings: AgentSettings) -> Iterator[Subscriber]:
     sub = Subscriber(broker.url, settings.fleet)
     yield sub
     sub.client.stop()
 
 
-def score_offline(run: AgentThread, broker: PersistentBroker) -> set[str]:
+def score_offline(run: AgentThread, broker: RestartableMosquitto) -> set[str]:
     """Stop the broker, then feed ingest straight to the agent (the broker cannot carry it)."""
     agent = run.agent
     assert agent is not None
@@ -132,7 +99,7 @@ def score_offline(run: AgentThread, broker: PersistentBroker) -> set[str]:
 
 
 def test_broker_outage_predictions_delivered_after_broker_restart(
-    settings: AgentSettings, broker: PersistentBroker, subscriber: Subscriber, spec: FeatureSpec
+    settings: AgentSettings, broker: RestartableMosquitto, subscriber: Subscriber, spec: FeatureSpec
 ) -> None:
     with AgentThread(settings, feature_spec=spec) as run:
         ids = score_offline(run, broker)
@@ -145,7 +112,7 @@ def test_broker_outage_predictions_delivered_after_broker_restart(
 
 
 def test_agent_restart_resends_outbox_from_disk(
-    settings: AgentSettings, broker: PersistentBroker, subscriber: Subscriber, spec: FeatureSpec
+    settings: AgentSettings, broker: RestartableMosquitto, subscriber: Subscriber, spec: FeatureSpec
 ) -> None:
     with AgentThread(settings, feature_spec=spec) as run:
         ids = score_offline(run, broker)
@@ -166,3 +133,64 @@ def test_status_reports_outbox_depth(settings: AgentSettings) -> None:
         assert agent.status("heartbeat").outbox_depth == 1
     finally:
         agent.store.close()
+
+
+def publish_ingest(url: str, topic: str, *record_ids: str) -> None:
+    publisher = MqttClient(BrokerAddress.parse(url), f"test-pub-{uuid.uuid4().hex[:8]}", persistent=False)
+    publisher.start()
+    try:
+        for rid in record_ids:
+            publisher.publish_and_wait(topic, payload([record(rid)]))
+    finally:
+        publisher.stop()
+
+
+def test_ingest_flows_again_after_a_broker_restart(
+    settings: AgentSettings, broker: RestartableMosquitto, subscriber: Subscriber, spec: FeatureSpec
+) -> None:
+    """The link runs on the agent's loop: it notices the drop, reconnects to its persistent
+    session (subscriptions kept), and ingest published meanwhile is stored and scored."""
+    with AgentThread(settings, feature_spec=spec) as run:
+        agent = run.agent
+        assert agent is not None
+        topic = agent.link.ingest_topic
+        publish_ingest(broker.url, topic, "before")
+        wait_for(lambda: "before" in subscriber.record_ids(), what="prediction before the restart")
+        broker.stop()
+        wait_for(lambda: not agent.link.connected, what="agent to notice the broker is gone")
+        broker.start()
+        publish_ingest(broker.url, topic, "during")  # queued in the agent's session if it is not back yet
+        wait_for(lambda: agent.link.connected, what="agent to reconnect")
+        publish_ingest(broker.url, topic, "after")
+        wait_for(lambda: {"during", "after"} <= subscriber.record_ids(), what="predictions after the restart")
+        assert agent.link.connects == 2
+        assert run.call(agent.store.counts)["records"] == 3
+
+
+def test_a_batch_cut_off_before_its_acknowledgement_is_delivered_again(
+    settings: AgentSettings, broker: RestartableMosquitto, subscriber: Subscriber, spec: FeatureSpec
+) -> None:
+    """The broker goes away while the agent handles a message: the acknowledgement is written
+    only after the batch, so it never reaches the broker, which delivers the message again
+    after the restart. The records were stored once; the second copy is a known duplicate."""
+    with AgentThread(settings, feature_spec=spec) as run:
+        agent = run.agent
+        assert agent is not None
+        handle = agent.handle_batch
+        cut = threading.Event()
+
+        def handle_with_outage(batch: Sequence[tuple[str, bytes]]) -> None:
+            if not cut.is_set() and any(b'"cut"' in p for _, p in batch):
+                cut.set()
+                broker.stop()  # on the agent's loop, between reading the message and acknowledging it
+            handle(batch)
+
+        run.call(lambda: setattr(agent, "handle_batch", handle_with_outage))
+        publish_ingest(broker.url, agent.link.ingest_topic, "cut")
+        wait_for(cut.is_set, what="the outage")
+        wait_for(lambda: not agent.link.connected, what="agent to notice the broker is gone")
+        broker.start()
+        wait_for(lambda: agent.counters.quarantined == 1, what="the message delivered again")
+        assert run.call(agent.store.recent_quarantine)[0].reason.startswith("duplicate")
+        assert run.call(agent.store.counts)["records"] == 1
+        wait_for(lambda: "cut" in subscriber.record_ids(), what="its prediction")
