@@ -39,7 +39,7 @@ from edge_agent.config import AgentSettings
 from edge_agent.inference import OnnxScorer
 from edge_agent.pipeline import clean_payloads
 from edge_agent.service import Agent
-from edge_agent.store import ScoredRecord, SqliteAgentStore
+from edge_agent.store import BatchScores, SqliteAgentStore
 from edge_agent.updater import ModelFiles
 from shared import topics
 from shared.mqtt import BrokerAddress, MqttClient
@@ -268,7 +268,7 @@ def stage_costs(settings: AgentSettings, per_message: int, packed: bool, records
     spec = stored.manifest.feature_spec
     messages = make_messages(records // per_message, per_message, repeat=999, packed=packed)
     group = max(1, settings.max_batch // per_message)
-    stages = ("decode+clean", "store records", "score", "prediction message", "outbox", "predictions", "commit")
+    stages = ("decode+clean", "score", "prediction message", "outbox", "store scored records", "commit")
     cost = dict.fromkeys(stages, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteAgentStore(Path(tmp) / "stages.db")
@@ -278,25 +278,21 @@ def stage_costs(settings: AgentSettings, per_message: int, packed: bool, records
                 batch = clean_payloads(messages[start : start + group], spec, store.known_ids).accepted
                 cost["decode+clean"] += time.process_time() - t
                 t = time.process_time()
-                with store.atomic():  # as the agent: one transaction per chunk
+                with store.atomic():  # as the agent: one transaction per chunk, scored before stored
                     cost["commit"] += time.process_time() - t
                     t = time.process_time()
-                    new = store.add_batch(batch)
-                    cost["store records"] += time.process_time() - t
-                    t = time.process_time()
-                    scores = scorer.score_raw(new.values).tolist()
+                    scores = scorer.score_raw(batch.values).tolist()
                     cost["score"] += time.process_time() - t
                     t = time.process_time()
                     alerts = [x >= 0.5 for x in scores]
-                    scored = [ScoredRecord(*row) for row in zip(new.record_ids, scores, alerts, strict=True)]
-                    payload = prediction_batch_bytes(DEVICE, 1, new.record_ids, scores, alerts)
+                    payload = prediction_batch_bytes(DEVICE, 1, batch.record_ids, scores, alerts)
                     cost["prediction message"] += time.process_time() - t
                     t = time.process_time()
-                    entry, _ = store.outbox_add("t", payload, new.record_ids)
+                    entry, _ = store.outbox_add("t", payload, batch.record_ids)
                     cost["outbox"] += time.process_time() - t
                     t = time.process_time()
-                    store.add_predictions(1, scored)
-                    cost["predictions"] += time.process_time() - t
+                    store.add_batch(batch, BatchScores(1, scores, alerts))
+                    cost["store scored records"] += time.process_time() - t
                     t = time.process_time()
                 cost["commit"] += time.process_time() - t
                 t = time.process_time()

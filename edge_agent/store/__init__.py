@@ -2,6 +2,7 @@
 
 from edge_agent.store.base import (
     AgentStore,
+    BatchScores,
     ModelEvent,
     ModelEventKind,
     OutboxEntry,
@@ -14,6 +15,7 @@ from edge_agent.store.sqlite import SqliteAgentStore
 
 __all__ = [
     "AgentStore",
+    "BatchScores",
     "InMemoryAgentStore",
     "ModelEvent",
     "ModelEventKind",

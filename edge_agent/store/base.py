@@ -64,13 +64,26 @@ class ScoredRecord:
     alert: bool
 
 
+@dataclass(frozen=True, slots=True)
+class BatchScores:
+    """One model's scores of a batch's rows, in row order, stored with the rows themselves."""
+
+    model_version: int
+    scores: Sequence[float]
+    alerts: Sequence[bool]
+
+
 class AgentStore(Protocol):
     def add_records(self, batch: Sequence[CleanRecord]) -> list[CleanRecord]:
         """Store new records; returns those that were not stored before (idempotent)."""
         ...
 
-    def add_batch(self, batch: CleanBatch) -> CleanBatch:
-        """``add_records`` for a column-wise batch (the agent's ingest path); returns the new rows."""
+    def add_batch(self, batch: CleanBatch, scores: BatchScores | None = None) -> CleanBatch:
+        """``add_records`` for a column-wise batch (the agent's ingest path); returns the new rows.
+
+        With ``scores`` the rows are stored already scored: a record holds its prediction, so
+        scoring at ingest costs no second write per record. A row that was stored before keeps
+        what it had."""
         ...
 
     def has_record(self, record_id: str) -> bool: ...
@@ -80,10 +93,13 @@ class AgentStore(Protocol):
         ...
 
     def unscored_records(self, limit: int) -> list[CleanRecord]:
-        """Oldest stored records without any prediction (the backlog to score)."""
+        """Oldest stored records without a prediction (the backlog to score)."""
         ...
 
-    def add_predictions(self, model_version: int, predictions: Sequence[ScoredRecord]) -> None: ...
+    def add_predictions(self, model_version: int, predictions: Sequence[ScoredRecord]) -> None:
+        """Score stored records (the backlog); a record keeps its latest prediction, ids not
+        stored are ignored."""
+        ...
 
     def add_labels(self, labels: Sequence[tuple[str, int]]) -> int:
         """Store (record_id, label) pairs (a later label wins); returns how many records got a first label."""

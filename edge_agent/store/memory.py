@@ -18,6 +18,7 @@ from edge_agent.pipeline.batch import CleanBatch
 from edge_agent.pipeline.cleaning import CleanRecord, Quarantined
 from edge_agent.store.base import (
     MODEL_EVENTS,
+    BatchScores,
     ModelEvent,
     ModelEventKind,
     OutboxEntry,
@@ -32,8 +33,8 @@ class InMemoryAgentStore:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._records: dict[str, CleanRecord] = {}  # insertion order = arrival order
-        self._scored: set[str] = set()
-        self._predictions: list[tuple[str, int, float, bool, float]] = []
+        # record id -> (model version, score, alert, at): the record's prediction, as in its SQLite row
+        self._scored: dict[str, tuple[int, float, bool, float]] = {}
         self._labels: dict[str, int] = {}
         self._quarantine: list[QuarantineEntry] = []
         self._quarantine_seq = 0
@@ -51,8 +52,17 @@ class InMemoryAgentStore:
                     new.append(record)
         return new
 
-    def add_batch(self, batch: CleanBatch) -> CleanBatch:
-        return CleanBatch.from_records(self.add_records(batch.records()), batch.width)
+    def add_batch(self, batch: CleanBatch, scores: BatchScores | None = None) -> CleanBatch:
+        with self._lock:
+            new = self.add_records(batch.records())
+            if scores is not None and new:
+                now = time.time()
+                fresh = {r.record_id for r in new}
+                for rid, score, alert in zip(batch.record_ids, scores.scores, scores.alerts, strict=True):
+                    if rid in fresh:
+                        fresh.discard(rid)  # a second copy in the same batch was not stored
+                        self._scored[rid] = (scores.model_version, score, alert, now)
+        return CleanBatch.from_records(new, batch.width)
 
     def has_record(self, record_id: str) -> bool:
         return record_id in self._records
@@ -75,8 +85,8 @@ class InMemoryAgentStore:
         now = time.time()
         with self._lock:
             for p in predictions:
-                self._predictions.append((p.record_id, model_version, p.score, p.alert, now))
-                self._scored.add(p.record_id)
+                if p.record_id in self._records:
+                    self._scored[p.record_id] = (model_version, p.score, p.alert, now)
 
     def add_labels(self, labels: Sequence[tuple[str, int]]) -> int:
         new = 0
@@ -135,7 +145,7 @@ class InMemoryAgentStore:
             return {
                 "records": len(self._records),
                 "quarantined": len(self._quarantine),
-                "predictions": len(self._predictions),
+                "predictions": len(self._scored),
                 "labels": len(self._labels),
                 "trained_examples": sum(t[2] for t in self._training),
                 "models_rejected": sum(1 for m in self._models if m.event == "rejected"),
@@ -188,7 +198,7 @@ class InMemoryAgentStore:
         with self._lock:
             return (
                 sum(64 + len(rid) + 8 * len(r.values) for rid, r in self._records.items())
-                + sum(48 + len(p[0]) for p in self._predictions)
+                + 32 * len(self._scored)
                 + sum(24 + len(rid) for rid in self._labels)
                 + sum(48 + len(q.reason) + len(q.raw) for q in self._quarantine)
                 + sum(
@@ -207,13 +217,10 @@ class InMemoryAgentStore:
                     break
                 if rid in self._scored and rid not in pending:
                     victims.append(rid)
-            gone = set(victims)
             for rid in victims:
                 del self._records[rid]
-                self._scored.discard(rid)
+                self._scored.pop(rid, None)
                 self._labels.pop(rid, None)
-            if gone:
-                self._predictions = [p for p in self._predictions if p[0] not in gone]
             return len(victims)
 
     def evict_quarantine(self, limit: int) -> int:

@@ -6,10 +6,11 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from edge_agent.pipeline import CleanRecord, Quarantined
-from edge_agent.store import AgentStore, InMemoryAgentStore, ScoredRecord, SqliteAgentStore
+from edge_agent.pipeline import CleanBatch, CleanRecord, Quarantined
+from edge_agent.store import AgentStore, BatchScores, InMemoryAgentStore, ScoredRecord, SqliteAgentStore
 from edge_agent.store.base import StoreError
 from edge_agent.store.budget import enforce_budget
 from edge_agent.store.sqlite import SCHEMA_VERSION
@@ -178,6 +179,67 @@ def test_version_1_file_is_migrated_with_its_pending_outbox(tmp_path: Path) -> N
     finally:
         conn.close()
     SqliteAgentStore(path).close()  # opening a current file again changes nothing
+
+
+# Predictions as agents before schema version 3 stored them: a table beside the records.
+V2_PREDICTIONS = """
+CREATE TABLE records (record_id TEXT PRIMARY KEY, ts REAL NOT NULL, "values" BLOB NOT NULL, received_at REAL NOT NULL);
+CREATE TABLE predictions (id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, model_version INTEGER NOT NULL,
+    score REAL NOT NULL, alert INTEGER NOT NULL, at REAL NOT NULL);
+CREATE INDEX predictions_record ON predictions(record_id);
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    created_at REAL NOT NULL, refs TEXT NOT NULL DEFAULT '[]');
+INSERT INTO outbox(topic, payload, created_at, refs) VALUES ('t', CAST('pending r2' AS BLOB), 1.0, '["r2"]');
+PRAGMA user_version = 2;
+"""
+
+
+def test_version_2_file_is_migrated_with_predictions_in_the_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V2_PREDICTIONS)
+    conn.executemany(
+        'INSERT INTO records(record_id, ts, "values", received_at) VALUES (?, ?, ?, 1.0)',
+        [(r.record_id, r.ts, np.asarray(r.values, dtype="<f8").tobytes()) for r in (rec(0), rec(1), rec(2))],
+    )
+    conn.executemany(  # r0 scored twice (the later one counts), r2 once, r1 never, r9 not stored
+        "INSERT INTO predictions(record_id, model_version, score, alert, at) VALUES (?, ?, ?, ?, 1.0)",
+        [("r0", 1, 0.1, 0), ("r0", 2, 0.9, 1), ("r2", 2, 0.3, 0), ("r9", 2, 0.5, 0)],
+    )
+    conn.commit()
+    conn.close()
+    store = SqliteAgentStore(path)
+    try:
+        assert store.unscored_records(10) == [rec(1)]
+        assert store.counts()["predictions"] == 2
+        assert store.evict_shipped(10) == 1  # r0: r2 is in the pending entry, r1 is not scored
+        assert remaining(store, 3) == ["r1", "r2"]
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "predictions" not in tables
+        assert conn.execute("SELECT model_version, score, alert FROM records WHERE record_id = 'r2'").fetchone() == (
+            2,
+            0.3,
+            0,
+        )
+    finally:
+        conn.close()
+
+
+def test_scores_stored_with_the_batch(store: AgentStore) -> None:
+    store.add_records([rec(1)])
+    batch = CleanBatch.from_records([rec(0), rec(1), rec(2)], 8)
+    new = store.add_batch(batch, BatchScores(3, [0.1, 0.2, 0.9], [False, False, True]))
+    assert new.record_ids == ["r0", "r2"]
+    assert [r.record_id for r in store.unscored_records(10)] == ["r1"]  # stored before, unscored, kept as it was
+    assert store.counts()["predictions"] == 2
+    store.add_predictions(4, scored(1, 7))  # the backlog; r7 is not stored
+    assert store.unscored_records(10) == []
+    assert store.counts()["predictions"] == 3
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
