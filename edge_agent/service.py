@@ -5,8 +5,8 @@ socket, paho reads on the loop thread, and the messages of one readable event ar
 ``_on_message`` and handled together by ``_after_read`` before their acknowledgements are
 written. No thread hands messages to another, so a message costs no wake-up and no GIL
 hand-over, and what the broker hears acknowledged has been committed to the store (or
-quarantined). The broker's in-flight window (the link's receive maximum) bounds how much one
-event carries; while the loop works, nothing more is read, which is the back-pressure.
+quarantined). While the loop works nothing more is read, which is the back-pressure: the
+broker holds what the agent has not taken yet.
 
 Cleaning, storing and ONNX scoring work on micro-batches: consecutive ingest payloads are
 cleaned together (``edge_agent.pipeline.clean_payloads``: values checked as one array, the

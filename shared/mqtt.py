@@ -7,16 +7,17 @@ the socket and calls paho's ``loop_read``/``loop_write``/``loop_misc`` itself, s
 on the loop thread and no message crosses threads. There each readable event is drained
 into the handlers, then ``after_read`` runs, and only then are the PUBACKs paho queued while
 reading written out: a QoS 1 message is acknowledged after ``after_read`` has dealt with it
-(the agent commits it to its store there). A reading client holds the GIL in one thread
-instead of two taking turns: a hand-off between paho's thread and the loop cost about as
-much per message as paho's own work (benchmarks/bench_ingest.py).
+(the agent commits it to its store there). One thread holds the GIL instead of two taking
+turns: handing each message from paho's thread to the loop cost about as much CPU as paho's
+own work on it (~50 µs a message; benchmarks/bench_ingest.py, figure 3a).
 
 Facts this relies on (measured): with MQTT 5, a session survives a drop only with
 ``clean_start=False`` plus a session expiry; a QoS 1 publish while offline is queued by paho
 in memory and sent after reconnect, so delivery is tracked with ``on_publish``. paho 2.2's
-``loop_read`` reads one packet per call whatever ``max_packets`` says, so draining a socket
-means calling it until a call yields nothing; with an external loop registered paho never
-writes from inside ``loop_read`` (``_packet_queue`` only asks for a writer).
+``loop_read`` ignores ``max_packets`` (it reads one packet, or as many as it has QoS messages
+in flight), so draining a socket means calling it until a call delivers nothing; with
+socket callbacks registered paho never writes from inside ``loop_read`` (``_packet_queue``
+only asks for a writer), which is what holds the PUBACKs back until ``after_read`` is done.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 30.0
 # How often the loop mode runs paho's housekeeping (keepalive pings, ping timeouts, reconnects).
 MISC_PERIOD_S = 1.0
-# Packets one readable event may take before the loop gets a turn (QoS 1 traffic to the agent
-# is bounded by its receive maximum long before this; QoS 0 traffic is not).
+# loop_read calls one readable event may make before the loop gets a turn: each reads a packet
+# (a few while paho has QoS publishes of ours in flight). The receive window should bound QoS 1
+# traffic long before this, but Mosquitto 2.0.11 was seen to exceed it.
 MAX_READS_PER_EVENT = 1000
 
 
@@ -312,8 +314,9 @@ class MqttClient:
         """Queue a publish; returns the message id (QoS > 0) for ``wait_published``.
 
         ``on_delivered`` (QoS > 0 only) is called once when the broker acknowledges the
-        message with a success reason code: on paho's network thread, or on the caller's
-        before ``publish`` returns when the ack won the race; it must not block. It
+        message with a success reason code: on the thread doing the I/O (paho's, or the
+        loop's for ``start_on_loop``), or on the caller's before ``publish`` returns when the
+        ack won the race; it must not block. It
         is never called for a message paho loses (process exit), which is what an outbox
         on disk is for.
         """
@@ -341,6 +344,8 @@ class MqttClient:
         return mid
 
     def wait_published(self, mid: int, timeout: float = 10.0) -> bool:
+        """Block until the broker acknowledged ``mid``; for ``start_on_loop``, never on the loop's
+        thread (the acknowledgement is read there)."""
         with self._lock:
             entry = self._pending.get(mid)
         return True if entry is None else entry[0].wait(timeout)
@@ -429,7 +434,7 @@ class MqttClient:
             try:
                 handler(topic, bytes(msg.payload), bool(msg.retain))
             except Exception:
-                # A handler bug must never kill paho's network thread.
+                # A handler bug must never kill the thread doing the I/O.
                 log.exception("handler for %s failed", msg.topic)
 
 

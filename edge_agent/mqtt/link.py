@@ -10,11 +10,12 @@ the retained chunks as the manifest arrives, and the broker serialises all of th
 agents at once (a 10 MiB model to 100 agents peaked Mosquitto at 330-450 MB). With a window
 of 16 the broker holds at most 16 chunks per agent (4 MiB at 256 KiB chunks; measured peak
 ~30 MB) and the rest as shared references; 4 halved that again but cost ~30 % in time
-(benchmarks/bench_distribution.py, figure 7). Ingest is QoS 1 too: the agent runs the link on
-its asyncio loop (``start_on_loop``) and acknowledges a message after committing it, so one
-readable event carries at most this many messages, and each batch waits for the broker to
-hear the acknowledgements of the previous one (figure 3 measures what that costs).
-Other users of the link (benchmarks/distribution_worker.py) run it on paho's thread (``start``).
+(benchmarks/bench_distribution.py, figure 7). Ingest is QoS 1 too, and the agent, which runs the
+link on its asyncio loop (``start_on_loop``), acknowledges a message only after committing it;
+the window should bound what one readable event carries, but Mosquitto 2.0.11 was seen to send
+up to a thousand unacknowledged ingest messages in one go regardless (shared.mqtt caps one event
+at about ``MAX_READS_PER_EVENT`` packets). Other users of the link
+(benchmarks/distribution_worker.py) run it on paho's thread (``start``).
 """
 
 from __future__ import annotations
