@@ -177,6 +177,7 @@ class MqttClient:
         self._qos0_unsent: set[int] = set()  # QoS 0 mids whose on_publish is not ours to report
         self.connects = 0
         self._packets = 0  # packets seen by our callbacks: how the loop mode knows a read got one
+        self._delivered = 0  # messages among them
         self._io: _LoopIo | None = None
         self._client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -422,6 +423,7 @@ class MqttClient:
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         self._packets += 1
+        self._delivered += 1
         topic = msg.topic
         with self._lock:
             handlers = self._routes.get(topic)
@@ -521,12 +523,12 @@ class _LoopIo:
     def readable(self) -> None:
         """Drain the socket into the handlers, run ``after_read``, then write the PUBACKs."""
         client, owner = self.client, self.owner
-        start = owner._packets
+        delivered = owner._delivered
         for _ in range(MAX_READS_PER_EVENT):
             before = owner._packets
             if client.loop_read() != paho.MQTT_ERR_SUCCESS or owner._packets == before:
                 break
-        if owner._packets != start and self.after_read is not None:
+        if owner._delivered != delivered and self.after_read is not None:
             try:
                 self.after_read()
             except Exception:
