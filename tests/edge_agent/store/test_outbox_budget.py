@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,16 @@ INSERT INTO outbox_refs VALUES (1, 'r1'), (1, 'r2');
 """
 
 
+def migrated_tables(path: Path) -> set[str]:
+    """The tables of a file the store has opened, after checking it carries the current version."""
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+
+
 def test_version_1_file_is_migrated_with_its_pending_outbox(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
@@ -170,14 +181,9 @@ def test_version_1_file_is_migrated_with_its_pending_outbox(tmp_path: Path) -> N
         assert new == 3  # ids are never reused across the migration
     finally:
         store.close()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert "outbox_refs" not in tables
-        assert {"labels", "quarantine", "training"} <= tables
-    finally:
-        conn.close()
+    tables = migrated_tables(path)
+    assert "outbox_refs" not in tables
+    assert {"labels", "quarantine", "training"} <= tables
     SqliteAgentStore(path).close()  # opening a current file again changes nothing
 
 
@@ -216,18 +222,16 @@ def test_version_2_file_is_migrated_with_predictions_in_the_rows(tmp_path: Path)
         assert remaining(store, 3) == ["r1", "r2"]
     finally:
         store.close()
-    conn = sqlite3.connect(path)
+    assert "predictions" not in migrated_tables(path)
+    with closing(sqlite3.connect(path)) as conn:  # r2's prediction moved into its row; r1 has none
+        rows = conn.execute("SELECT record_id, model_version, score, alert FROM records ORDER BY rowid").fetchall()
+    assert rows == [("r1", None, None, None), ("r2", 2, 0.3, 0)]
+    store = SqliteAgentStore(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert "predictions" not in tables
-        assert conn.execute("SELECT model_version, score, alert FROM records WHERE record_id = 'r2'").fetchone() == (
-            2,
-            0.3,
-            0,
-        )
+        assert store.add_batch(CleanBatch.from_records([rec(1)], 8)).record_ids == []
+        assert store.unscored_records(10) == [rec(1)]  # the file is usable as it now is
     finally:
-        conn.close()
+        store.close()
 
 
 def test_scores_stored_with_the_batch(store: AgentStore) -> None:
