@@ -264,7 +264,6 @@ class MqttClient:
         io = self._io
         if io is None:
             return
-        io.stopping = True
         if io.supervisor is not None:
             io.supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -453,8 +452,7 @@ class _LoopIo:
         self.thread = threading.get_ident()
         self.after_read = after_read
         self.up = asyncio.Event()
-        self.closed = asyncio.Event()  # paho closed its socket (set on the loop)
-        self.stopping = False
+        self.closed = asyncio.Event()  # paho closed its latest socket (set on the loop)
         self.supervisor: asyncio.Task[None] | None = None
         self.connecting: asyncio.Future[None] | None = None
         self.delay = RECONNECT_MIN_S
@@ -477,7 +475,6 @@ class _LoopIo:
 
     def connected(self) -> None:
         self.delay = RECONNECT_MIN_S
-        self.closed.clear()
         self.up.set()
 
     # -- paho's socket callbacks: on the loop's thread, except those of a connect (executor)
@@ -493,6 +490,7 @@ class _LoopIo:
     def _on_socket_open(self, client: paho.Client, userdata: object, sock: paho.SocketLike) -> None:
         def watch() -> None:
             if client.socket() is sock:
+                self.closed.clear()
                 self.loop.add_reader(sock, self.readable)
 
         self._on_loop(watch)
