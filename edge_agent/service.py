@@ -51,6 +51,7 @@ from edge_agent.store import AgentStore, BatchScores, ScoredRecord, SqliteAgentS
 from edge_agent.telemetry import AgentCounters, LatencyWindow
 from shared.errors import ConfigError, FedforgeError, PayloadError
 from shared.features import FeatureSpec
+from shared.process import reap_orphans
 from shared.schemas import (
     Command,
     CommandAck,
@@ -81,6 +82,8 @@ class Companion(Protocol):
 # messages, and cleaning them in one go was slower per record (the decoded values of 12,500
 # records no longer stay in cache: 7-8 against 4-6 µs per record in bench_ingest's 3b/3c).
 FLUSH_BYTES = 256 * 1024
+# How often the agent reaps helpers of its SuperNode trees that died after their parent.
+ORPHAN_REAP_S = 5.0
 
 
 @dataclass(slots=True)
@@ -284,9 +287,15 @@ class Agent:
 
     async def _tick(self) -> None:
         period = max(0.05, min(1.0, self.settings.download_timeout_s / 4))
+        next_reap = 0.0
         while True:
             await asyncio.sleep(period)
             self.models.tick()
+            if self.companions and time.monotonic() >= next_reap:
+                # The agent is the subreaper of its SuperNode trees: late helpers end up here.
+                next_reap = time.monotonic() + ORPHAN_REAP_S
+                for pid in reap_orphans():
+                    log.info("reaped orphaned helper process %d", pid)
 
     # -- message handling (loop thread) -----------------------------------------------------
 

@@ -101,6 +101,31 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+# Children started by a ManagedProcess of this process: their own Popen reaps them.
+_SUPERVISED: set[int] = set()
+_SUPERVISED_LOCK = threading.Lock()
+
+
+def reap_orphans() -> list[int]:
+    """Reap zombies reparented to this process (it is a subreaper) that no Popen waits for.
+
+    A helper spawned while its tree was being stopped, or one that outlived its parent and
+    died later, ends up as our child; unreaped it stays a zombie for as long as we run.
+    Call it only in a process whose other children are all supervised (the agent).
+    """
+    me = os.getpid()
+    with _SUPERVISED_LOCK:
+        supervised = set(_SUPERVISED)
+    reaped = []
+    for pid in _children_map().get(me, []):
+        if pid in supervised or _alive(pid):
+            continue
+        with contextlib.suppress(ChildProcessError, OSError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped.append(pid)
+    return reaped
+
+
 def _reap(pids: set[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ChildProcessError, OSError):
@@ -135,6 +160,7 @@ def kill_tree(
         while time.monotonic() < deadline:
             _reap(tracked)
             if not any(_alive(p) for p in tracked):
+                _reap(tracked)  # those that died since the reap above are zombies of ours now
                 return set()
             time.sleep(0.05)
     _reap(tracked)
@@ -196,8 +222,14 @@ class ManagedProcess:
             finally:
                 if self.log_path and not isinstance(out, int):
                     out.close()
+        with _SUPERVISED_LOCK:
+            _SUPERVISED.add(self._proc.pid)
         log.info("started %s (pid %d): %s", self.name, self._proc.pid, " ".join(self.argv))
         return True
+
+    def _forget(self, proc: subprocess.Popen[bytes]) -> None:
+        with _SUPERVISED_LOCK:
+            _SUPERVISED.discard(proc.pid)
 
     def _watch(self) -> None:
         backoff = 1.0
@@ -210,11 +242,14 @@ class ManagedProcess:
             while proc.poll() is None and not self._stopping.wait(0.5):
                 self._known |= descendants(proc.pid)
             if self._stopping.is_set() or not self.restart:
+                if proc.returncode is not None:
+                    self._forget(proc)
                 return
             if time.monotonic() - started > self.max_backoff_s:
                 backoff = 1.0  # it ran fine for a while: this is a new failure, not a crash loop
             log.warning("%s exited with %s; restarting in %.0f s", self.name, proc.returncode, backoff)
             kill_tree([proc.pid], self._known, grace=2.0, tag=self._tag)
+            self._forget(proc)
             self._known.clear()
             if self._stopping.wait(backoff):
                 return
@@ -231,6 +266,8 @@ class ManagedProcess:
             survivors = kill_tree([proc.pid], self._known, grace=grace, tag=self._tag)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(1)
+            if proc.returncode is not None:
+                self._forget(proc)
             if survivors:
                 log.error("%s: processes still alive after SIGKILL: %s", self.name, sorted(survivors))
         if self._watcher is not None:

@@ -16,12 +16,25 @@ from server.config import load_server_settings
 from shared.datasets.split import read_agent_parts
 from shared.process import descendants
 from simulations.demo import prepare_split
-from simulations.fleet import LocalFleet
+from simulations.fleet import FleetError, LocalFleet
 from simulations.replay import Replayer
 from tests.e2e.flower_nodes import online
 from tests.e2e.procs import processes_mentioning
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration]
+
+
+def _describe(pids: set[int]) -> list[str]:
+    """pid, state (Z: a zombie nobody reaped) and command line, for a failure message."""
+    out = []
+    for pid in sorted(pids):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out.append(f"{pid} {state} {cmd[:150]}")
+    return out
 
 
 def test_on_demand_agents_join_a_run_only_while_it_lasts(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -60,11 +73,15 @@ def test_on_demand_agents_join_a_run_only_while_it_lasts(mosquitto, tmp_path: Pa
         assert run["round_metrics"][0]["participants"] == 2
 
         # The ServerApp ended the call: each agent stops its SuperNode and worker.
-        fleet.wait_for(
-            lambda: all(not descendants(pid) for pid in pids.values() if pid),
-            60,
-            "the agents to stop their SuperNodes after the run",
-        )
+        try:
+            fleet.wait_for(
+                lambda: all(not descendants(pid) for pid in pids.values() if pid),
+                60,
+                "the agents to stop their SuperNodes after the run",
+            )
+        except FleetError as exc:
+            left = {device: _describe(descendants(pid)) for device, pid in pids.items() if pid}
+            raise AssertionError(f"{exc}; still below the agents: {left}") from exc
         fleet.wait_for(lambda: online(server) == set(), 90, "the SuperLink to list no online node")
         assert all(a.process.running() for a in fleet.agents)
     finally:

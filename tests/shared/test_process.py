@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.process import ManagedProcess, descendants, kill_tree
+from shared.process import ManagedProcess, become_subreaper, descendants, kill_tree, reap_orphans
 
 # The child starts a grandchild in a NEW session (as the SuperLink starts flower-superexec),
 # records both pids, then sleeps, or exits at once with "exit" (leaving an orphan behind).
@@ -232,3 +232,33 @@ def test_every_process_of_a_supervised_tree_carries_the_tag(tmp_path: Path, clea
     finally:
         proc.stop(grace=2.0)
     assert tagged("outer0") == set()
+
+
+def test_a_helper_that_dies_after_its_parent_is_reaped_and_supervised_children_are_not(tmp_path: Path) -> None:
+    become_subreaper()
+    daemon = ManagedProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], restart=False)
+    daemon.start()
+    try:
+        pid_file = tmp_path / "pid"
+        leave_helper = (
+            "import subprocess, sys\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(0.3)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        )
+        subprocess.run([sys.executable, "-c", leave_helper], check=True, timeout=30)
+        orphan = int(pid_file.read_text())
+
+        def zombie_of_ours() -> bool:
+            fields = Path(f"/proc/{orphan}/stat").read_text().rsplit(")", 1)[1].split()
+            return fields[0] == "Z" and int(fields[1]) == os.getpid()
+
+        deadline = time.monotonic() + 10
+        while not zombie_of_ours() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert zombie_of_ours()
+        assert orphan in reap_orphans()
+        assert not Path(f"/proc/{orphan}").exists()
+        assert daemon.running()  # its own Popen keeps waiting for it
+        assert daemon.pid not in reap_orphans()
+    finally:
+        daemon.stop()
