@@ -227,7 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def _terminate(signum: int, _frame: object) -> None:
         worker.stop()
-        raise SystemExit(0)  # a task cut short is failed by the SuperNode, as for flwr-clientapp
+        # Once the interpreter is exiting (threading has shut down the main thread before the
+        # atexit hooks run), there is nothing left to cut short: raising would only print a
+        # traceback from whichever exit hook the signal interrupted.
+        if threading.main_thread().is_alive():
+            raise SystemExit(0)  # a task cut short is failed by the SuperNode, as for flwr-clientapp
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
