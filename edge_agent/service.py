@@ -1,7 +1,8 @@
 """The agent process: one asyncio loop around MQTT, cleaning, the store, scoring and updates.
 
 The MQTT link runs on the agent's loop (``shared.mqtt``'s loop mode): the loop watches the
-socket, paho reads on the loop thread, and the messages of one readable event are collected by
+socket, reads it on the loop thread (whole buffers, PUBLISH packets decoded by
+``shared.mqtt_wire``), and the messages of one readable event are collected by
 ``_on_message`` and handled together by ``_after_read`` before their acknowledgements are
 written. No thread hands messages to another, so a message costs no wake-up and no GIL
 hand-over, and what the broker hears acknowledged has been committed to the store (or
@@ -11,9 +12,10 @@ broker holds what the agent has not taken yet.
 Cleaning, storing and ONNX scoring work on micro-batches: consecutive ingest payloads are
 cleaned together (``edge_agent.pipeline.clean_payloads``: values checked as one array, the
 store asked once for duplicates), then stored, scored and published ``max_batch`` records at
-a time, each step one call and one transaction for the whole chunk. Every message is handled
-inside a try/except: an unexpected error quarantines that payload with the reason and the
-agent keeps running.
+a time, each step one call for the whole chunk, and all the chunks of one flush (up to
+``FLUSH_BYTES`` of payloads) in one transaction: a commit per chunk cost about 1 µs a record.
+Every message is handled inside a try/except: an unexpected error quarantines that payload
+with the reason and the agent keeps running.
 
 Federation (``edge_agent.federation``) plugs in as *companions*: objects with
 ``async start()`` / ``async stop()``, started after the agent is up and stopped before it
@@ -21,7 +23,7 @@ goes down (``Agent(settings, companions=[...])`` or ``agent.add_companion(...)``
 
 Prediction batches go through the on-disk outbox (``edge_agent.outbox``): a crash or a
 broker outage delays them, never loses them. A chunk's records, its outbox entry and its
-predictions commit in one transaction, and the message is published after the commit. A
+predictions commit together, and the message is published after the commit. A
 housekeeping task re-sends the outbox after a reconnect and keeps the store inside its disk
 budget (``edge_agent.store.budget``).
 """
@@ -352,28 +354,39 @@ class Agent:
         self.counters.labelled += self.store.add_labels([(lb.record_id, lb.label) for lb in batch.labels])
 
     def _flush(self, pending: _Pending) -> None:
+        """Quarantine and store what ``pending`` holds in one transaction (a chunk that fails is
+        rolled back alone, to its savepoint), then publish the chunks' predictions."""
         accepted: CleanBatch | None = None
         quarantined = pending.quarantined
         if pending.ingest:
             accepted, cleaning_quarantined = self._clean(pending.ingest)
             quarantined = quarantined + cleaning_quarantined
+        publishes: list[Callable[[], None]] = []
         try:
-            if quarantined:
-                self.store.quarantine(quarantined)
-                self.counters.quarantined += len(quarantined)
-                self.quarantine_log.add(quarantined)
-                for q in quarantined[:3]:
-                    log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
-            if accepted is not None:
-                for chunk in accepted.chunks(self.settings.max_batch):
-                    self._store_and_score(chunk)
+            with self.store.atomic():
+                if quarantined:
+                    self.store.quarantine(quarantined)
+                if accepted is not None:
+                    for chunk in accepted.chunks(self.settings.max_batch):
+                        try:
+                            publishes.append(self._store_and_score(chunk))
+                        except Exception:
+                            log.exception("storing a chunk of %d records failed", len(chunk))
         except Exception:
             log.exception("storing a batch failed (%d records)", 0 if accepted is None else len(accepted))
+            return
+        if quarantined:
+            self.counters.quarantined += len(quarantined)
+            self.quarantine_log.add(quarantined)
+            for q in quarantined[:3]:
+                log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
+        for publish in publishes:
+            publish()
 
-    def _store_and_score(self, chunk: CleanBatch) -> None:
-        """Scored first, then the records stored with their predictions and the outbox entry in
-        one transaction, published after the commit: one write per record, one commit per
-        chunk, and no crash in between can keep the records but lose the prediction message."""
+    def _store_and_score(self, chunk: CleanBatch) -> Callable[[], None]:
+        """Scored first, then the records stored with their predictions and the outbox entry,
+        inside the caller's transaction: one write per record, and no crash can keep the records
+        but lose the prediction message. Returns what publishes it, for after the commit."""
         with self.store.atomic():
             try:
                 scored = self._score_batch(chunk, stored=False)
@@ -382,10 +395,16 @@ class Agent:
                 log.exception("scoring a batch of %d records failed", len(chunk))
                 scored = None
             new = self.store.add_batch(chunk, None if scored is None else scored.scores)
-        self.counters.ingested += len(new)
-        if scored is not None:
-            self.counters.scored += len(new)
-            scored.publish()
+        counters = self.counters
+        counted = len(new)
+
+        def publish() -> None:
+            counters.ingested += counted
+            if scored is not None:
+                counters.scored += counted
+                scored.publish()
+
+        return publish
 
     def _score(self, records: Sequence[CleanRecord]) -> int:
         """Score stored records (the backlog: their widths may differ from the model's)."""

@@ -32,15 +32,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
+from paho.mqtt import __version__ as paho_version
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from shared import mqtt_wire
 from shared.errors import ConfigError, FedforgeError
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,12 @@ MISC_PERIOD_S = 1.0
 # (a few while paho has QoS publishes of ours in flight). The receive window should bound QoS 1
 # traffic long before this, but Mosquitto 2.0.11 was seen to exceed it.
 MAX_READS_PER_EVENT = 1000
+# The loop mode's own receive path (shared.mqtt_wire) leans on paho's internals (the
+# ``_sock_recv`` it reads through, ``_packet_queue``, ``_last_bytes_received``): it runs only on
+# the paho release it was written against, any other runs paho's reads unchanged.
+FAST_READ_PAHO = "2.2.0"
+# Bytes one readable event takes from the socket (a TLS socket gives at most one record).
+RECV_BYTES = 256 * 1024
 
 
 class MqttError(FedforgeError):
@@ -140,6 +148,38 @@ class Will:
     retain: bool = True
 
 
+class _PahoClient(paho.Client):
+    """paho's client, able to read packets the loop mode already took from the socket."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fed: bytes | None = None
+        self._fed_pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        fed = self._fed
+        if fed is None:
+            return super()._sock_recv(bufsize)
+        pos = self._fed_pos
+        if pos >= len(fed):
+            raise BlockingIOError  # paho's "nothing more for now"
+        chunk = fed[pos : pos + bufsize]
+        self._fed_pos = pos + len(chunk)
+        return chunk
+
+    def read_fed(self, packet: bytes) -> bool:
+        """Let paho read and handle ``packet`` (whole packets) as if from the socket; False
+        when it dropped the connection over them."""
+        self._fed, self._fed_pos = packet, 0
+        try:
+            while self._fed_pos < len(packet):
+                if self.loop_read() != paho.MQTT_ERR_SUCCESS or self.socket() is None:
+                    return False
+        finally:
+            self._fed = None
+        return True
+
+
 class MqttClient:
     """A reconnecting MQTT 5 client with a persistent session and a subscription table."""
 
@@ -179,7 +219,7 @@ class MqttClient:
         self._packets = 0  # packets seen by our callbacks: how the loop mode knows a read got one
         self._delivered = 0  # messages among them
         self._io: _LoopIo | None = None
-        self._client = paho.Client(
+        self._client = _PahoClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
@@ -422,8 +462,11 @@ class MqttClient:
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         self._packets += 1
+        self._deliver(msg.topic, bytes(msg.payload), bool(msg.retain))
+
+    def _deliver(self, topic: str, payload: bytes, retained: bool) -> None:
+        """A received message to the handlers of the filters its topic matches."""
         self._delivered += 1
-        topic = msg.topic
         with self._lock:
             handlers = self._routes.get(topic)
             if handlers is None:
@@ -433,10 +476,10 @@ class MqttClient:
                 self._routes[topic] = handlers
         for handler in handlers:
             try:
-                handler(topic, bytes(msg.payload), bool(msg.retain))
+                handler(topic, payload, retained)
             except Exception:
                 # A handler bug must never kill the thread doing the I/O.
-                log.exception("handler for %s failed", msg.topic)
+                log.exception("handler for %s failed", topic)
 
 
 class _LoopIo:
@@ -447,7 +490,7 @@ class _LoopIo:
         self, owner: MqttClient, loop: asyncio.AbstractEventLoop, after_read: Callable[[], None] | None
     ) -> None:
         self.owner = owner
-        self.client = owner._client
+        self.client: _PahoClient = owner._client
         self.loop = loop
         self.thread = threading.get_ident()
         self.after_read = after_read
@@ -456,6 +499,10 @@ class _LoopIo:
         self.supervisor: asyncio.Task[None] | None = None
         self.connecting: asyncio.Future[None] | None = None
         self.delay = RECONNECT_MIN_S
+        self.fast = paho_version == FAST_READ_PAHO
+        if not self.fast:
+            log.warning("paho-mqtt %s, not %s: the loop mode reads through paho", paho_version, FAST_READ_PAHO)
+        self.inbuf = mqtt_wire.StreamBuffer()
         self.client.on_socket_open = self._on_socket_open
         self.client.on_socket_close = self._on_socket_close
         self.client.on_socket_register_write = self._on_register_write
@@ -491,6 +538,7 @@ class _LoopIo:
         def watch() -> None:
             if client.socket() is sock:
                 self.closed.clear()
+                self.inbuf.clear()
                 self.loop.add_reader(sock, self.readable)
 
         self._on_loop(watch)
@@ -522,10 +570,7 @@ class _LoopIo:
         """Drain the socket into the handlers, run ``after_read``, then write the PUBACKs."""
         client, owner = self.client, self.owner
         delivered = owner._delivered
-        for _ in range(MAX_READS_PER_EVENT):
-            before = owner._packets
-            if client.loop_read() != paho.MQTT_ERR_SUCCESS or owner._packets == before:
-                break
+        acks = self._read_fast() if self.fast else self._read_paho()
         if owner._delivered != delivered and self.after_read is not None:
             try:
                 self.after_read()
@@ -533,12 +578,66 @@ class _LoopIo:
                 log.exception("after-read hook of %s failed", owner.client_id)
         sock = client.socket()
         if sock is None:
-            return
+            return  # the connection dropped: the broker re-sends what was not acknowledged
+        if acks:
+            client._packet_queue(paho.PUBACK, b"".join(acks), 0, 0)
         if client.want_write():
             client.loop_write()  # now rather than on the next turn of the loop
         pending = getattr(sock, "pending", None)
         if pending is not None and pending() > 0:
             self.loop.call_soon(self.readable)  # TLS: bytes already decrypted leave the fd quiet
+
+    def _read_paho(self) -> list[bytes]:
+        """paho reads packet by packet (and queues the PUBACKs itself)."""
+        client, owner = self.client, self.owner
+        for _ in range(MAX_READS_PER_EVENT):
+            before = owner._packets
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS or owner._packets == before:
+                break
+        return []
+
+    def _read_fast(self) -> list[bytes]:
+        """One ``recv``; plain PUBLISH packets delivered here, the rest handed to paho in order.
+        Returns the PUBACKs to send once ``after_read`` is done."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return []
+        try:
+            data = sock.recv(RECV_BYTES)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return []
+        except OSError:  # a reset, a TLS want-write...: paho's own read deals with it as ever
+            client.loop_read()
+            return []
+        if not data:
+            client.loop_read()  # end of stream: paho reads it too and handles the loss
+            return []
+        client._last_bytes_received = time.monotonic()  # paho's keepalive clock (its time_func)
+        buf = self.inbuf.add(data)
+        if buf is None:
+            return []
+        try:
+            found = mqtt_wire.frames(buf)
+        except mqtt_wire.WireError as exc:
+            log.warning("%s: broken packet stream from %s (%s)", self.owner.client_id, self.owner.broker.url, exc)
+            self.inbuf.clear()
+            client.read_fed(buf)  # paho refuses it the way it refuses any protocol error
+            return []
+        acks: list[bytes] = []
+        deliver = self.owner._deliver
+        for start, body, end in found.spans:
+            message = mqtt_wire.plain_publish(buf, start, body, end)
+            if message is None:
+                if not client.read_fed(buf[start:end]):
+                    self.inbuf.clear()
+                    return []
+                continue
+            deliver(message.topic, message.payload, message.retain)
+            if message.mid:
+                acks.append(mqtt_wire.puback(message.mid))
+        self.inbuf.keep(buf, found)
+        return acks
 
     def writable(self, sock: paho.SocketLike) -> None:
         self.client.loop_write()
