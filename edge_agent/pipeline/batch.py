@@ -207,7 +207,10 @@ def clean_payloads(
             slow.append(pos)
             pos += 1
 
-    values, refused = _checked_values(rows, checker.bounds, width)
+    # No JSON true/false anywhere (a string holding those letters only costs the slower check):
+    # then numpy's own type inference can tell numbers from everything else.
+    plain = not any(b"true" in p or b"false" in p for p in payloads)
+    values, refused = _checked_values(rows, checker.bounds, width, plain)
     positions = np.array(cand_pos, dtype=np.int64)
     ids = cand_ids
     ts_arr = np.array(cand_ts, dtype=np.float64)
@@ -272,27 +275,15 @@ def _row_values(fields: tuple[str, ...], names: tuple[str, ...]) -> Callable[[li
 
 
 def _checked_values(
-    rows: list[Sequence[Any]], bounds: tuple[tuple[str, float, float], ...], width: int
+    rows: list[Sequence[Any]], bounds: tuple[tuple[str, float, float], ...], width: int, plain: bool = False
 ) -> tuple[npt.NDArray[np.float64], list[int]]:
-    """The rows as one array, and the indexes of rows the reference must judge."""
+    """The rows as one array, and the indexes of rows the reference must judge. ``plain``: the
+    rows hold no booleans, the one type numpy would silently take for a number."""
     if not rows:
         return np.empty((0, width), dtype=np.float64), []
-    if not _ARRAY_TYPES.issuperset(map(type, chain.from_iterable(rows))):
-        # A string, a boolean, an array... somewhere: those rows are blanked (NaN) so that the
-        # conversion below cannot misread them (numpy parses "1.5" and takes True as 1.0);
-        # the bounds check then sends them to the reference.
-        for i, row in enumerate(rows):
-            if not _ARRAY_TYPES.issuperset(map(type, row)):
-                rows[i] = (None,) * width
-    try:
-        values = np.array(rows, dtype=np.float64)
-    except OverflowError:  # an integer beyond float range: find its rows
-        for i, row in enumerate(rows):
-            try:
-                np.array(row, dtype=np.float64)
-            except OverflowError:
-                rows[i] = (None,) * width
-        values = np.array(rows, dtype=np.float64)
+    values = _numbers_only(rows, width) if plain else None
+    if values is None:
+        values = _blanked_values(rows, width)
     low = np.array([b[1] for b in bounds], dtype=np.float64)
     high = np.array([b[2] for b in bounds], dtype=np.float64)
     # NaN (null, or a row blanked above) fails both comparisons.
@@ -314,3 +305,37 @@ def _duplicates(ids: list[str], known: KnownIds | Collection[str]) -> list[int]:
         else:
             seen.add(rid)
     return out
+
+
+def _numbers_only(rows: list[Sequence[Any]], width: int) -> npt.NDArray[np.float64] | None:
+    """The rows as floats when numpy infers a numeric array from them (every value an int or a
+    float: a None, a string, a list or a dict makes it an object, text or ragged array);
+    None otherwise. One pass in C instead of a type check of every value in Python."""
+    try:
+        guess = np.array(rows)
+    except (ValueError, OverflowError):
+        return None
+    if guess.dtype.kind not in "fiu" or guess.shape != (len(rows), width):
+        return None
+    # int64/uint64 to float64 rounds to nearest, as float() does
+    return guess.astype(np.float64, copy=False)
+
+
+def _blanked_values(rows: list[Sequence[Any]], width: int) -> npt.NDArray[np.float64]:
+    """The rows as one array, a row holding anything but int, float or None blanked (NaN)."""
+    if not _ARRAY_TYPES.issuperset(map(type, chain.from_iterable(rows))):
+        # A string, a boolean, an array... somewhere: those rows are blanked (NaN) so that the
+        # conversion below cannot misread them (numpy parses "1.5" and takes True as 1.0);
+        # the bounds check then sends them to the reference.
+        for i, row in enumerate(rows):
+            if not _ARRAY_TYPES.issuperset(map(type, row)):
+                rows[i] = (None,) * width
+    try:
+        return np.array(rows, dtype=np.float64)
+    except OverflowError:  # an integer beyond float range: find its rows
+        for i, row in enumerate(rows):
+            try:
+                np.array(row, dtype=np.float64)
+            except OverflowError:
+                rows[i] = (None,) * width
+        return np.array(rows, dtype=np.float64)
