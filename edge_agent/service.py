@@ -40,6 +40,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import orjson
+
 from edge_agent.config import AgentSettings
 from edge_agent.drift import DriftMonitor
 from edge_agent.housekeeping import Housekeeping
@@ -49,12 +51,13 @@ from edge_agent.mqtt import AgentLink
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import CleanBatch, CleanRecord, Quarantined, clean_payload, clean_payloads
 from edge_agent.quarantine_log import QuarantineLog
-from edge_agent.store import AgentStore, BatchScores, ScoredRecord, SqliteAgentStore
+from edge_agent.store import AgentStore, BatchScores, ScoredRecord, SqliteAgentStore, StoreUnavailableError
 from edge_agent.telemetry import AgentCounters, LatencyWindow
 from shared.errors import ConfigError, FedforgeError, PayloadError
 from shared.features import FeatureSpec
 from shared.process import reap_orphans
 from shared.schemas import (
+    SCHEMA_VERSION,
     Command,
     CommandAck,
     Counters,
@@ -99,6 +102,10 @@ class _Pending:
 class _Scored:
     publish: Callable[[], None]  # the outbox entry's publish step
     scores: BatchScores
+
+
+def _record_object(record_id: str, ts: float, features: dict[str, float]) -> dict[str, object]:
+    return {"schema_version": SCHEMA_VERSION, "record_id": record_id, "ts": ts, "features": features}
 
 
 def load_trust(settings: AgentSettings) -> TrustStore:
@@ -318,6 +325,8 @@ class Agent:
                     self._flush(pending)
                     pending = _Pending()
                     self._handle_control(topic, payload)
+            except StoreUnavailableError:
+                raise  # nothing of this batch is acknowledged: the broker delivers it again
             except Exception as exc:
                 log.exception("failed to handle a message on %s", topic)
                 pending.quarantined.append(Quarantined(None, f"internal error on {topic}: {exc!r}"[:500], payload))
@@ -364,14 +373,20 @@ class Agent:
         publishes: list[Callable[[], None]] = []
         try:
             with self.store.atomic():
-                if quarantined:
-                    self.store.quarantine(quarantined)
                 if accepted is not None:
                     for chunk in accepted.chunks(self.settings.max_batch):
                         try:
                             publishes.append(self._store_and_score(chunk))
-                        except Exception:
+                        except StoreUnavailableError:
+                            raise
+                        except Exception as exc:  # a bug, not the disk: keep the records in quarantine
                             log.exception("storing a chunk of %d records failed", len(chunk))
+                            quarantined = quarantined + self._unstorable(chunk, exc)
+                if quarantined:
+                    self.store.quarantine(quarantined)
+        except StoreUnavailableError as exc:
+            log.error("%s: %d ingest payloads left unacknowledged with the broker", exc, len(pending.ingest))
+            raise
         except Exception:
             log.exception("storing a batch failed (%d records)", 0 if accepted is None else len(accepted))
             return
@@ -382,6 +397,15 @@ class Agent:
                 log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
         for publish in publishes:
             publish()
+
+    def _unstorable(self, chunk: CleanBatch, exc: Exception) -> list[Quarantined]:
+        """The chunk's records as quarantine entries (each re-serialized as a record object)."""
+        names = self.spec.names
+        reason = f"internal error while storing: {exc!r}"[:500]
+        return [
+            Quarantined(rid, reason, orjson.dumps(_record_object(rid, ts, dict(zip(names, row, strict=True)))))
+            for rid, ts, row in zip(chunk.record_ids, chunk.ts.tolist(), chunk.values.tolist(), strict=True)
+        ]
 
     def _store_and_score(self, chunk: CleanBatch) -> Callable[[], None]:
         """Scored first, then the records stored with their predictions and the outbox entry,

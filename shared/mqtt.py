@@ -280,7 +280,9 @@ class MqttClient:
         """Connect with the network I/O on the running asyncio loop (see the module docstring).
 
         ``after_read`` runs on the loop after each drained readable event that delivered
-        something, before the acknowledgements of those messages are written. Reconnects
+        something, before the acknowledgements of those messages are written; if it raises,
+        none is written and the client reconnects (bulk read path: see ``_LoopIo._refuse``),
+        so the broker delivers them again. Reconnects
         (backoff 1 to 30 s) and keepalive run in a task on the same loop; the blocking parts of a
         connect (TCP, TLS handshake) run in the loop's default executor.
         """
@@ -503,6 +505,7 @@ class _LoopIo:
         if not self.fast:
             log.warning("paho-mqtt %s, not %s: the loop mode reads through paho", paho_version, FAST_READ_PAHO)
         self.inbuf = mqtt_wire.StreamBuffer()
+        self.hold = 0.0  # extra wait before reconnecting after a refused read (see _refuse)
         self.client.on_socket_open = self._on_socket_open
         self.client.on_socket_close = self._on_socket_close
         self.client.on_socket_register_write = self._on_register_write
@@ -574,8 +577,13 @@ class _LoopIo:
         if owner._delivered != delivered and self.after_read is not None:
             try:
                 self.after_read()
-            except Exception:
+            except Exception as exc:
+                if self.fast:
+                    self._refuse(exc)
+                    return
                 log.exception("after-read hook of %s failed", owner.client_id)
+            else:
+                self.hold = 0.0
         sock = client.socket()
         if sock is None:
             return  # the connection dropped: the broker re-sends what was not acknowledged
@@ -586,6 +594,23 @@ class _LoopIo:
         pending = getattr(sock, "pending", None)
         if pending is not None and pending() > 0:
             self.loop.call_soon(self.readable)  # TLS: bytes already decrypted leave the fd quiet
+
+    def _refuse(self, exc: Exception) -> None:
+        """``after_read`` failed: acknowledge none of the read's messages and leave (a normal
+        DISCONNECT keeps the session), so the broker delivers them again after the reconnect,
+        which waits longer (1 s doubling to 30 s) while reads keep failing."""
+        self.hold = min(max(2 * self.hold, RECONNECT_MIN_S), RECONNECT_MAX_S)
+        log.warning(
+            "%s: the messages of a read were not handled (%s); leaving them unacknowledged with the broker "
+            "and reconnecting in %.0f s",
+            self.owner.client_id,
+            exc,
+            self.hold,
+        )
+        self.inbuf.clear()
+        if self.client.socket() is not None:
+            self.client.disconnect()
+            self.client.loop_write()
 
     def _read_paho(self) -> list[bytes]:
         """paho reads packet by packet (and queues the PUBACKs itself)."""
@@ -653,7 +678,7 @@ class _LoopIo:
                 await asyncio.sleep(MISC_PERIOD_S)
                 client.loop_misc()
                 continue
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(max(self.delay, self.hold))
             self.delay = min(self.delay * 2, RECONNECT_MAX_S)
             self.connecting = self.loop.run_in_executor(None, self._reconnect)
             try:

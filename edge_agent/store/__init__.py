@@ -9,6 +9,7 @@ from edge_agent.store.base import (
     QuarantineEntry,
     ScoredRecord,
     StoreError,
+    StoreUnavailableError,
 )
 from edge_agent.store.memory import InMemoryAgentStore
 from edge_agent.store.sqlite import SqliteAgentStore
@@ -24,4 +25,5 @@ __all__ = [
     "ScoredRecord",
     "SqliteAgentStore",
     "StoreError",
+    "StoreUnavailableError",
 ]

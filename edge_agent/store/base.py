@@ -29,6 +29,12 @@ class StoreError(FedforgeError):
     """The store cannot do what was asked (e.g. a write on a read-only store)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot write for now (disk full, I/O error, locked past the busy timeout);
+    the write left nothing behind. Ingest is then left with the broker, unacknowledged, to be
+    delivered again: acknowledging it would lose it."""
+
+
 @dataclass(frozen=True, slots=True)
 class QuarantineEntry:
     id: int

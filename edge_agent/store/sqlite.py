@@ -42,10 +42,14 @@ from edge_agent.store.base import (
     QuarantineEntry,
     ScoredRecord,
     StoreError,
+    StoreUnavailableError,
     empty_dataset,
 )
 
 BUSY_TIMEOUT_MS = 10_000
+# Primary SQLite result codes that say "not now" rather than "wrong": busy, locked, out of
+# memory, read-only, I/O error, disk full, cannot open, lock protocol.
+UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 # Bound parameters per IN (...) query; SQLite builds before 3.32 allow 999.
 MAX_IN_PARAMS = 900
 
@@ -206,28 +210,41 @@ class SqliteAgentStore:
                 self._conn.execute("SAVEPOINT nested")
                 try:
                     yield self._conn
-                except BaseException:
+                except BaseException as exc:
                     if self._conn.in_transaction:  # some errors (disk full) end the whole transaction
                         self._conn.execute("ROLLBACK TO nested")
                         self._conn.execute("RELEASE nested")
+                    _raise_unavailable(exc)
                     raise
                 finally:
                     self._depth -= 1
                 self._conn.execute("RELEASE nested")
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                _raise_unavailable(exc)
+                raise
             self._depth = 1
             try:
                 yield self._conn
-            except BaseException:
+            except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                _raise_unavailable(exc)
                 raise
             finally:
                 self._depth = 0
             if not self._conn.in_transaction:
                 raise StoreError("the transaction was rolled back by an error inside it")
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                _raise_unavailable(exc)
+                raise
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
@@ -501,3 +518,9 @@ class SqliteAgentStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _raise_unavailable(exc: BaseException) -> None:
+    """Raise ``StoreUnavailableError`` for an SQLite error that says the store cannot write now."""
+    if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in UNAVAILABLE_CODES:
+        raise StoreUnavailableError(f"the store cannot write: {exc}") from exc

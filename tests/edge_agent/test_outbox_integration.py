@@ -4,6 +4,7 @@ agent kept running (paho resends) or was restarted (the on-disk outbox resends).
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,7 @@ import pytest
 
 from edge_agent.config import AgentSettings
 from edge_agent.service import Agent
+from edge_agent.store import sqlite as sqlite_store
 from edge_agent.updater import ModelFiles
 from shared import topics
 from shared.features import FeatureSpec
@@ -194,3 +196,33 @@ def test_a_batch_cut_off_before_its_acknowledgement_is_delivered_again(
         assert run.call(agent.store.recent_quarantine)[0].reason.startswith("duplicate")
         assert run.call(agent.store.counts)["records"] == 1
         wait_for(lambda: "cut" in subscriber.record_ids(), what="its prediction")
+
+
+def test_ingest_stays_with_the_broker_while_the_store_cannot_write(
+    settings: AgentSettings,
+    broker: RestartableMosquitto,
+    subscriber: Subscriber,
+    spec: FeatureSpec,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store cannot write (another process holds its write lock past the busy timeout):
+    acknowledging the message would lose it, so the agent acknowledges nothing, reconnects,
+    and the broker delivers it again; once the store writes again it is stored once, and
+    nothing is quarantined."""
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 200)
+    with AgentThread(settings, feature_spec=spec) as run:
+        agent = run.agent
+        assert agent is not None
+        locker = sqlite3.connect(settings.db_path, isolation_level=None)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            publish_ingest(broker.url, agent.link.ingest_topic, "held")
+            wait_for(lambda: agent.link.connects >= 3, what="the message refused twice, the agent back twice")
+            assert agent.counters.ingested == 0
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        wait_for(lambda: "held" in subscriber.record_ids(), what="its prediction once the store writes again")
+        assert agent.counters.ingested == 1
+        assert agent.counters.quarantined == 0
+        assert run.call(agent.store.counts)["records"] == 1
