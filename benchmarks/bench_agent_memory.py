@@ -8,10 +8,14 @@ Measured on the same local fleet as figure 6 (benchmarks/fleet_rig.py), RSS from
   and torch (it drops them after ``worker_idle_exit_s``, 120 s by default; the bench sets a
   short one and measures after it too);
 - (c) the whole tree's peak during a training run, every tree sampled every 50 ms;
-- (8b on-demand) the whole tree idle with ``federation_mode = "on_demand"``: the agents
-  start their SuperNode and worker when the run's federation call reaches them and stop
-  them when it ends, so between runs the tree is the agent alone. Measured after a run
-  (once every SuperNode tree is gone), with the before-run figure and the run's peak noted.
+- (8b on-demand) the whole tree idle with ``federation_mode = "on_demand"``, the agent's
+  default: the agents start their SuperNode and worker when the run's federation call
+  reaches them and stop them when it ends, so between runs the tree is the agent alone.
+  Measured after a run (once every SuperNode tree is gone), with the before-run figure and
+  the run's peak noted.
+
+(b), (b') and (c) run the SuperNode always (``federation_mode = "always"``, set explicitly
+in benchmarks/fleet_rig.py), so the figures of both modes stay measured side by side.
 
 The anchor is Flower's SuperNode tree alone (flower-supernode + flower-superexec + the
 flwr-clientapp of each message) with Flower's defaults, measured in the same run on the
@@ -152,16 +156,17 @@ def main(argv: list[str] | None = None) -> int:
             "the agent process alone (MQTT, cleaning, SQLite, ONNX Runtime session); no torch, no flwr. " + notes_idle,
         ),
         idle(
-            "8b whole agent tree idle (worker light)",
+            "8b whole agent tree idle, always-on federation (worker light)",
             idle_cold,
-            "agent + flower-supernode + ClientApp worker before any round (and after worker_idle_exit_s).",
+            "federation_mode = always: agent + flower-supernode + ClientApp worker before any round (and after "
+            "worker_idle_exit_s).",
             {"agent_tree_idle_flower_defaults_mb": statistics.median(flower_idle_tree)},
         ),
         idle(
-            "8b whole agent tree idle, on-demand federation",
+            "8b whole agent tree idle, on-demand federation (default)",
             on_demand_after,
-            "federation_mode = on_demand: the SuperNode and worker run only while a run's federation call "
-            "stands; measured after a run, once they stopped (before any run: median "
+            "federation_mode = on_demand (the agent's default): the SuperNode and worker run only while a run's "
+            "federation call stands; measured after a run, once they stopped (before any run: median "
             f"{statistics.median(on_demand_before):.0f} MB; the run's peak: median "
             f"{statistics.median(on_demand_peak):.0f} MB).",
             {
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         ),
         idle(
-            "8b' whole agent tree idle right after a run (worker holds torch)",
+            "8b' whole agent tree idle right after a run, always-on (worker holds torch)",
             idle_warm,
             "until worker_idle_exit_s (default 120 s) passes without a message; then the worker re-executes "
             "itself light"
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             {"after_idle_exit_mb": statistics.median(idle_dropped)} if idle_dropped else {},
         ),
         Figure(
-            "8c whole agent tree peak during a round",
+            "8c whole agent tree peak during a round, always-on",
             mb(peak),
             anchor_peak,
             anchor_name + " (peak during a round)",

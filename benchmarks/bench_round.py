@@ -12,7 +12,9 @@ that compute is a few milliseconds either way.
 
 The first round of a run also loads the app on every node (FAB install, imports, torch):
 steady rounds (2..N) make figure 6, round 1 is reported beside it. Runs of both sides
-alternate, so drift on this shared machine hits both alike.
+alternate, so drift on this shared machine hits both alike. Both sides keep their SuperNode
+up (``federation_mode = "always"``, benchmarks/fleet_rig.py): with the agent's default,
+``"on_demand"``, a run's round 1 also waits for the SuperNodes the call starts.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             goal_met=fedforge.median <= GOAL_S,
             notes=(
                 f"{what}; {runs} runs x {rounds} rounds per side, alternating; wall time of the round in the "
-                "ServerApp minus the slowest agent's training compute (one batch). fedforge: one train exchange, "
+                "ServerApp minus the slowest agent's training compute (one batch). fedforge (federation_mode = always, "
+                "not the agent's on_demand default): one train exchange, "
                 "replies pulled every 0.1 s, long-running ClientApp worker (--isolation process), SuperNode "
                 "pulling every 0.2 s for 30 s after a message (supernode_launcher). Flower: Strategy.start "
                 "(train + evaluate exchanges, 3 s pull poll), flwr-clientapp per message, SuperExec poll 1 s, "

@@ -11,6 +11,10 @@ with the settings of each side:
   ``flwr-clientapp`` process per message, SuperExec task poll 1 s, Flower's stock
   ``flower-supernode`` with its 3 s idle poll).
 
+Both run the SuperNode always (``federation_mode = "always"``, set explicitly: the agent's
+default is ``"on_demand"``), so a round's time is the round's alone; figure 8 measures the
+on-demand default beside them (benchmarks/bench_agent_memory.py).
+
 Each agent's store is filled with labelled records before it starts, so a round trains on
 a tiny local epoch (one batch): what is timed is the deployment's overhead, and the
 training compute measured inside the ClientApp (``compute-s``) is subtracted as well.
@@ -53,11 +57,13 @@ class Side:
     agent_env: dict[str, str] = field(default_factory=dict)
 
 
-FEDFORGE = Side("fedforge", {"round_exchange": "fedforge"}, {"clientapp_isolation": "worker"})
+FEDFORGE = Side(
+    "fedforge", {"round_exchange": "fedforge"}, {"clientapp_isolation": "worker", "federation_mode": "always"}
+)
 FLOWER = Side(
     "flower-defaults",
     {"round_exchange": "flower"},
-    {"clientapp_isolation": "subprocess", "supernode_fast_window_s": 0.0},
+    {"clientapp_isolation": "subprocess", "supernode_fast_window_s": 0.0, "federation_mode": "always"},
     {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"},  # Flower's default; fedforge's environment sets 0.1
 )
 

@@ -41,6 +41,12 @@ def run_command(name: str, argv: list[str]) -> int:
         if settings.superlink_address and settings.federation_mode == "on_demand":
             from edge_agent.federation.on_demand import OnDemandCompanion
 
+            if not settings.trusted_keys:  # on_demand is the default: say why no run will ever reach it
+                log.warning(
+                    "federation_mode is on_demand but no trusted_keys are set: every signed federation call "
+                    'is refused and this agent never joins a run (set trusted_keys, or federation_mode = "always")'
+                )
+
             agent.add_companion(OnDemandCompanion(settings, agent.trust, agent.link.subscribe))
         elif settings.superlink_address:
             from edge_agent.federation.supernode import SuperNodeCompanion

@@ -47,11 +47,14 @@ class AgentSettings(FedforgeSettings):
     # 0 runs Flower's stock SuperNode (edge_agent/federation/supernode_launcher.py).
     supernode_fast_poll_s: float = Field(default=0.2, gt=0, le=3.0)
     supernode_fast_window_s: float = Field(default=30.0, ge=0)
-    # "always": the SuperNode (and its worker) run for as long as the agent, polling the
-    # SuperLink every 3 s between runs. "on_demand": they run only while the server's signed
+    # "on_demand" (default): the SuperNode (and its worker) run only while the server's signed
     # federation call for a training run stands (edge_agent/federation/on_demand.py), so
-    # between runs the agent idles alone (~110 MB instead of ~360 MB for the tree).
-    federation_mode: Literal["always", "on_demand"] = "always"
+    # between runs the agent idles alone: ~96 MB for its whole tree against ~320 MB with an
+    # always-on SuperNode + worker (benchmarks/results.md, figure 8b; the goal is <= 150 MB).
+    # Edge devices are memory-bound and runs are occasional. It needs trusted_keys (the call
+    # is signed) and the broker (the call comes over MQTT). "always": they run for as long as
+    # the agent, polling the SuperLink every 3 s between runs, and need neither.
+    federation_mode: Literal["always", "on_demand"] = "on_demand"
     # on_demand: seconds the SuperNode stays up once no open call needs it (the run ended,
     # or its call expired), so back-to-back runs reuse it; then it and its worker stop.
     federation_idle_stop_s: float = Field(default=15.0, ge=0)

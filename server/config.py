@@ -54,9 +54,11 @@ class ServerSettings(FedforgeSettings):
     rounds: int = Field(default=3, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
     # Before round 1 the ServerApp waits up to this long for a SuperNode from every online,
-    # non-revoked device of the fleet: agents with federation_mode = "on_demand" start theirs
-    # only when the run's federation call reaches them (a few seconds). It goes on as soon as
-    # they are all there; Flower still never starts a round below min_agents.
+    # non-revoked device of the fleet: agents with federation_mode = "on_demand" (the agent's
+    # default) start theirs only when the run's federation call reaches them (a few seconds).
+    # It goes on as soon as they are all there. It is also the bound on waiting for min_agents:
+    # fewer connected after it, before round 1 or any later round, and the run fails ("too few
+    # agents: 1 of 3 needed joined within 30 s") instead of waiting forever.
     join_wait_s: float = Field(default=30.0, ge=0)
     # The aggregation rule of runs that name none (`fedforge train --strategy`, the API's
     # POST /api/runs and the dashboard name one): server/federation/catalog.py.

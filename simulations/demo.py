@@ -1,8 +1,9 @@
 """``fedforge demo``: one full turn of the data flywheel on this machine.
 
-Broker, server (SuperLink, registry, API), 3 agents (each with a SuperNode), replay of
-each agent's slice with delayed labels, a 2-round federated training run, publication,
-and every agent swapping in the new model. The last line printed is one JSON object.
+Broker, server (SuperLink, registry, API), 3 agents (on-demand federation, the default:
+each starts its SuperNode when the run calls it), replay of each agent's slice with
+delayed labels, a 2-round federated training run, publication, and every agent swapping
+in the new model. The last line printed is one JSON object.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.federation.sampling import connected_nodes
 from shared.flower_env import PINNED_FLWR, flwr_is_pinned
 
 log = logging.getLogger(__name__)
@@ -92,13 +93,9 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float, poll_s: float = 0.
     Flower's strategies wait only for their minimum; a run whose agents start their
     SuperNodes on demand would begin round 1 with the first ``min_agents`` to register.
     """
-    deadline = time.monotonic() + timeout
-    while (count := len(list(grid.get_node_ids()))) < expected and time.monotonic() < deadline:
-        time.sleep(poll_s)
+    count = len(connected_nodes(grid, expected, timeout, poll_s))
     if count < expected:
-        log.warning(
-            "%d of %d expected SuperNodes connected after %.0f s: starting without the rest", count, expected, timeout
-        )
+        log.warning("%d of %d expected SuperNodes connected after %.0f s", count, expected, timeout)
     else:
         log.info("%d SuperNodes connected (%d expected)", count, expected)
     return count

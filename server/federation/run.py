@@ -140,10 +140,15 @@ class TrainingRun:
         """
         if self.strategy_name == DEFAULT_STRATEGY:
             self._strategy = SanitizedFedAvg(
-                min_nodes=self.min_agents, device=self.settings.device, fraction_evaluate=fraction_evaluate
+                min_nodes=self.min_agents,
+                device=self.settings.device,
+                fraction_evaluate=fraction_evaluate,
+                node_wait_s=self.settings.join_wait_s,
             )
         else:
-            self._strategy = build_strategy(self.strategy_name, min_nodes=self.min_agents)
+            self._strategy = build_strategy(
+                self.strategy_name, min_nodes=self.min_agents, node_wait_s=self.settings.join_wait_s
+            )
         log.info("run %s aggregates with %s", self.run_id, self.strategy_name)
         return self._strategy
 
@@ -242,6 +247,11 @@ class TrainingRun:
             client.stop()
 
     def fail(self, exc: BaseException) -> None:
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        # fedforge's own errors say what went wrong (e.g. how many agents joined of how many needed).
+        detail = (
+            str(exc)
+            if isinstance(exc, ServerError)
+            else "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        )
         log.error("run %s failed: %s", self.run_id, detail)
         self.registry.finish_run(self.run_id, "failed", finished=time.time(), error=detail[:2000])

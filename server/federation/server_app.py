@@ -13,7 +13,10 @@ the reference the round benchmark measures against.
 
 Before round 1 it waits (``join_wait_s``) for the SuperNodes of the fleet's online devices,
 which on-demand agents start only when the run's federation call reaches them; when the
-run is over it ends that call (server.federation.calls), so they stop them again.
+run is over it ends that call (server.federation.calls), so they stop them again. Fewer
+than ``min_agents`` after that wait, or before a later round (server.federation.sampling),
+and the run fails with ``TooFewAgentsError`` (how many joined of how many needed) instead
+of waiting forever in Flower's node sampling.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from server.federation.calls import announce
 from server.federation.hosting import FederatedRun, hosted_run
 from server.federation.rounds import run_rounds, wait_for_nodes
 from server.federation.run import TrainingRun
+from server.federation.sampling import TooFewAgentsError
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,12 @@ def main(grid: Grid, context: Context) -> None:
             else run.strategy()
         )
         if training is not None:
-            # On-demand agents start their SuperNode when the run's call reaches them.
-            wait_for_nodes(grid, training.expected_nodes(), training.settings.join_wait_s)
+            # On-demand agents start their SuperNode when the run's call reaches them; below
+            # min_agents after join_wait_s the run fails here (Flower's sampling would wait forever).
+            wait_s = training.settings.join_wait_s
+            joined = wait_for_nodes(grid, training.expected_nodes(), wait_s)
+            if joined < training.min_agents:
+                raise TooFewAgentsError(joined, training.min_agents, wait_s)
         initial = ArrayRecord(run.model.state_dict())
         train_config = ConfigRecord(run.train_config())
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
 from server.aggregation import robust
 from server.errors import ServerError
 from server.federation.catalog import STRATEGY_NAMES
+from server.federation.sampling import DEFAULT_NODE_WAIT_S, BoundedFedAvg
 from server.federation.strategy import RoundOutcome, check_reply
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class StrategyParams:
     keep: int = 0  # multi-krum: updates averaged (0: n - f)
 
 
-class CatalogStrategy(FedAvg):
+class CatalogStrategy(BoundedFedAvg):
     """One of the catalog's rules, sanitized, with the bookkeeping the ServerApp records."""
 
     def __init__(
@@ -58,6 +58,7 @@ class CatalogStrategy(FedAvg):
         fraction_train: float = 1.0,
         max_update_norm: float = 1e4,
         reply_filter: ReplyFilter | None = None,
+        node_wait_s: float = DEFAULT_NODE_WAIT_S,
     ) -> None:
         if name not in STRATEGY_NAMES:
             raise ServerError(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_NAMES)}")
@@ -68,6 +69,7 @@ class CatalogStrategy(FedAvg):
             min_available_nodes=min_nodes,
         )
         self.name = name
+        self.node_wait_s = node_wait_s  # a round waits at most this long for its SuperNodes
         self.params = params or StrategyParams()
         self.max_update_norm = max_update_norm
         self.reply_filter = reply_filter
@@ -162,6 +164,7 @@ def build_strategy(
     params: Mapping[str, float | int] | StrategyParams | None = None,
     fraction_train: float = 1.0,
     reply_filter: ReplyFilter | None = None,
+    node_wait_s: float = DEFAULT_NODE_WAIT_S,
 ) -> CatalogStrategy:
     """The catalog entry ``name`` with its parameters (unknown names and parameters are errors)."""
     if isinstance(params, Mapping):
@@ -171,5 +174,10 @@ def build_strategy(
             raise ServerError(f"unknown strategy parameters {sorted(unknown)}; known: {sorted(known)}")
         params = StrategyParams(**params)  # type: ignore[arg-type]
     return CatalogStrategy(
-        name, min_nodes=min_nodes, params=params, fraction_train=fraction_train, reply_filter=reply_filter
+        name,
+        min_nodes=min_nodes,
+        params=params,
+        fraction_train=fraction_train,
+        reply_filter=reply_filter,
+        node_wait_s=node_wait_s,
     )

@@ -27,11 +27,11 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg
 
 from server.aggregation.fedavg import Averaged, screen
 from server.errors import AggregationError
 from server.federation.aggregate import record_views, screened_average, to_record
+from server.federation.sampling import DEFAULT_NODE_WAIT_S, BoundedFedAvg
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,7 +124,7 @@ def reply_problem(msg: Message, max_norm: float, expected: ArrayRecord | None = 
     return checked if isinstance(checked, str) else None
 
 
-class SanitizedFedAvg(FedAvg):
+class SanitizedFedAvg(BoundedFedAvg):
     def __init__(
         self,
         *,
@@ -133,6 +133,7 @@ class SanitizedFedAvg(FedAvg):
         device: str = "cpu",
         on_round: Callable[[RoundOutcome], None] | None = None,
         fraction_evaluate: float = 0.0,
+        node_wait_s: float = DEFAULT_NODE_WAIT_S,
     ) -> None:
         # fraction_evaluate 0: the server evaluates on its holdout, no second exchange per round.
         super().__init__(
@@ -142,6 +143,7 @@ class SanitizedFedAvg(FedAvg):
             min_evaluate_nodes=min_nodes,
             min_available_nodes=min_nodes,
         )
+        self.node_wait_s = node_wait_s  # a round waits at most this long for its SuperNodes
         self.max_update_norm = max_update_norm
         self.device = device  # "auto" lets aggregation use a GPU when there is one
         self.on_round = on_round

@@ -55,7 +55,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 @contextmanager
 def superlink_and_node(tmp_path: Path, **agent: Any) -> Iterator[tuple[ServerSettings, SuperNodeCompanion]]:
-    """A real SuperLink and one agent's SuperNode companion (``agent``: its settings), online; both stopped after."""
+    """A real SuperLink and one agent's SuperNode companion (``agent``: its settings), online; both stopped after.
+
+    The companion is the always-on SuperNode (``federation_mode = "always"``, set here since
+    the agent's default is on_demand): it runs from start to stop, whatever the fleet's call.
+    """
     server = ServerSettings(data_dir=tmp_path / "server", superlink_port=free_port())
     link = superlink_process(server)
     link.start()
@@ -64,7 +68,9 @@ def superlink_and_node(tmp_path: Path, **agent: Any) -> Iterator[tuple[ServerSet
         assert wait_port(server.superlink_port, timeout=60)
         write_connection_config(server)
         settings = AgentSettings(
-            data_dir=tmp_path / "agent", superlink_address=f"127.0.0.1:{server.superlink_port}", **agent
+            data_dir=tmp_path / "agent",
+            superlink_address=f"127.0.0.1:{server.superlink_port}",
+            **{"federation_mode": "always", **agent},
         )
         companion = SuperNodeCompanion(settings)
         asyncio.run(companion.start())

@@ -50,6 +50,7 @@ def test_only_registered_supernodes_join_and_keep_their_node_id(tmp_path: Path) 
         superlink_address=f"127.0.0.1:{server.superlink_port}",
         superlink_ca_file=pki / "ca.crt",
         supernode_key=tmp_path / "agent" / "node.key",
+        federation_mode="always",  # the always-on SuperNode: restarted under the same node id
     )
     registry = InMemoryRegistry()
     link = superlink_process(server)

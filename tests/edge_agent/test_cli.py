@@ -35,6 +35,8 @@ def test_settings_from_toml_and_env(tmp_path: Path, operator_keys: Keys, monkeyp
     assert settings.max_batch == 32
     assert settings.trusted_keys == [operator_keys.public_path]
     assert settings.superlink_address is None
+    # Idle agents run no SuperNode: it starts when a run's signed federation call arrives.
+    assert settings.federation_mode == "on_demand"
     with pytest.raises(ConfigError):
         load_agent_settings(tmp_path / "missing.toml")
 
