@@ -9,9 +9,11 @@ offline, so the broker queues an identical copy for each; then each drains its c
 and is timed from its first message to its last one handled: for the agent, until every
 record is stored and scored. That measures what each consumer can take, not the
 publisher's speed. Messages carry ``records/message`` fraud records, either in the replay's
-wire format (``simulations.replay``: a JSON array of ingest record objects) or, for figure
-3c, in the packed form (``shared.schemas.packed_ingest_bytes``: the field names once, then
-one array per record); the bare subscriber counts the very messages the agent gets.
+wire format (``simulations.replay``: a JSON array of ingest record objects), for figure 3c in
+the packed form (``shared.schemas.packed_ingest_bytes``: the field names once, then one array
+per record), or for figure 3d in the binary frame (``shared.schemas.binary_ingest_bytes``: a
+small JSON header, then the numbers as float64); the bare subscriber counts the very messages
+the agent gets.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from edge_agent.store import BatchScores, SqliteAgentStore
 from edge_agent.updater import ModelFiles
 from shared import topics
 from shared.mqtt import BrokerAddress, MqttClient
-from shared.schemas import packed_ingest_bytes, prediction_batch_bytes
+from shared.schemas import IngestWireFormat, binary_ingest_bytes, packed_ingest_bytes, prediction_batch_bytes
 from shared.signing import TrustStore, write_keypair
 from shared.tasks.fraud import base_feature_spec
 from simulations.mosquitto import private_mosquitto
@@ -51,9 +53,14 @@ from simulations.mosquitto import private_mosquitto
 FLEET = "bench"
 DEVICE = "ingest-0"
 GOAL = ">= 50% of the bare rate"
-# (figure, records per message, packed wire format?)
-CASES = (("3a", 1, False), ("3b", 10, False), ("3c", 10, True))
-FORMATS = {False: "record objects", True: "packed rows"}
+# (figure, records per message, wire format)
+CASES: tuple[tuple[str, int, IngestWireFormat], ...] = (
+    ("3a", 1, "records"),
+    ("3b", 10, "records"),
+    ("3c", 10, "packed"),
+    ("3d", 10, "binary"),
+)
+FORMATS: dict[IngestWireFormat, str] = {"records": "record objects", "packed": "packed rows", "binary": "binary frame"}
 
 
 def install_model(settings: AgentSettings, key: Ed25519PrivateKey) -> None:
@@ -64,14 +71,22 @@ def install_model(settings: AgentSettings, key: Ed25519PrivateKey) -> None:
     ModelFiles(settings.models_dir).save(manifest, model_bytes)
 
 
-def make_messages(count: int, per_message: int, repeat: int, packed: bool = False) -> list[bytes]:
+def make_messages(count: int, per_message: int, repeat: int, wire: IngestWireFormat = "records") -> list[bytes]:
     """``count`` ingest messages of ``per_message`` fraud records, ids unique to this repeat."""
     rng = np.random.default_rng(repeat)
     names = base_feature_spec().names
     n = count * per_message
-    values = np.column_stack([rng.normal(0.0, 2.0, size=(n, 28)), rng.exponential(90.0, size=n)]).tolist()
-    if packed:
-        ids = [f"r{repeat}-{i}" for i in range(n)]
+    array = np.column_stack([rng.normal(0.0, 2.0, size=(n, 28)), rng.exponential(90.0, size=n)])
+    values = array.tolist()
+    ids = [f"r{repeat}-{i}" for i in range(n)]
+    if wire == "binary":
+        return [
+            binary_ingest_bytes(
+                names, ids[i : i + per_message], np.arange(i, i + per_message), array[i : i + per_message]
+            )
+            for i in range(0, n, per_message)
+        ]
+    if wire == "packed":
         return [
             packed_ingest_bytes(names, ids[i : i + per_message], range(i, i + per_message), values[i : i + per_message])
             for i in range(0, n, per_message)
@@ -222,7 +237,7 @@ class AgentRun:
 
 
 def measure(
-    per_message: int, packed: bool, count: int, repeats: int, url: str, settings: AgentSettings
+    per_message: int, wire: IngestWireFormat, count: int, repeats: int, url: str, settings: AgentSettings
 ) -> tuple[Sample, Sample, Sample, Sample]:
     """Rates of each side, and the process CPU time each side used per record (µs): on a loaded
     machine wall-clock rates swing with the neighbours, CPU time much less."""
@@ -236,7 +251,8 @@ def measure(
     agent_cpus: list[float] = []
     bare_cpus: list[float] = []
     for r in range(repeats):
-        messages = make_messages(count, per_message, repeat=per_message * 1000 + 100 * packed + r, packed=packed)
+        salt = 100 * list(FORMATS).index(wire)
+        messages = make_messages(count, per_message, repeat=per_message * 1000 + salt + r, wire=wire)
         publish_all(url, topic, messages)  # queued once for each offline session
         records = count * per_message
         cpu = time.process_time()
@@ -260,13 +276,13 @@ def measure(
     )
 
 
-def stage_costs(settings: AgentSettings, per_message: int, packed: bool, records: int) -> dict[str, float]:
+def stage_costs(settings: AgentSettings, per_message: int, wire: IngestWireFormat, records: int) -> dict[str, float]:
     """Where the agent's loop spends its time: CPU µs per record of each step of a flush, run
     on the same store, model and messages outside MQTT (the bare subscriber does none of them)."""
     stored = ModelFiles(settings.models_dir).load_current(TrustStore.from_files(settings.trusted_keys))
     scorer = OnnxScorer(stored.model_bytes, stored.manifest)
     spec = stored.manifest.feature_spec
-    messages = make_messages(records // per_message, per_message, repeat=999, packed=packed)
+    messages = make_messages(records // per_message, per_message, repeat=999, wire=wire)
     group = max(1, settings.max_batch // per_message)
     stages = ("decode+clean", "score", "prediction message", "outbox", "store scored records", "commit")
     cost = dict.fromkeys(stages, 0.0)
@@ -312,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         key = write_keypair(work / "op.key", work / "op.pub")
         with private_mosquitto(work) as broker:
             url = broker.url
-            for name, per_message, packed in CASES:
+            for name, per_message, wire in CASES:
                 settings = AgentSettings(
                     device_id=DEVICE,
                     fleet=FLEET,
@@ -325,15 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 install_model(settings, key)
                 count = (300 if args.quick else 20_000 if per_message == 1 else 50_000) // per_message
                 agent, bare, agent_cpu, bare_cpu = measure(
-                    per_message, packed, count, 2 if args.quick else 3, url, settings
+                    per_message, wire, count, 2 if args.quick else 3, url, settings
                 )
                 cpu_share = bare_cpu.median / agent_cpu.median
                 print(f"[{name}] process CPU per record: agent {agent_cpu.describe()}, bare {bare_cpu.describe()}")
-                stages = stage_costs(settings, per_message, packed, 1_000 if args.quick else 20_000)
+                stages = stage_costs(settings, per_message, wire, 1_000 if args.quick else 20_000)
                 where = ", ".join(f"{step} {us:.1f}" for step, us in stages.items())
                 figures.append(
                     Figure(
-                        figure=f"{name} ingest over MQTT, {per_message} record(s)/message, {FORMATS[packed]}",
+                        figure=f"{name} ingest over MQTT, {per_message} record(s)/message, {FORMATS[wire]}",
                         fedforge=agent,
                         anchor=bare,
                         anchor_name="bare paho subscriber counting the same messages",
@@ -341,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         goal=GOAL,
                         goal_met=agent.median >= 0.5 * bare.median,
                         notes=(
-                            f"{count:,} messages x {per_message} record(s) per repeat ({FORMATS[packed]}), QoS 1, "
+                            f"{count:,} messages x {per_message} record(s) per repeat ({FORMATS[wire]}), QoS 1, "
                             f"drained from a "
                             f"persistent session on a private Mosquitto; agent = cleaning + SQLite store + ONNX "
                             f"scoring + prediction outbox, timed until every record is stored and scored. Agent "
@@ -353,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ),
                         extra={
                             "records_per_message": per_message,
-                            "wire_format": "packed" if packed else "records",
+                            "wire_format": wire,
                             "messages": count,
                             "agent_messages_per_s": agent.median / per_message,
                             "bare_messages_per_s": bare.median / per_message,

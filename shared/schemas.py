@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from struct import Struct
 from typing import Any, Literal, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -68,6 +71,11 @@ def loads_json(payload: bytes) -> Any:
 
 # ---- ingest (devices -> agent) -----------------------------------------------------------
 
+# The forms an ingest message may take (the replay's choice): a JSON record object or array
+# of them, the packed JSON form, the binary frame.
+IngestWireFormat = Literal["records", "packed", "binary"]
+INGEST_WIRE_FORMATS: tuple[IngestWireFormat, ...] = ("records", "packed", "binary")
+
 # The packed ingest form: the field names once, then one array per record,
 # ``[record_id, ts, value of fields[0], value of fields[1], ...]`` (docs/architecture.md,
 # "Wire contracts"). The agent reads it straight into its value array; per-record objects
@@ -85,6 +93,41 @@ def packed_ingest_bytes(
             "fields": list(fields),
             "rows": [[rid, t, *values] for rid, t, values in zip(record_ids, ts, rows, strict=True)],
         }
+    )
+
+
+# The binary ingest frame: no JSON number to parse on either side (docs/architecture.md,
+# "Wire contracts"). ``magic | uint32 LE header length | UTF-8 JSON header | n float64 LE
+# timestamps | n x len(fields) float64 LE values, row-major``; the header is
+# ``{"schema_version", "fields", "record_ids"}`` and n is ``len(record_ids)``. No JSON text can
+# start with "F" (not even after a UTF-8 BOM), so the magic tells the frame from JSON at once.
+# NaN stands for a missing value (JSON null in the other forms).
+BINARY_INGEST_MAGIC = b"FFB1"
+BINARY_INGEST_KEYS = frozenset({"schema_version", "fields", "record_ids"})
+BINARY_INGEST_PREFIX = Struct("<4sI")  # magic, header length in bytes
+
+
+def binary_ingest_bytes(
+    fields: Sequence[str],
+    record_ids: Sequence[str],
+    ts: Sequence[float] | npt.ArrayLike,
+    rows: Sequence[Sequence[float]] | npt.ArrayLike,
+) -> bytes:
+    """Records as one binary ingest frame (``rows[i]`` holds the values of ``fields`` in order).
+
+    The header is padded with spaces (JSON whitespace) so the numbers start at a multiple of
+    8 bytes: a decoder may then view them in place; it must not rely on it."""
+    n, width = len(record_ids), len(fields)
+    times = np.asarray(ts, dtype="<f8").reshape(-1)
+    values = np.asarray(rows, dtype="<f8").reshape(-1)
+    if times.size != n or values.size != n * width:
+        raise ValueError(
+            f"{n} record ids need {n} timestamps and {n * width} values, got {times.size} and {values.size}"
+        )
+    header = orjson.dumps({"schema_version": SCHEMA_VERSION, "fields": list(fields), "record_ids": list(record_ids)})
+    header += b" " * (-(BINARY_INGEST_PREFIX.size + len(header)) % 8)
+    return b"".join(
+        (BINARY_INGEST_PREFIX.pack(BINARY_INGEST_MAGIC, len(header)), header, times.tobytes(), values.tobytes())
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from shared.datasets import fraud
 from shared.datasets.split import dirichlet_partition, read_index, read_partition, time_split, write_split
 from shared.errors import FedforgeError
+from shared.schemas import INGEST_WIRE_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,12 @@ def _replay_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-delay", type=float, default=5.0, help="seconds before a batch's labels follow")
     parser.add_argument("--no-labels", action="store_true", help="send no labels")
     parser.add_argument("--limit", type=int, default=None, help="at most N records per device")
+    parser.add_argument(
+        "--wire-format",
+        choices=INGEST_WIRE_FORMATS,
+        default="records",
+        help="ingest form: JSON record objects, packed JSON rows, or the binary frame",
+    )
     return parser
 
 
@@ -148,6 +155,7 @@ def replay_command(argv: Sequence[str]) -> int:
             batch=args.batch,
             label_delay=None if args.no_labels else args.label_delay,
             limit=args.limit,
+            wire_format=args.wire_format,
         )
         log.info("replaying %s to fleet %s via %s", ", ".join(devices), args.fleet, args.broker)
         try:

@@ -2,9 +2,11 @@
 
 Each device's records go out in time order on its ingest topic, ``batch`` records per
 message at ``rate`` records per second; the true labels of a batch follow ``label_delay``
-seconds later on its labels topic, which is the feedback loop agents train on. The
-schedule is a pure function (``schedule``) so its order and timing are testable without
-a broker; ``Replayer`` only sleeps until each event and publishes it.
+seconds later on its labels topic, which is the feedback loop agents train on. Records go
+out in one of the agents' ingest forms (``shared.schemas.INGEST_WIRE_FORMATS``): a JSON
+array of record objects, the packed JSON form, or the binary frame. The schedule is a pure
+function (``schedule``) so its order and timing are testable without a broker;
+``Replayer`` only sleeps until each event and publishes it.
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ import pandas as pd  # type: ignore[import-untyped,unused-ignore]  # no pandas-s
 
 from shared import topics
 from shared.datasets.fraud import ID_COLUMN, LABEL_COLUMN, RAW_FEATURES, TIME_COLUMN
-from shared.datasets.split import to_ingest_records
+from shared.datasets.split import ingest_columns, to_ingest_records
 from shared.errors import DatasetError
 from shared.mqtt import BrokerAddress, MqttClient, MqttError
-from shared.schemas import MAX_JSON_PAYLOAD_BYTES, Label, LabelBatch
+from shared.schemas import (
+    INGEST_WIRE_FORMATS,
+    MAX_JSON_PAYLOAD_BYTES,
+    IngestWireFormat,
+    Label,
+    LabelBatch,
+    binary_ingest_bytes,
+    packed_ingest_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +114,13 @@ class Replayer:
         limit: int | None = None,
         feature_names: Sequence[str] = RAW_FEATURES,
         client_id: str | None = None,
+        wire_format: IngestWireFormat = "records",
     ) -> None:
         if limit is not None and limit < 0:
             raise DatasetError(f"limit must be >= 0, got {limit}")
+        if wire_format not in INGEST_WIRE_FORMATS:
+            raise DatasetError(f"wire format must be one of {', '.join(INGEST_WIRE_FORMATS)}, got {wire_format!r}")
+        self.wire_format = wire_format
         self.fleet = fleet
         self.rate = rate
         self.batch = batch
@@ -131,8 +145,14 @@ class Replayer:
     # -- payloads ---------------------------------------------------------------------
 
     def _ingest_payload(self, device: str, start: int, stop: int) -> bytes:
-        records = to_ingest_records(self._frames[device].iloc[start:stop], self._features)
-        return json.dumps(records, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        frame = self._frames[device].iloc[start:stop]
+        if self.wire_format == "records":
+            records = to_ingest_records(frame, self._features)
+            return json.dumps(records, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        ids, times, values = ingest_columns(frame, self._features)
+        if self.wire_format == "packed":
+            return packed_ingest_bytes(self._features, ids, times.tolist(), values.tolist())
+        return binary_ingest_bytes(self._features, ids, times, values)
 
     def _labels_payload(self, device: str, start: int, stop: int) -> bytes | None:
         frame = self._frames[device].iloc[start:stop]

@@ -17,6 +17,9 @@ A payload is one record object, an array of them, or the packed form (``Packed``
 once, one array per record), which saves the sender and the agent every repeated field name.
 A packed row is judged as the record object it stands for, so both forms share every rule
 and every reason; only a header that leaves no row readable quarantines the whole payload.
+A payload that starts with the binary frame's magic is no JSON at all: ``frame.decode_frame``
+reads it (``Frame``), and each of its records is judged as the JSON record object it stands
+for (``Frame.record``: NaN is null), quarantined as that object re-serialized.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from edge_agent.pipeline.frame import Frame, decode_frame, is_frame
 from shared.errors import PayloadError
 from shared.features import FeatureSpec
 from shared.schemas import MAX_JSON_PAYLOAD_BYTES, PACKED_INGEST_KEYS, SCHEMA_VERSION, loads_json
@@ -231,9 +235,15 @@ def decode_payload(payload: bytes) -> Any:
         return loads_json(payload)  # the stdlib's values (1e999 -> inf) and error messages
 
 
-def payload_items(payload: bytes) -> tuple[list[Any], bool] | Packed | Quarantined:
+def payload_items(payload: bytes, names: tuple[str, ...]) -> tuple[list[Any], bool] | Packed | Frame | Quarantined:
     """The records of one payload (and whether it was a single object), its rows when it is
-    packed, or why it has none."""
+    packed, its arrays (in the order of ``names``, the spec's) when it is a binary frame, or
+    why it has none."""
+    if is_frame(payload):
+        try:
+            return decode_frame(payload, names)
+        except PayloadError as exc:
+            return Quarantined(None, str(exc), payload)
     try:
         doc = decode_payload(payload)
     except PayloadError as exc:
@@ -283,7 +293,8 @@ def clean_record(obj: Any, checker: Checker) -> CleanRecord:
 
 
 def record_raw(obj: Any, payload: bytes, single: bool) -> bytes:
-    """What is kept of a quarantined record: its payload, or the record re-serialized."""
+    """What is kept of a quarantined record: its payload, or the record re-serialized (a record
+    of a binary frame always: the JSON record object it stands for)."""
     if single:
         return payload
     if type(obj) is BadRow:
@@ -297,16 +308,18 @@ def record_raw(obj: Any, payload: bytes, single: bool) -> bytes:
 def clean_payload(payload: bytes, spec: FeatureSpec, seen: Callable[[str], bool] | set[str]) -> CleanResult:
     """Split and validate one ingest message; duplicates (``seen`` or earlier in it) are quarantined."""
     result = CleanResult()
-    parsed = payload_items(payload)
+    checker = checker_for(spec)
+    parsed = payload_items(payload, checker.names)
     if isinstance(parsed, Quarantined):
         result.quarantined.append(parsed)
         return result
     if isinstance(parsed, Packed):
         items, single = [parsed.record(i) for i in range(len(parsed.rows))], False
+    elif isinstance(parsed, Frame):
+        items, single = [parsed.record(i) for i in range(len(parsed))], False
     else:
         items, single = parsed
     is_seen = seen.__contains__ if isinstance(seen, set) else seen
-    checker = checker_for(spec)
     local: set[str] = set()
     for obj in items:
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd  # type: ignore[import-untyped,unused-ignore]  # no pandas-stubs in the venv
 
 from shared.datasets.io import read_parquet, write_parquet_atomic, write_text_atomic
@@ -116,10 +117,10 @@ def dirichlet_partition(
     return parts
 
 
-def to_ingest_records(
+def ingest_columns(
     df: pd.DataFrame, spec_names: Sequence[str], id_col: str = "record_id", time_col: str = "Time"
-) -> list[dict[str, Any]]:
-    """Rows as ingest wire records: {"schema_version", "record_id", "ts", "features"}."""
+) -> tuple[list[str], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Rows as the columns of ingest records: ids, timestamps (n,) and values (n, features)."""
     names = list(spec_names)
     missing = [c for c in (id_col, time_col, *names) if c not in df.columns]
     if missing:
@@ -128,7 +129,15 @@ def to_ingest_records(
     times = df[time_col].to_numpy(dtype=np.float64)
     if not (np.isfinite(values).all() and np.isfinite(times).all()):
         raise DatasetError("cannot build ingest records: NaN or infinite values (JSON has no such numbers)")
-    ids = df[id_col].astype(str).tolist()
+    return df[id_col].astype(str).tolist(), times, values
+
+
+def to_ingest_records(
+    df: pd.DataFrame, spec_names: Sequence[str], id_col: str = "record_id", time_col: str = "Time"
+) -> list[dict[str, Any]]:
+    """Rows as ingest wire records: {"schema_version", "record_id", "ts", "features"}."""
+    names = list(spec_names)
+    ids, times, values = ingest_columns(df, names, id_col, time_col)
     return [
         {
             "schema_version": INGEST_SCHEMA_VERSION,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
+import struct
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +17,9 @@ from edge_agent.config import AgentSettings
 from edge_agent.store import SqliteAgentStore
 from shared import topics
 from shared.features import FeatureSpec
-from shared.schemas import MAX_JSON_PAYLOAD_BYTES, LabelBatch
+from shared.schemas import MAX_JSON_PAYLOAD_BYTES, LabelBatch, binary_ingest_bytes
 from tests.edge_agent.agent_harness import AgentThread, Observer, wait_for
-from tests.edge_agent.agent_testlib import payload, record
+from tests.edge_agent.agent_testlib import GOOD, NAMES, payload, record
 from tests.edge_agent.conftest import Bundle, Keys
 
 pytestmark = pytest.mark.integration
@@ -256,3 +258,59 @@ def test_redelivered_record_is_quarantined_as_duplicate(
     store = SqliteAgentStore(settings.db_path, readonly=True)
     assert "duplicate record_id 'once'" in store.recent_quarantine(1)[0].reason
     store.close()
+
+
+def test_binary_frames_are_stored_and_scored_bad_records_quarantined(
+    settings: AgentSettings, observer: Observer, spec: FeatureSpec, make_bundle: Callable[..., Bundle]
+) -> None:
+    rng = random.Random(11)
+    fields = ("amount", "c", "a", "b")  # not the spec's order
+    sent: dict[str, tuple[float, tuple[float, ...]]] = {}
+    frames: list[bytes] = []
+    for f in range(30):
+        ids = [f"bin{f}-{i}" for i in range(10)]
+        rows = [(rng.uniform(-5, 5), rng.uniform(-5, 5), rng.uniform(-5, 5), rng.uniform(0, 900)) for _ in ids]
+        ts = [f * 10.0 + i for i in range(10)]
+        sent.update((rid, (t, row)) for rid, t, row in zip(ids, ts, rows, strict=True))
+        frames.append(binary_ingest_bytes(fields, ids, ts, [(r[3], r[2], r[0], r[1]) for r in rows]))
+    nan_row = (float("nan"), 0.0, 0.0, 1.0)
+    mixed = binary_ingest_bytes(
+        NAMES,
+        ["good-a", "nan", "", "bin0-0", "good-b"],
+        [1.0, 2.0, 3.0, 4.0, float("inf")],
+        [GOOD, nan_row, GOOD, GOOD, GOOD],
+    )
+    truncated = frames[0][:-8]
+    with AgentThread(settings, feature_spec=spec) as run:
+        install_v1(observer, make_bundle)
+        for body in frames:
+            observer.ingest(body)
+        observer.ingest(mixed)
+        observer.ingest(truncated)
+        observer.ingest(payload(record("json-after")))  # JSON beside frames on the same topic
+        want = {*sent, "good-a", "json-after"}
+        wait_for(lambda: set(observer.predicted()) >= want, what="predictions of the frames' records")
+        agent = run.agent
+        assert agent is not None
+        wait_for(lambda: agent.counters.quarantined == 5, what="bad records and the truncated frame quarantined")
+        assert agent.counters.ingested == agent.counters.scored == len(want)
+    assert set(observer.predicted()) == want
+    store = SqliteAgentStore(settings.db_path, readonly=True)
+    quarantined = {(q.record_id, q.reason): q.raw for q in store.recent_quarantine(10)}
+    store.close()
+    short = "binary frame: 392 bytes after the header, expected 400 (10 timestamps and 10 x 4 values, float64)"
+    nan = "feature 'a': expected a number, got null"
+    assert set(quarantined) == {
+        ("nan", nan),
+        (None, "record_id: length 0 not within 1..128"),
+        ("bin0-0", "duplicate record_id 'bin0-0'"),
+        ("good-b", "ts: not a finite number (inf)"),
+        (None, short),
+    }
+    # Kept: a bad record as the JSON record object it stands for, a broken frame as it came.
+    assert json.loads(quarantined[("nan", nan)])["features"]["a"] is None
+    assert quarantined[(None, short)] == truncated
+    with sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True) as db:
+        rows = db.execute('SELECT record_id, ts, "values", model_version FROM records').fetchall()
+    stored = {rid: (ts, struct.unpack("<4d", blob), version) for rid, ts, blob, version in rows}
+    assert {rid: stored[rid] for rid in sent} == {rid: (t, row, 1) for rid, (t, row) in sent.items()}

@@ -76,6 +76,7 @@ def test_replay_usage_errors(tmp_path: Path) -> None:
     argv = ["--broker", "mqtt://127.0.0.1:1", "--fleet", "f", "--split-dir", str(out), "--devices", "a,b"]
     assert replay_command(argv) == 2
     assert replay_command([*argv[:-1], "a", "--batch", "0"]) == 2
+    assert replay_command([*argv[:-1], "a", "--wire-format", "xml"]) == 2
 
 
 @pytest.mark.integration
@@ -100,6 +101,8 @@ def test_replay_command_streams_a_split(mosquitto: Any, tmp_path: Path, capsys: 
         "0",
         "--limit",
         "60",
+        "--wire-format",
+        "binary",
     ]
     assert replay_command(argv) == 0
     stats = json.loads(capsys.readouterr().out)

@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pytest
 
+from edge_agent.pipeline import clean_payloads
 from shared import topics
 from shared.datasets import fraud
 from shared.datasets.split import dirichlet_partition
 from shared.mqtt import BrokerAddress, MqttClient
-from shared.schemas import LabelBatch, decode, loads_json
+from shared.schemas import INGEST_WIRE_FORMATS, IngestWireFormat, LabelBatch, decode, loads_json
+from shared.tasks.fraud_spec import base_feature_spec
 from simulations.replay import Replayer
 
 pytestmark = pytest.mark.integration
@@ -141,3 +144,37 @@ def test_background_replay_can_be_stopped(mosquitto: Any, subscriber: tuple[Mqtt
     assert not stats.done
     assert 3 <= stats.records < 1000
     assert stats.label_batches == 0
+
+
+@dataclass
+class RawSink(Sink):
+    """Keeps the ingest payloads as they came, in whatever wire format."""
+
+    payloads: list[bytes] = field(default_factory=list)
+
+    def on_ingest(self, device: str, payload: bytes) -> None:
+        with self.lock:
+            self.payloads.append(payload)
+
+
+@pytest.mark.parametrize("wire_format", INGEST_WIRE_FORMATS)
+def test_every_wire_format_carries_the_same_records(
+    mosquitto: Any, subscriber: tuple[MqttClient, str], wire_format: IngestWireFormat
+) -> None:
+    client, fleet = subscriber
+    part = fraud.synthetic(200, fraud_rate=0.05, seed=4)
+    sink = RawSink()
+    _subscribe(client, fleet, ["dev"], sink)
+    Replayer(
+        mosquitto.url, fleet, {"dev": part}, rate=0, batch=9, label_delay=None, limit=50, wire_format=wire_format
+    ).run(until_done=True)
+    wait_for = time.monotonic() + 30.0
+    while len(sink.payloads) < 6 and time.monotonic() < wait_for:
+        time.sleep(0.05)
+    assert len(sink.payloads) == 6  # 50 records, 9 per message
+    result = clean_payloads(sink.payloads, base_feature_spec())  # as the agent reads them
+    head = part.sort_values("Time", kind="mergesort").head(50)
+    assert result.quarantined == []
+    assert result.accepted.record_ids == head["record_id"].astype(str).tolist()
+    assert np.array_equal(result.accepted.ts, head["Time"].to_numpy(dtype=np.float64))
+    assert np.array_equal(result.accepted.values, head[list(fraud.RAW_FEATURES)].to_numpy(dtype=np.float64))
