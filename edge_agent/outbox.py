@@ -40,6 +40,7 @@ class Outbox:
         self._in_flight: set[int] = set()  # entry ids handed to paho by this process, not yet acked
         self.dropped = 0  # undelivered messages given up on because the outbox was full
         self.delivered = 0
+        self._acked_ids: list[int] = []  # acknowledged, their rows not deleted yet
         # Called (on the owner's thread) when the last in-flight message is acked.
         self.on_idle: Callable[[], None] | None = None
 
@@ -104,11 +105,18 @@ class Outbox:
         self._in_flight.discard(entry_id)
         if not self._in_flight and self.on_idle is not None:
             self.on_idle()
+        # The acks of one read arrive together: their rows go in one transaction, after them
+        # (a commit per ack cost as much as storing the chunk's records).
+        self._acked_ids.append(entry_id)
+        if len(self._acked_ids) == 1:
+            self._schedule(self._forget_acked)
+
+    def _forget_acked(self) -> None:
+        ids, self._acked_ids = self._acked_ids, []
         try:
-            if self.store.outbox_delete(entry_id):
-                self.delivered += 1
+            self.delivered += self.store.outbox_delete_many(ids)
         except Exception:
-            log.exception("could not delete delivered outbox entry %d (it will be sent again)", entry_id)
+            log.exception("could not delete %d delivered outbox entries (they will be sent again)", len(ids))
 
 
 def _nothing() -> None:

@@ -164,6 +164,9 @@ def clean_payloads(
     rows: list[Sequence[Any]] = []
     slow: list[int] = []  # positions the reference must judge
     quarantined: list[tuple[int, Quarantined]] = []
+    # No JSON true/false in any JSON payload (a string holding those letters only costs the
+    # slower check): then numpy's own type inference can tell numbers from everything else.
+    plain = True
     pos = 0
     for payload in payloads:
         parsed = payload_items(payload, checker.names)
@@ -176,6 +179,8 @@ def clean_payloads(
             frames.append((pos, parsed))
             pos += len(parsed)
             continue
+        if plain and (b"true" in payload or b"false" in payload):
+            plain = False
         if isinstance(parsed, Packed):
             origins.add(pos, parsed, payload, False)
             taker = _row_values(parsed.fields, checker.names)
@@ -230,9 +235,6 @@ def clean_payloads(
             slow.append(pos)
             pos += 1
 
-    # No JSON true/false anywhere (a string holding those letters only costs the slower check):
-    # then numpy's own type inference can tell numbers from everything else.
-    plain = not any(b"true" in p or b"false" in p for p in payloads)
     values, refused = _checked_values(rows, low, high, width, plain)
     positions = np.array(cand_pos, dtype=np.int64)
     ids = cand_ids

@@ -159,6 +159,10 @@ class AgentStore(Protocol):
         """Forget an acknowledged entry; False when it was already gone."""
         ...
 
+    def outbox_delete_many(self, entry_ids: Sequence[int]) -> int:
+        """Forget acknowledged entries in one transaction; how many were still there."""
+        ...
+
     def outbox_pending(self, limit: int = 1000, after_id: int = 0) -> list[OutboxEntry]:
         """Entries with an id above ``after_id``, oldest first."""
         ...

@@ -181,6 +181,10 @@ class InMemoryAgentStore:
         with self._lock:
             return self._remove_entry(entry_id)
 
+    def outbox_delete_many(self, entry_ids: Sequence[int]) -> int:
+        with self._lock:
+            return sum(self._remove_entry(i) for i in entry_ids)
+
     def outbox_pending(self, limit: int = 1000, after_id: int = 0) -> list[OutboxEntry]:
         with self._lock:
             return [e for e, _ in self._outbox.values() if e.id > after_id][: max(limit, 0)]

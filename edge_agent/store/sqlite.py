@@ -456,8 +456,16 @@ class SqliteAgentStore:
         return entry_id, dropped
 
     def outbox_delete(self, entry_id: int) -> bool:
+        return self.outbox_delete_many([entry_id]) == 1
+
+    def outbox_delete_many(self, entry_ids: Sequence[int]) -> int:
+        deleted = 0
         with self._write() as conn:
-            return conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount == 1
+            for start in range(0, len(entry_ids), MAX_IN_PARAMS):
+                part = list(entry_ids[start : start + MAX_IN_PARAMS])
+                marks = ",".join("?" * len(part))
+                deleted += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", part).rowcount
+        return deleted
 
     def outbox_pending(self, limit: int = 1000, after_id: int = 0) -> list[OutboxEntry]:
         with self._lock:
