@@ -294,7 +294,7 @@ def stage_costs(settings: AgentSettings, per_message: int, wire: IngestWireForma
                 batch = clean_payloads(messages[start : start + group], spec, store.known_ids).accepted
                 cost["decode+clean"] += time.process_time() - t
                 t = time.process_time()
-                with store.atomic():  # as the agent: one transaction per chunk, scored before stored
+                with store.atomic():  # scored before stored; the agent commits a whole flush (>= 1 chunk) at once
                     cost["commit"] += time.process_time() - t
                     t = time.process_time()
                     scores = scorer.score_raw(batch.values).tolist()

@@ -11,10 +11,11 @@ agents at once (a 10 MiB model to 100 agents peaked Mosquitto at 330-450 MB). Wi
 of 16 the broker holds at most 16 chunks per agent (4 MiB at 256 KiB chunks; measured peak
 ~30 MB) and the rest as shared references; 4 halved that again but cost ~30 % in time
 (benchmarks/bench_distribution.py, figure 7). Ingest is QoS 1 too, and the agent, which runs the
-link on its asyncio loop (``start_on_loop``), acknowledges a message only after committing it;
-the window should bound what one readable event carries, but Mosquitto 2.0.11 was seen to send
-up to a thousand unacknowledged ingest messages in one go regardless (shared.mqtt caps one event
-at about ``MAX_READS_PER_EVENT`` packets). Other users of the link
+link on its asyncio loop (``start_on_loop``), acknowledges a message only after committing it
+(or, when its store cannot write, not at all: the broker keeps it). What one readable event
+carries is bounded by the bulk read (``shared.mqtt.RECV_BYTES``); the agent was seen to get
+about 33 unacknowledged ingest messages in one read with this window of 16, so Mosquitto 2.0.11
+does not hold ingest to it exactly. Other users of the link
 (benchmarks/distribution_worker.py) run it on paho's thread (``start``).
 """
 

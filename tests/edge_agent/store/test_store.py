@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,15 @@ import numpy as np
 import pytest
 
 from edge_agent.pipeline import CleanBatch, CleanRecord, Quarantined
-from edge_agent.store import AgentStore, InMemoryAgentStore, ScoredRecord, SqliteAgentStore, StoreError
+from edge_agent.store import (
+    AgentStore,
+    InMemoryAgentStore,
+    ScoredRecord,
+    SqliteAgentStore,
+    StoreError,
+    StoreUnavailableError,
+)
+from edge_agent.store import sqlite as sqlite_store
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -159,3 +168,33 @@ def test_readonly_reader_in_another_process(tmp_path: Path) -> None:
 def test_readonly_needs_existing_db(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         SqliteAgentStore(tmp_path / "missing.db", readonly=True)
+
+
+def test_a_store_that_cannot_write_now_says_so_and_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding the write lock past the busy timeout is "not now", not a bug:
+    StoreUnavailableError, with nothing half written."""
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 100)
+    store = SqliteAgentStore(tmp_path / "agent.db")
+    batch = CleanBatch(["a", "b"], np.array([1.0, 2.0]), np.ones((2, 3)))
+    locker = sqlite3.connect(tmp_path / "agent.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailableError, match="locked"):
+            store.add_batch(batch)
+        with pytest.raises(StoreUnavailableError, match="locked"), store.atomic():
+            store.add_batch(batch)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert store.counts()["records"] == 0
+    assert len(store.add_batch(batch)) == 2  # and it writes again once it can
+    store.close()
+
+
+def test_an_error_that_is_not_about_the_disk_stays_what_it_is(tmp_path: Path) -> None:
+    store = SqliteAgentStore(tmp_path / "agent.db")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"), store.atomic(), store._write() as conn:
+        conn.execute("INSERT INTO nowhere VALUES (1)")
+    store.close()
