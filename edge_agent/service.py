@@ -2,7 +2,7 @@
 
 The MQTT link runs on the agent's loop (``shared.mqtt``'s loop mode): the loop watches the
 socket, reads it on the loop thread (whole buffers, PUBLISH packets decoded by
-``shared.mqtt_wire``), and the messages of one readable event are collected by
+``shared.mqtt.wire``), and the messages of one readable event are collected by
 ``_on_message`` and handled together by ``_after_read`` before their acknowledgements are
 written. No thread hands messages to another, so a message costs no wake-up and no GIL
 hand-over, and what the broker hears acknowledged has been committed to the store (or

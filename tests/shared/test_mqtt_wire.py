@@ -11,7 +11,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared import mqtt_wire
+from shared.mqtt import wire as mqtt_wire
 
 
 def varint(n: int) -> bytes:

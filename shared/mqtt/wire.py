@@ -8,7 +8,7 @@ one call, finds the whole packets in it (``frames``), and decodes the plain PUBL
 itself (``plain_publish``): a few µs a message (benchmarks/bench_ingest.py, figure 3).
 Everything else (CONNACK, SUBACK, PUBACK of our own publishes, PINGRESP, DISCONNECT, QoS 2,
 anything unusual) is handed to paho byte for byte, so its state machine stays the authority
-(``shared.mqtt``'s loop mode does the handing).
+(``shared.mqtt.loop`` does the handing).
 
 Pure functions over bytes: no socket, no paho; unit tests check them against paho's encoder.
 """
