@@ -14,13 +14,16 @@ from server.config import ServerSettings
 from server.federation.flower import CONNECTION, flwr_home
 from shared.flower_env import flower_env, venv_executable
 
-PROBE_PYPROJECT = """\
+
+def app_pyproject(name: str, module: str) -> str:
+    """The pyproject.toml of a one-module Flower test app (``module`` holds ``server`` and ``client``)."""
+    return f"""\
 [build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
 
 [project]
-name = "worker-probe"
+name = "{name}"
 version = "1.0.0"
 dependencies = ["flwr==1.42.0"]
 
@@ -28,12 +31,15 @@ dependencies = ["flwr==1.42.0"]
 publisher = "fedforge-tests"
 
 [tool.flwr.app.components]
-serverapp = "probe_app:server"
-clientapp = "probe_app:client"
+serverapp = "{module}:server"
+clientapp = "{module}:client"
 
 [tool.flwr.app.config]
 out = ""
 """
+
+
+PROBE_PYPROJECT = app_pyproject("worker-probe", "probe_app")
 
 PROBE_APP = '''\
 """Probe: where does each ClientApp message run, and does the app stay loaded?"""

@@ -20,29 +20,11 @@ from server.federation.sampling import TooFewAgentsError
 from shared.flower_env import flower_env, venv_executable
 from shared.net import free_port, wait_port
 from tests.e2e.flower_nodes import wait_until
+from tests.edge_agent.federation.probe import app_pyproject
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PYPROJECT = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "sampling-probe"
-version = "1.0.0"
-dependencies = ["flwr==1.42.0"]
-
-[tool.flwr.app]
-publisher = "fedforge-tests"
-
-[tool.flwr.app.components]
-serverapp = "sampling_app:server"
-clientapp = "sampling_app:client"
-
-[tool.flwr.app.config]
-out = ""
-"""
+PYPROJECT = app_pyproject("sampling-probe", "sampling_app")
 
 APP = """\
 import json
