@@ -39,8 +39,6 @@ out = ""
 """
 
 
-PROBE_PYPROJECT = app_pyproject("worker-probe", "probe_app")
-
 PROBE_APP = '''\
 """Probe: where does each ClientApp message run, and does the app stay loaded?"""
 
@@ -86,13 +84,12 @@ def main(grid, context):
 '''
 
 
-def submit_probe_run(server: ServerSettings, tmp_path: Path) -> Path:
-    """Submit one probe run to ``server``'s SuperLink; returns where its replies will be written."""
-    app_dir = tmp_path / "probe"
+def submit_app_run(server: ServerSettings, app_dir: Path, module: str, source: str, out: Path) -> None:
+    """Write a one-module Flower app (``module``.py holding ``source``) into ``app_dir`` and submit
+    one run of it to ``server``'s SuperLink, with ``out`` as its run config's ``out``."""
     app_dir.mkdir()
-    (app_dir / "pyproject.toml").write_text(PROBE_PYPROJECT)
-    (app_dir / "probe_app.py").write_text(PROBE_APP)
-    out = tmp_path / "replies.json"
+    (app_dir / "pyproject.toml").write_text(app_pyproject(f"{module.replace('_', '-')}", module))
+    (app_dir / f"{module}.py").write_text(source)
     submitted = subprocess.run(
         [venv_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", f"out='{out}'"],
         env=flower_env(flwr_home(server)),
@@ -102,4 +99,10 @@ def submit_probe_run(server: ServerSettings, tmp_path: Path) -> Path:
         check=False,
     )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+
+
+def submit_probe_run(server: ServerSettings, tmp_path: Path) -> Path:
+    """Submit one probe run to ``server``'s SuperLink; returns where its replies will be written."""
+    out = tmp_path / "replies.json"
+    submit_app_run(server, tmp_path / "probe", "probe_app", PROBE_APP, out)
     return out

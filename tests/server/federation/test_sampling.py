@@ -9,22 +9,19 @@ The whole run path (a fleet whose agents do not all join) is tests/e2e/test_too_
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from server.config import ServerSettings
-from server.federation.flower import CONNECTION, flwr_home, superlink_process, write_connection_config
+from server.federation.flower import superlink_process, write_connection_config
 from server.federation.sampling import TooFewAgentsError
-from shared.flower_env import flower_env, venv_executable
 from shared.net import free_port, wait_port
 from tests.e2e.flower_nodes import wait_until
-from tests.edge_agent.federation.probe import app_pyproject
+from tests.edge_agent.federation.probe import submit_app_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PYPROJECT = app_pyproject("sampling-probe", "sampling_app")
 
 APP = """\
 import json
@@ -65,20 +62,8 @@ def test_a_later_round_gives_up_on_missing_nodes_after_the_node_wait(tmp_path: P
     try:
         assert wait_port(server.superlink_port, timeout=60)
         write_connection_config(server)
-        app_dir = tmp_path / "app"
-        app_dir.mkdir()
-        (app_dir / "pyproject.toml").write_text(PYPROJECT)
-        (app_dir / "sampling_app.py").write_text(APP)
         out = tmp_path / "out.json"
-        submitted = subprocess.run(
-            [venv_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", f"out='{out}'"],
-            env=flower_env(flwr_home(server)),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        submit_app_run(server, tmp_path / "app", "sampling_app", APP, out)
         # Generous: the ServerApp process starts (imports flwr, torch) before it waits 2 x 1 s.
         assert wait_until(out.exists, 180), "the probe ServerApp wrote nothing: it still waits for nodes"
         result = json.loads(out.read_text())
