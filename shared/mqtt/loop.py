@@ -13,7 +13,8 @@ The bulk path leans on paho's internals (``_sock_recv``, ``_packet_queue``,
 ``_last_bytes_received``), so it runs only on the paho release it was written against
 (``FAST_READ_PAHO``); any other reads through paho's ``loop_read`` as before, which queues the
 PUBACKs while reading (with socket callbacks registered paho never writes from inside
-``loop_read``, which still holds them back until ``after_read`` is done).
+``loop_read``, which still holds them back until ``after_read`` is done). On that path an
+``after_read`` that raises is only logged: its PUBACKs are already queued.
 """
 
 from __future__ import annotations
