@@ -13,9 +13,10 @@ of 16 the broker holds at most 16 chunks per agent (4 MiB at 256 KiB chunks; mea
 (benchmarks/bench_distribution.py, figure 7). Ingest is QoS 1 too, and the agent, which runs the
 link on its asyncio loop (``start_on_loop``), acknowledges a message only after committing it
 (or, when its store cannot write, not at all: the broker keeps it). What one readable event
-carries is bounded by the bulk read (``shared.mqtt.loop.RECV_BYTES``); the agent was seen to get
-about 33 unacknowledged ingest messages in one read with this window of 16, so Mosquitto 2.0.11
-does not hold ingest to it exactly. Other users of the link
+carries is bounded by the bulk read (``shared.mqtt.loop.RECV_BYTES``), not by the window:
+Mosquitto 2.0.11 keeps to a client's Receive Maximum only until the client's first PUBACK, then
+sends past it (measured with a bare client: 16 before any ack, over 200 in one read after; 2.0.13
+lists fixes to its inflight quota, see deploy/mosquitto/mosquitto.conf). Other users of the link
 (benchmarks/distribution_worker.py) run it on paho's thread (``start``).
 """
 
