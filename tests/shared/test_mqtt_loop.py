@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.mqtt import BrokerAddress, MqttClient
+from shared.mqtt import loop as mqtt_loop
 from simulations.mosquitto import PrivateMosquitto, RestartableMosquitto
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,18 @@ async def _wait(condition: threading.Event) -> bool:
     return await asyncio.get_running_loop().run_in_executor(None, condition.wait, 30.0)
 
 
-def test_messages_arrive_in_order_on_the_loop_thread_in_read_batches(mosquitto: PrivateMosquitto) -> None:
+@pytest.fixture(params=["bulk", "paho"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both read paths of the loop mode: the bulk one, and paho's own (what a paho release
+    other than the pinned one gets)."""
+    if request.param == "paho":
+        monkeypatch.setattr(mqtt_loop, "FAST_READ_PAHO", "none")
+    return str(request.param)
+
+
+def test_messages_arrive_in_order_on_the_loop_thread_in_read_batches(
+    mosquitto: PrivateMosquitto, read_path: str
+) -> None:
     topic = f"t/{uuid.uuid4().hex[:8]}"
     count = 500
     got: list[bytes] = []
@@ -42,6 +54,8 @@ def test_messages_arrive_in_order_on_the_loop_thread_in_read_batches(mosquitto: 
         receiver = MqttClient(BrokerAddress.parse(mosquitto.url), f"r-{uuid.uuid4().hex[:8]}", persistent=False)
         receiver.subscribe(topic, on_message)
         await receiver.start_on_loop(after_read=after_read)
+        assert receiver._io is not None
+        assert receiver._io.fast == (read_path == "bulk")
         sender = MqttClient(BrokerAddress.parse(mosquitto.url), f"s-{uuid.uuid4().hex[:8]}", persistent=False)
         sender.start()
         try:
