@@ -293,3 +293,16 @@ def test_atomic_rolls_back_everything_on_error(tmp_path: Path) -> None:
         assert store.counts()["quarantined"] == 0
     finally:
         store.close()
+
+
+def test_the_outbox_cap_is_checked_on_an_index_not_the_table(tmp_path: Path) -> None:
+    """Every add counts the outbox rows (its max_rows cap); the rows are whole prediction
+    messages, so a count over the table would cost O(rows) per add during an outage."""
+    store = SqliteAgentStore(tmp_path / "agent.db")
+    store.close()
+    conn = sqlite3.connect(tmp_path / "agent.db")
+    try:
+        plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN SELECT count(*) FROM outbox"))
+    finally:
+        conn.close()
+    assert "COVERING INDEX outbox_created" in plan
