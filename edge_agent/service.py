@@ -40,8 +40,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-import orjson
-
 from edge_agent.config import AgentSettings
 from edge_agent.drift import DriftMonitor
 from edge_agent.housekeeping import Housekeeping
@@ -57,7 +55,6 @@ from shared.errors import ConfigError, FedforgeError, PayloadError
 from shared.features import FeatureSpec
 from shared.process import reap_orphans
 from shared.schemas import (
-    SCHEMA_VERSION,
     Command,
     CommandAck,
     Counters,
@@ -102,10 +99,6 @@ class _Pending:
 class _Scored:
     publish: Callable[[], None]  # the outbox entry's publish step
     scores: BatchScores
-
-
-def _record_object(record_id: str, ts: float, features: dict[str, float]) -> dict[str, object]:
-    return {"schema_version": SCHEMA_VERSION, "record_id": record_id, "ts": ts, "features": features}
 
 
 def load_trust(settings: AgentSettings) -> TrustStore:
@@ -381,7 +374,8 @@ class Agent:
                             raise
                         except Exception as exc:  # a bug, not the disk: keep the records in quarantine
                             log.exception("storing a chunk of %d records failed", len(chunk))
-                            quarantined = quarantined + self._unstorable(chunk, exc)
+                            reason = f"internal error while storing: {exc!r}"[:500]
+                            quarantined = quarantined + chunk.quarantined(self.spec.names, reason)
                 if quarantined:
                     self.store.quarantine(quarantined)
         except StoreUnavailableError as exc:
@@ -397,15 +391,6 @@ class Agent:
                 log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
         for publish in publishes:
             publish()
-
-    def _unstorable(self, chunk: CleanBatch, exc: Exception) -> list[Quarantined]:
-        """The chunk's records as quarantine entries (each re-serialized as a record object)."""
-        names = self.spec.names
-        reason = f"internal error while storing: {exc!r}"[:500]
-        return [
-            Quarantined(rid, reason, orjson.dumps(_record_object(rid, ts, dict(zip(names, row, strict=True)))))
-            for rid, ts, row in zip(chunk.record_ids, chunk.ts.tolist(), chunk.values.tolist(), strict=True)
-        ]
 
     def _store_and_score(self, chunk: CleanBatch) -> Callable[[], None]:
         """Scored first, then the records stored with their predictions and the outbox entry,

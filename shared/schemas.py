@@ -76,6 +76,13 @@ def loads_json(payload: bytes) -> Any:
 IngestWireFormat = Literal["records", "packed", "binary"]
 INGEST_WIRE_FORMATS: tuple[IngestWireFormat, ...] = ("records", "packed", "binary")
 
+
+def ingest_record_object(record_id: str, ts: float | None, features: dict[str, float | None]) -> dict[str, Any]:
+    """One ingest record in its JSON record-object form (what quarantine keeps of a record that
+    came in another form: a packed row, a binary frame's record, a chunk the store refused)."""
+    return {"schema_version": SCHEMA_VERSION, "record_id": record_id, "ts": ts, "features": features}
+
+
 # The packed ingest form: the field names once, then one array per record,
 # ``[record_id, ts, value of fields[0], value of fields[1], ...]`` (docs/architecture.md,
 # "Wire contracts"). The agent reads it straight into its value array; per-record objects

@@ -42,12 +42,13 @@ from edge_agent.pipeline.cleaning import (
     checker_for,
     clean_record,
     payload_items,
+    record_bytes,
     record_id_of,
     record_raw,
 )
 from edge_agent.pipeline.frame import Frame
 from shared.features import FeatureSpec
-from shared.schemas import SCHEMA_VERSION
+from shared.schemas import SCHEMA_VERSION, ingest_record_object
 
 KnownIds = Callable[[Sequence[str]], Collection[str]]
 """Given record ids, those already stored (duplicates of earlier batches)."""
@@ -99,6 +100,14 @@ class CleanBatch:
         index = np.asarray(rows, dtype=np.intp)
         ids = self.record_ids
         return CleanBatch([ids[i] for i in index.tolist()], self.ts[index], self.values[index])
+
+    def quarantined(self, names: Sequence[str], reason: str) -> list[Quarantined]:
+        """Every record as a quarantine entry with ``reason``, kept as the JSON record object
+        it stands for (``names``: the features in column order)."""
+        return [
+            Quarantined(rid, reason, record_bytes(ingest_record_object(rid, ts, dict(zip(names, row, strict=True)))))
+            for rid, ts, row in zip(self.record_ids, self.ts.tolist(), self.values.tolist(), strict=True)
+        ]
 
     def chunks(self, size: int) -> Iterator[CleanBatch]:
         for start in range(0, len(self), size):

@@ -300,9 +300,15 @@ def record_raw(obj: Any, payload: bytes, single: bool) -> bytes:
     if type(obj) is BadRow:
         obj = obj.row
     try:
-        return _COMPACT.encode(obj).encode("utf-8")
+        return record_bytes(obj)
     except (RecursionError, ValueError):  # absurdly nested: keep the whole payload instead
         return payload
+
+
+def record_bytes(obj: Any) -> bytes:
+    """A decoded record re-serialized as compact JSON (the stdlib's: NaN and infinities as the
+    literals it decodes again)."""
+    return _COMPACT.encode(obj).encode("utf-8")
 
 
 def clean_payload(payload: bytes, spec: FeatureSpec, seen: Callable[[str], bool] | set[str]) -> CleanResult:

@@ -28,6 +28,7 @@ from shared.schemas import (
     BINARY_INGEST_PREFIX,
     MAX_JSON_PAYLOAD_BYTES,
     SCHEMA_VERSION,
+    ingest_record_object,
     loads_json,
 )
 
@@ -51,14 +52,8 @@ class Frame:
         """Record ``i`` as the JSON record object it stands for: NaN becomes null (a missing
         value), infinities stay floats (what ``1e999`` decodes to)."""
         ts = float(self.ts[i])
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "record_id": self.record_ids[i],
-            "ts": None if ts != ts else ts,
-            "features": {
-                name: None if v != v else v for name, v in zip(self.names, self.values[i].tolist(), strict=True)
-            },
-        }
+        features = {name: None if v != v else v for name, v in zip(self.names, self.values[i].tolist(), strict=True)}
+        return ingest_record_object(self.record_ids[i], None if ts != ts else ts, features)
 
 
 def is_frame(payload: bytes) -> bool:

@@ -4,6 +4,7 @@ agent kept running (paho resends) or was restarted (the on-disk outbox resends).
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 import threading
 import uuid
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import AgentSettings
+from edge_agent.pipeline import CleanBatch
 from edge_agent.service import Agent
+from edge_agent.store import BatchScores
 from edge_agent.store import sqlite as sqlite_store
 from edge_agent.updater import ModelFiles
 from shared import topics
@@ -22,7 +25,7 @@ from shared.mqtt import BrokerAddress, MqttClient
 from shared.schemas import PredictionBatch
 from simulations.mosquitto import RestartableMosquitto
 from tests.edge_agent.agent_harness import AgentThread, wait_for
-from tests.edge_agent.agent_testlib import payload, record
+from tests.edge_agent.agent_testlib import GOOD, payload, record
 from tests.edge_agent.conftest import Bundle, Keys
 
 pytestmark = pytest.mark.integration
@@ -226,3 +229,39 @@ def test_ingest_stays_with_the_broker_while_the_store_cannot_write(
         assert agent.counters.ingested == 1
         assert agent.counters.quarantined == 0
         assert run.call(agent.store.counts)["records"] == 1
+
+
+def test_a_chunk_the_store_fails_on_for_a_bug_is_quarantined_and_the_rest_stored(
+    settings: AgentSettings, broker: RestartableMosquitto, subscriber: Subscriber, spec: FeatureSpec
+) -> None:
+    """Not the disk but a bug (here: the real store's add_batch raising for one chunk): the
+    chunk's records are kept in quarantine as the record objects they were, with the reason,
+    and the other chunks of the same message are stored and scored."""
+    with AgentThread(settings, feature_spec=spec) as run:
+        agent = run.agent
+        assert agent is not None
+        store = agent.store
+        add_batch = store.add_batch
+
+        def failing(batch: CleanBatch, scores: BatchScores | None = None) -> CleanBatch:
+            if "boom" in batch.record_ids:
+                raise ValueError("a bug in the store")
+            return add_batch(batch, scores)
+
+        run.call(lambda: setattr(store, "add_batch", failing))
+        good = [f"ok{i}" for i in range(settings.max_batch)]  # the first chunk
+        bad = ["boom", "late1", "late2"]  # the second chunk of the same message
+        publisher = MqttClient(BrokerAddress.parse(broker.url), f"test-pub-{uuid.uuid4().hex[:8]}", persistent=False)
+        publisher.start()
+        try:
+            publisher.publish_and_wait(agent.link.ingest_topic, payload([record(rid) for rid in good + bad]))
+        finally:
+            publisher.stop()
+        wait_for(lambda: agent.counters.quarantined == len(bad), what="the failed chunk in quarantine")
+        wait_for(lambda: set(good) <= subscriber.record_ids(), what="the first chunk's predictions")
+        assert run.call(store.counts)["records"] == len(good)
+        entries = run.call(store.recent_quarantine)
+        assert sorted(e.record_id or "" for e in entries) == sorted(bad)
+        assert all(e.reason.startswith("internal error while storing: ValueError") for e in entries)
+        boom = next(e for e in entries if e.record_id == "boom")
+        assert json.loads(boom.raw) == {**record("boom"), "features": dict(zip(spec.names, GOOD, strict=True))}
