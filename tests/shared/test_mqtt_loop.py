@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -179,3 +180,50 @@ def test_a_broker_restart_mid_stream_loses_no_acknowledged_message(tmp_path: Pat
     finally:
         broker.stop()
     assert got == expected
+
+
+def test_a_broken_packet_stream_drops_the_connection_and_the_client_comes_back() -> None:
+    """A peer that sends an impossible remaining length (a corrupt stream): the bulk read hands
+    it to paho, which refuses it as a protocol error and closes; the loop keeps running and the
+    client reconnects. A real broker never does this, so the peer is a plain socket."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(2)
+    server.settimeout(30)
+    port = server.getsockname()[1]
+    connacks = 0
+
+    def peer() -> None:
+        nonlocal connacks
+        for attempt in range(2):
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(1024)  # CONNECT
+                conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK, success, no properties
+                connacks += 1
+                if attempt == 0:
+                    conn.sendall(b"\x30\xff\xff\xff\xff\x01")  # a fifth length byte
+                    conn.settimeout(30)
+                    while conn.recv(1024):  # until the client closes
+                        pass
+
+    async def main() -> int:
+        client = MqttClient(BrokerAddress.parse(f"mqtt://127.0.0.1:{port}"), f"c-{uuid.uuid4().hex[:8]}")
+        await client.start_on_loop()
+        try:
+            for _ in range(300):  # the client is back within its 1 s reconnect delay
+                if client.connects == 2:
+                    break
+                await asyncio.sleep(0.1)
+            return client.connects
+        finally:
+            await client.stop_on_loop(grace_s=1.0)
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    try:
+        assert asyncio.run(main()) == 2
+    finally:
+        server.close()
+        thread.join(5)
+    assert connacks == 2
