@@ -3,26 +3,34 @@
 Flower's ``aggregate_arrayrecords`` decodes every array with ``np.load`` (a copy), multiplies
 it by its weight (a fresh temporary, page faults included) and adds it in (another pass).
 Here the updates' bytes are read exactly once, straight from where they arrived (see
-``npy.npy_view``), and the work is cut into jobs that run on ``workers`` threads (NumPy
-releases the GIL in its loops, and a single core cannot draw the memory bandwidth of two):
+``npy.npy_view``), and the work is cut into jobs:
 
-- a large layer is cut into cache-sized blocks; for one block, every update is multiplied
-  into a scratch buffer and added to the accumulator, both of which stay in L2;
-- small layers (biases, norms: a few thousand values) would cost K NumPy calls each for
-  almost no arithmetic, so all K updates' copies of a group of them are stacked into one
-  cache-sized matrix, scaled by the weights and reduced over the updates in three calls.
+- a large layer is cut into blocks; for one block, every update is added into the
+  accumulator, which stays in cache while the updates stream past it from memory;
+- small layers (biases, norms: a few thousand values) would cost K calls each for almost no
+  arithmetic, so all K updates' copies of a group of them are stacked into one cache-sized
+  matrix, scaled by the weights and reduced over the updates in three NumPy calls.
+
+How a block is added in, two arithmetics:
+
+- **fused** (the default) for the blocks of float32/float64 layers: torch's one-pass
+  ``acc.add_(x, alpha=w)`` (see ``fused``). It rounds once per step, so the mean is within
+  float rounding of Flower's, not equal to it bit for bit;
+- **exact** (``exact=True``; always for stacks and other dtypes): Flower's arithmetic in
+  NumPy. Weights are normalised as ``w / sum(w)`` in Python floats, products rounded in the
+  layer's own float dtype (float32 models accumulate in float32, as NumPy does for
+  ``float32_array * python_float``), updates added in order (a reduction over the first axis
+  of a C-ordered stack adds row after row). The result is bit-identical to Flower's for the
+  same inputs. Non-float layers are averaged in float64, as NumPy's promotion does in Flower.
+
+Jobs are shared by ``workers`` threads (NumPy and torch release the GIL in their loops, and
+a single core cannot draw the memory bandwidth of two). In both arithmetics each output
+value is summed by one thread in update order, so the result depends on the inputs alone,
+never on the block size or the thread count.
 
 The same pass yields each update's squared norm (NaN/Inf when it holds a non-finite value)
 from the values while they are in cache, so the sanity check costs no second pass over the
 memory; a caller that does not need them (``norms=False``) skips even that.
-
-The arithmetic is Flower's: weights normalised as ``w / sum(w)`` in Python floats, products
-rounded in the layer's own float dtype (float32 models accumulate in float32, as NumPy does
-for ``float32_array * python_float``), updates added in order (a reduction over the first
-axis of a C-ordered stack adds row after row). The result is therefore bit-identical to
-Flower's for the same inputs, whatever the block size or thread count: each output value is
-computed by one thread, in the same order. Non-float layers are averaged in float64, as
-NumPy's promotion does in Flower.
 """
 
 from __future__ import annotations
@@ -31,25 +39,32 @@ import itertools
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from server.errors import AggregationError
 
+if TYPE_CHECKING:
+    from server.aggregation.fused import FusedLayers
+
 Layer = npt.NDArray[np.generic]
 Update = Sequence[Layer]
 
 Mean = Callable[[Sequence[Update], Sequence[float]], "Averaged"]
 
-# 64 Ki elements: 256 KiB of float32 per operand, so accumulator + scratch + the block being
-# read fit in L2 (block sizes 16-256 Ki measured within the noise of each other; smaller ones
-# pay more per-call overhead than they gain in cache).
-DEFAULT_BLOCK = 1 << 16
+# Values per block of the exact (NumPy) arithmetic: 256 Ki, 1 MiB of float32 per operand.
+# Measured on 100 x 1 M float32 (2-core EPYC, 1 MiB L2 a core, 32 MiB L3): 64 Ki blocks took
+# 1.9x as long as 256 Ki, 128 Ki 1.3x, 512 Ki the same; few long streams per update read
+# memory faster than many short ones, and the accumulator still stays in L2/L3.
+DEFAULT_BLOCK = 1 << 18
+# Values per block of the fused (torch) arithmetic: torch's per-call cost is higher than
+# NumPy's, so its blocks are longer (512 Ki measured best; 64 Ki took 2x as long).
+FUSED_BLOCK = 1 << 19
 # A layer whose K copies fit in this many bytes is stacked (see the module docstring).
 STACK_BYTES = 1 << 20
 # Below this many values in a round (K x P), threads cost more to wake than the work they share.
@@ -149,11 +164,14 @@ class _Stack:
 Job = _Blocks | _Stack
 
 
-def plan(sizes: Sequence[int], dtypes: Sequence[np.dtype[np.floating]], updates: int, block: int) -> list[Job]:
-    """The jobs of one round: blocks of the large layers, then groups of the small ones."""
+def plan(
+    sizes: Sequence[int], dtypes: Sequence[np.dtype[np.floating]], updates: int, blocks: Sequence[int]
+) -> list[Job]:
+    """The jobs of one round: blocks of the large layers (``blocks[j]`` values for layer j),
+    then groups of the small ones."""
     jobs: list[Job] = []
     groups: dict[np.dtype[np.floating], list[int]] = {}
-    for j, (n, dtype) in enumerate(zip(sizes, dtypes, strict=True)):
+    for j, (n, dtype, block) in enumerate(zip(sizes, dtypes, blocks, strict=True)):
         if updates * n * dtype.itemsize > STACK_BYTES:
             count = -(-n // block)
             # Even blocks (no sliver at the end), starting on cache-line multiples.
@@ -173,40 +191,74 @@ def fedavg(
     updates: Sequence[Update],
     weights: Sequence[float],
     *,
-    block: int = DEFAULT_BLOCK,
+    block: int | None = None,
     workers: int | None = None,
     norms: bool = True,
+    exact: bool = False,
 ) -> Averaged:
     """Weighted mean of ``updates`` (each a list of layers, same layout), with their squared norms.
 
-    ``workers`` threads share the jobs (``None``: see ``resolve_workers``); the result does not
-    depend on it, nor on ``block``. ``norms=False`` leaves ``sq_norms`` out (a little less work
-    per value, for callers that check nothing).
+    ``exact``: Flower's arithmetic bit for bit (NumPy) instead of the fused one (torch) for
+    float32/float64 layers. ``workers`` threads share the jobs (``None``: see
+    ``resolve_workers``). ``block``: values per
+    block (``None``: ``DEFAULT_BLOCK`` exact, ``FUSED_BLOCK`` fused). The result depends on
+    neither. ``norms=False`` leaves ``sq_norms`` out (a little less work per value, for
+    callers that check nothing).
     """
     factors = normalised(weights)
     layout = check_layout(updates)
     if len(updates) != len(factors):
         raise AggregationError(f"{len(updates)} updates but {len(factors)} weights")
-    if block <= 0:
+    if block is not None and block <= 0:
         raise AggregationError(f"block must be positive, got {block}")
     sizes = [math.prod(shape) for shape, _ in layout]
     threads = resolve_workers(workers, len(updates) * sum(sizes))
     dtypes = [accumulator_dtype(dtype) for _, dtype in layout]
+    flats = [[np.ravel(a) for a in update] for update in updates]  # views for C-ordered layers
+    fused = set() if exact else {j for j, (_, dtype) in enumerate(layout) if _fusable(dtype)}
+    blocks = [block or (FUSED_BLOCK if j in fused else DEFAULT_BLOCK) for j in range(len(layout))]
+    jobs = plan(sizes, dtypes, len(updates), blocks)
+    fused_layers = {job.layer for job in jobs if isinstance(job, _Blocks) and job.layer in fused}
     kernel = _Kernel(
-        flats=[[np.ravel(a) for a in update] for update in updates],  # views for C-ordered layers
+        flats=flats,
         factors=factors,
         outputs=[np.empty(n, dtype=dtype) for n, dtype in zip(sizes, dtypes, strict=True)],
         norms=norms,
+        fused=_fused_layers(flats, fused_layers),
     )
-    jobs = plan(sizes, dtypes, len(updates), block)
     sq = np.zeros(len(updates), dtype=np.float64) if norms else None
     with np.errstate(all="ignore"):  # non-finite updates are reported through sq_norms, not warnings
-        parts = map(kernel.run, jobs) if threads <= 1 or len(jobs) < 2 else _pool(threads).map(kernel.run, jobs)
+        if kernel.fused is not None:
+            # Always on the pool: its threads run torch on one intra-op thread each.
+            parts: Iterable[npt.NDArray[np.float64] | None] = _fused_pool(threads).map(kernel.run, jobs)
+        elif threads > 1 and len(jobs) > 1:
+            parts = _pool(threads).map(kernel.run, jobs)
+        else:
+            parts = map(kernel.run, jobs)
         for part in parts:
             if sq is not None and part is not None:
                 sq += part
     arrays = [out.reshape(shape) for out, (shape, _) in zip(kernel.outputs, layout, strict=True)]
     return Averaged(arrays, sq)
+
+
+def _fusable(dtype: np.dtype[np.generic]) -> bool:
+    # float32/float64 in the machine's byte order: what torch adds in place without a copy.
+    return dtype.isnative and dtype in (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _fused_layers(flats: Sequence[Update], layers: set[int]) -> FusedLayers | None:
+    if not layers:
+        return None
+    from server.aggregation.fused import FusedLayers
+
+    return FusedLayers(flats, sorted(layers))
+
+
+def _fused_pool(workers: int) -> ThreadPoolExecutor:
+    from server.aggregation.fused import fused_pool
+
+    return fused_pool(workers)
 
 
 @dataclass(frozen=True)
@@ -215,11 +267,18 @@ class _Kernel:
     factors: list[float]
     outputs: list[npt.NDArray[np.floating]]
     norms: bool
+    fused: FusedLayers | None
 
     def run(self, job: Job) -> npt.NDArray[np.float64] | None:
-        if isinstance(job, _Blocks):
-            return self._blocks(job)
-        return self._stack(job)
+        if isinstance(job, _Stack):
+            return self._stack(job)
+        if self.fused is not None and self.fused.holds(job.layer):
+            sq = np.zeros(len(self.flats), dtype=np.float64) if self.norms else None
+            self.fused.weighted_sum(
+                self.outputs[job.layer][job.start : job.stop], job.layer, job.start, self.factors, sq
+            )
+            return sq
+        return self._blocks(job)
 
     def _blocks(self, job: _Blocks) -> npt.NDArray[np.float64] | None:
         acc = self.outputs[job.layer][job.start : job.stop]

@@ -12,6 +12,7 @@ import ast
 import functools
 import io
 import math
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -25,34 +26,32 @@ MAX_HEADER = 1 << 16
 
 
 def npy_view(data: bytes | bytearray | memoryview) -> npt.NDArray[np.generic]:
-    """The array stored in ``data`` as a read-only view of the same memory (no copy)."""
-    buf = memoryview(data)
-    if buf.nbytes < len(MAGIC) + 4 or bytes(buf[: len(MAGIC)]) != MAGIC:
+    """The array stored in ``data`` as a view of the same memory (no copy; read-only for ``bytes``).
+
+    A round views K x L arrays that share L headers, so everything learnt from a header is
+    cached (``_layout``); what remains per array is a few slices and one array constructor.
+    """
+    raw = data if isinstance(data, bytes) else memoryview(data).cast("B")
+    if len(raw) < len(MAGIC) + 4 or bytes(raw[: len(MAGIC)]) != MAGIC:
         raise AggregationError("not .npy bytes (bad magic)")
-    major = buf[len(MAGIC)]
+    major = raw[len(MAGIC)]
     width = _LEN_BYTES.get(major)
     if width is None:
         raise AggregationError(f"unsupported .npy format version {major}")
     start = len(MAGIC) + 2
-    header_len = int.from_bytes(buf[start : start + width], "little")
+    header_len = int.from_bytes(raw[start : start + width], "little")
     offset = start + width + header_len
-    if header_len > MAX_HEADER or offset > buf.nbytes:
+    if header_len > MAX_HEADER or offset > len(raw):
         raise AggregationError(f".npy header length {header_len} is out of bounds")
-    dtype, fortran, shape = _parse_header(bytes(buf[start + width : offset]))
-    if dtype.hasobject or any(n < 0 for n in shape):
-        raise AggregationError(f".npy array of {dtype} {shape} cannot be aggregated")
-    count = math.prod(shape)
-    if buf.nbytes - offset != count * dtype.itemsize:
-        raise AggregationError(
-            f".npy payload has {buf.nbytes - offset} bytes, {dtype} {shape} needs {count * dtype.itemsize}"
-        )
-    flat = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
-    return flat.reshape(shape, order="F" if fortran else "C")
+    dtype, shape, order, nbytes = _layout(bytes(raw[start + width : offset]))
+    if len(raw) - offset != nbytes:
+        raise AggregationError(f".npy payload has {len(raw) - offset} bytes, {dtype} {shape} needs {nbytes}")
+    return np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order=order)
 
 
 @functools.lru_cache(maxsize=1024)
-def _parse_header(text: bytes) -> tuple[np.dtype[np.generic], bool, tuple[int, ...]]:
-    """Cached: the K updates of a round share their headers, and ``literal_eval`` is not cheap."""
+def _layout(text: bytes) -> tuple[np.dtype[np.generic], tuple[int, ...], Literal["C", "F"], int]:
+    """dtype, shape, order and payload size of a header; cached: ``literal_eval`` is not cheap."""
     try:
         header = ast.literal_eval(text.decode("latin1"))
         dtype = np.dtype(header["descr"])
@@ -60,7 +59,9 @@ def _parse_header(text: bytes) -> tuple[np.dtype[np.generic], bool, tuple[int, .
         shape = tuple(int(n) for n in header["shape"])
     except (ValueError, SyntaxError, TypeError, KeyError, AttributeError, MemoryError, RecursionError) as exc:
         raise AggregationError(f"malformed .npy header: {exc}") from None
-    return dtype, fortran, shape
+    if dtype.hasobject or any(n < 0 for n in shape):
+        raise AggregationError(f".npy array of {dtype} {shape} cannot be aggregated")
+    return dtype, shape, "F" if fortran else "C", math.prod(shape) * dtype.itemsize
 
 
 def npy_bytes(array: npt.NDArray[np.generic]) -> bytes:

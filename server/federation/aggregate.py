@@ -3,7 +3,7 @@
 An ``Array`` keeps its values as ``.npy`` bytes; they are viewed in place (no ``np.load``
 copy) and handed to the pure kernels. Which kernel runs: the CUDA one when the settings
 allow a GPU, torch sees one and the round is big enough to pay for the transfers; the
-NumPy one otherwise (Flower-exact, see ``server.aggregation.fedavg``).
+CPU one otherwise (fused, or Flower-exact when asked: see ``server.aggregation.fedavg``).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def to_record(keys: Sequence[str], arrays: Sequence[npt.NDArray[np.generic]]) ->
     )
 
 
-def use_gpu(device: str, updates: int, values_per_update: int) -> bool:
-    if device == "cpu" or updates * values_per_update < GPU_MIN_VALUES:
+def use_gpu(device: str, updates: int, values_per_update: int, *, exact: bool = False) -> bool:
+    if exact or device == "cpu" or updates * values_per_update < GPU_MIN_VALUES:
         return False
     if device not in ("auto", "cuda") and not device.startswith("cuda:"):
         return False
@@ -65,21 +65,23 @@ def average(
     device: str = "cpu",
     workers: int | None = None,
     norms: bool = True,
+    exact: bool = False,
 ) -> Averaged:
     """FedAvg (with its per-update squared norms unless ``norms=False``), on the GPU or the CPU per ``use_gpu``.
 
     ``workers``: CPU threads (``None``: ``server.aggregation.fedavg.resolve_workers`` decides).
-    The GPU path always computes the norms (they cost it nothing measurable).
+    ``exact``: Flower's arithmetic bit for bit, which only the CPU kernel does. The GPU path
+    always computes the norms (they cost it nothing measurable).
     """
     values = sum(int(a.size) for a in updates[0]) if updates else 0
-    if use_gpu(device, len(updates), values):
+    if use_gpu(device, len(updates), values, exact=exact):
         from server.aggregation.fedavg_torch import fedavg_torch
 
         try:
             return fedavg_torch(updates, weights, device="cuda" if device == "auto" else device)
         except RuntimeError as exc:  # CUDA out of memory, a lost device: the CPU still gets the round done
             log.warning("GPU aggregation failed (%s); aggregating on the CPU", exc)
-    return fedavg(updates, weights, workers=workers, norms=norms)
+    return fedavg(updates, weights, workers=workers, norms=norms, exact=exact)
 
 
 def screened_average(
@@ -88,13 +90,19 @@ def screened_average(
     *,
     max_norm: float,
     device: str = "cpu",
+    exact: bool = False,
 ) -> tuple[Averaged | None, dict[int, str]]:
     """``server.aggregation.fedavg.screen`` on the backend ``average`` picks."""
-    return screen(updates, weights, max_norm=max_norm, mean=lambda u, w: average(u, w, device=device))
+    return screen(updates, weights, max_norm=max_norm, mean=lambda u, w: average(u, w, device=device, exact=exact))
 
 
 def aggregate_records(
-    records: Sequence[ArrayRecord], weights: Sequence[float], *, device: str = "cpu", workers: int | None = None
+    records: Sequence[ArrayRecord],
+    weights: Sequence[float],
+    *,
+    device: str = "cpu",
+    workers: int | None = None,
+    exact: bool = False,
 ) -> ArrayRecord:
     """Drop-in for Flower's ``aggregate_arrayrecords`` on already-checked records (the benchmark's subject).
 
@@ -103,5 +111,6 @@ def aggregate_records(
     if not records:
         raise AggregationError("no records to aggregate")
     keys = list(records[0].keys())
-    averaged = average([record_views(r) for r in records], weights, device=device, workers=workers, norms=False)
+    views = [record_views(r) for r in records]
+    averaged = average(views, weights, device=device, workers=workers, norms=False, exact=exact)
     return to_record(keys, averaged.arrays)

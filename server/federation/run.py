@@ -142,6 +142,7 @@ class TrainingRun:
             self._strategy = SanitizedFedAvg(
                 min_nodes=self.min_agents,
                 device=self.settings.device,
+                exact=self.settings.aggregation_exact,
                 fraction_evaluate=fraction_evaluate,
                 node_wait_s=self.settings.join_wait_s,
             )

@@ -131,6 +131,7 @@ class SanitizedFedAvg(BoundedFedAvg):
         min_nodes: int,
         max_update_norm: float = 1e4,
         device: str = "cpu",
+        exact: bool = False,
         on_round: Callable[[RoundOutcome], None] | None = None,
         fraction_evaluate: float = 0.0,
         node_wait_s: float = DEFAULT_NODE_WAIT_S,
@@ -146,6 +147,7 @@ class SanitizedFedAvg(BoundedFedAvg):
         self.node_wait_s = node_wait_s  # a round waits at most this long for its SuperNodes
         self.max_update_norm = max_update_norm
         self.device = device  # "auto" lets aggregation use a GPU when there is one
+        self.exact = exact  # Flower's arithmetic bit for bit (server.aggregation.fedavg)
         self.on_round = on_round
         self.outcomes: dict[int, RoundOutcome] = {}
         self._sent: dict[int, ArrayRecord] = {}
@@ -204,6 +206,7 @@ class SanitizedFedAvg(BoundedFedAvg):
             [r.weight for r in candidates],
             max_norm=self.max_update_norm,
             device=self.device,
+            exact=self.exact,
         )
 
     @staticmethod

@@ -1,8 +1,9 @@
-"""The CPU FedAvg kernel: Flower's arithmetic exactly, norms from the same pass, bad updates screened out."""
+"""The CPU FedAvg kernel: fused or Flower-exact arithmetic, norms from the same pass, bad updates screened out."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ def make_updates(k: int, seed: int = 0, dtype: type = np.float32) -> list[list[n
     return [[(rng.standard_normal(s) * 0.1).astype(dtype) for s in SHAPES] for _ in range(k)]
 
 
-def flower_arithmetic(updates: list[list[np.ndarray]], weights: list[float]) -> list[np.ndarray]:
+def flower_arithmetic(updates: list[list[np.ndarray]], weights: Sequence[float]) -> list[np.ndarray]:
     """What flwr's aggregate_arrayrecords computes: value * weight, added in order, in the layer's dtype."""
     factors = [w / sum(weights) for w in weights]
     out = [a * factors[0] for a in updates[0]]
@@ -29,14 +30,29 @@ def flower_arithmetic(updates: list[list[np.ndarray]], weights: list[float]) -> 
     return [np.asarray(a) for a in out]
 
 
-def test_result_is_bit_identical_to_flowers_arithmetic() -> None:
+@pytest.mark.parametrize("stack_bytes", [0, kernel.STACK_BYTES])
+def test_exact_result_is_bit_identical_to_flowers_arithmetic(stack_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "STACK_BYTES", stack_bytes)  # 0: every layer takes the block path
     updates = make_updates(9)
     weights = [3, 1, 4, 1, 5, 9, 2, 6, 5]
-    result = fedavg(updates, weights)
+    result = fedavg(updates, weights, exact=True)
     for got, want in zip(result.arrays, flower_arithmetic(updates, weights), strict=True):
         assert got.shape == want.shape
         assert got.dtype == want.dtype == np.float32
         np.testing.assert_array_equal(got, want)
+
+
+def test_fused_result_is_within_float_rounding_of_flowers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "STACK_BYTES", 0)  # every layer is a block, so every layer is fused
+    updates = make_updates(9)
+    weights = [3, 1, 4, 1, 5, 9, 2, 6, 5]
+    fused = fedavg(updates, weights).arrays
+    flower = flower_arithmetic(updates, weights)
+    for got, want in zip(fused, flower, strict=True):
+        assert got.dtype == want.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+    # One rounding per step instead of two shows in some last bits: the fused path did run.
+    assert any(not np.array_equal(got, want) for got, want in zip(fused, flower, strict=True))
 
 
 def test_result_is_the_weighted_mean_within_1e_6() -> None:
@@ -51,16 +67,29 @@ def test_result_is_the_weighted_mean_within_1e_6() -> None:
 
 @pytest.mark.parametrize(("block", "workers"), [(1, 1), (7, 1), (64, 3), (1 << 16, 4)])
 @pytest.mark.parametrize("stack_bytes", [0, kernel.STACK_BYTES])
-def test_blocks_threads_and_stacking_do_not_change_the_result(
+def test_exact_blocks_threads_and_stacking_do_not_change_the_result(
     block: int, workers: int, stack_bytes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     updates = make_updates(6, seed=2)
     weights = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    reference = fedavg(updates, weights)
+    reference = fedavg(updates, weights, exact=True)
     monkeypatch.setattr(kernel, "STACK_BYTES", stack_bytes)  # 0: every layer takes the block path
-    result = fedavg(updates, weights, block=block, workers=workers)
+    result = fedavg(updates, weights, block=block, workers=workers, exact=True)
     for got, want in zip(result.arrays, reference.arrays, strict=True):
         np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(result.norms(), reference.norms(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("block", "workers"), [(1, 1), (7, 2), (64, 2), (1000, 3), (1 << 19, 2)])
+def test_fused_blocks_and_threads_do_not_change_the_result(
+    block: int, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel, "STACK_BYTES", 0)
+    updates = [[(np.random.default_rng(k).standard_normal(100_003) * 0.1).astype(np.float32)] for k in range(6)]
+    weights = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    reference = fedavg(updates, weights, workers=1)
+    result = fedavg(updates, weights, block=block, workers=workers)
+    np.testing.assert_array_equal(result.arrays[0], reference.arrays[0])
     np.testing.assert_allclose(result.norms(), reference.norms(), rtol=1e-6)
 
 
@@ -80,8 +109,8 @@ def float64_reference(updates: list[list[np.ndarray]], weights: list[float]) -> 
 def test_one_thread_and_two_threads_give_identical_results_on_many_odd_tensors() -> None:
     updates = odd_layout(23, seed=7)
     weights = [float(i % 7 + 1) for i in range(23)]
-    one = fedavg(updates, weights, block=4096, workers=1)
-    two = fedavg(updates, weights, block=4096, workers=2)
+    one = fedavg(updates, weights, block=4096, workers=1, exact=True)
+    two = fedavg(updates, weights, block=4096, workers=2, exact=True)
     for a, b, want in zip(one.arrays, two.arrays, flower_arithmetic(updates, weights), strict=True):
         assert a.shape == b.shape == want.shape
         np.testing.assert_array_equal(a, b)
@@ -215,6 +244,7 @@ def test_big_endian_layers_give_the_same_mean(stack_bytes: int, monkeypatch: pyt
     monkeypatch.setattr(kernel, "STACK_BYTES", stack_bytes)
     updates = make_updates(3, seed=11)
     swapped = [[a.astype(a.dtype.newbyteorder(">")) for a in update] for update in updates]
+    # Non-native byte order always takes the exact arithmetic (torch reads native order only).
     got = fedavg(swapped, [1, 2, 3])
-    for a, b in zip(got.arrays, fedavg(updates, [1, 2, 3]).arrays, strict=True):
+    for a, b in zip(got.arrays, fedavg(updates, [1, 2, 3], exact=True).arrays, strict=True):
         np.testing.assert_array_equal(a, b)

@@ -7,6 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from server.aggregation import fedavg as kernel
 from server.aggregation.npy import npy_bytes
 from server.errors import AggregationError
 from server.federation.aggregate import aggregate_records, record_views, use_gpu
@@ -27,21 +28,45 @@ def model_record(rng: np.random.Generator) -> ArrayRecord:
     )
 
 
-def test_same_result_as_flowers_aggregate_arrayrecords() -> None:
-    rng = np.random.default_rng(0)
+def flower_case(seed: int) -> tuple[list[ArrayRecord], list[int], ArrayRecord]:
+    rng = np.random.default_rng(seed)
     records = [model_record(rng) for _ in range(7)]
     weights = [int(w) for w in rng.integers(1, 500, size=7)]
     contents = [
         RecordDict({"arrays": r, "metrics": MetricRecord({"num-examples": w})})
         for r, w in zip(records, weights, strict=True)
     ]
-    want = aggregate_arrayrecords(contents, "num-examples")
-    got = aggregate_records(records, weights)
+    return records, weights, aggregate_arrayrecords(contents, "num-examples")
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_same_result_as_flowers_aggregate_arrayrecords(exact: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "STACK_BYTES", 0)  # every float layer takes the block path (fused unless exact)
+    records, weights, want = flower_case(0)
+    got = aggregate_records(records, weights, exact=exact)
     assert list(got.keys()) == list(want.keys())
     for key in want:
         a, b = got[key].numpy(), want[key].numpy()
         assert (a.dtype, a.shape) == (b.dtype, b.shape)
-        np.testing.assert_array_equal(a, b)
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_the_strategy_aggregates_exactly_when_the_settings_ask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "STACK_BYTES", 0)
+    records, weights, want = flower_case(1)
+    replies = [reply(i + 1, r, w) for i, (r, w) in enumerate(zip(records, weights, strict=True))]
+    exact, _ = SanitizedFedAvg(min_nodes=1, exact=True).aggregate_train(1, replies)
+    fused, _ = SanitizedFedAvg(min_nodes=1).aggregate_train(1, replies)
+    assert exact is not None
+    assert fused is not None
+    for key in want:
+        np.testing.assert_array_equal(exact[key].numpy(), want[key].numpy())
+        np.testing.assert_allclose(fused[key].numpy(), want[key].numpy(), rtol=0, atol=1e-6)
+    # The fused arithmetic rounds once per step: some last bit differs, so it did run.
+    assert any(not np.array_equal(fused[key].numpy(), want[key].numpy()) for key in want)
 
 
 def test_arrays_not_serialised_as_numpy_are_refused() -> None:
@@ -73,9 +98,10 @@ def test_a_reply_with_another_layout_is_dropped_even_without_the_model_sent() ->
     assert "node 4: arrays differ" in strategy.outcomes[1].reasons[0]
 
 
-def test_small_rounds_stay_on_the_cpu() -> None:
+def test_small_rounds_and_exact_rounds_stay_on_the_cpu() -> None:
     assert not use_gpu("auto", 3, 1000)
     assert not use_gpu("cpu", 100, 10_000_000)
+    assert not use_gpu("cuda", 100, 10_000_000, exact=True)
 
 
 def test_bytes_that_contradict_the_declared_dtype_make_a_reply_problem() -> None:
