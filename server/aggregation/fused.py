@@ -31,8 +31,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from server.errors import AggregationError
+
 log = logging.getLogger(__name__)
 
+# How long the pool's threads may take to start (they only set a thread count).
+POOL_START_S = 30.0
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -51,14 +55,20 @@ def fused_pool(workers: int) -> ThreadPoolExecutor:
         if pool is not None:
             return pool
         before = torch.get_num_threads()
-        ready = threading.Barrier(workers + 1)
+        ready = threading.Barrier(workers + 1, timeout=POOL_START_S)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedavg-fused", initializer=_one_thread)
-        # Every submit finds no idle thread (each waits at the barrier), so each starts one.
-        started = [pool.submit(ready.wait) for _ in range(workers)]
-        ready.wait()
-        for future in started:
-            future.result()
-        torch.set_num_threads(before)
+        try:
+            # Every submit finds no idle thread (each waits at the barrier), so each starts one.
+            started = [pool.submit(ready.wait) for _ in range(workers)]
+            ready.wait()
+            for future in started:
+                future.result()
+        except (threading.BrokenBarrierError, RuntimeError) as exc:  # a thread that could not start
+            ready.abort()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise AggregationError(f"could not start the FedAvg pool of {workers} threads: {exc!r}") from None
+        finally:
+            torch.set_num_threads(before)
         _POOLS[workers] = pool
         return pool
 

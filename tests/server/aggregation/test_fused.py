@@ -35,3 +35,20 @@ def test_pool_threads_run_torch_on_one_intra_op_thread_and_leave_the_others_alon
     assert torch.get_num_threads() == 2
     assert threads_seen_by_a_new_thread() == 2
     assert fused_pool(3) is pool
+
+
+@pytest.mark.usefixtures("two_torch_threads")
+def test_a_pool_whose_threads_cannot_start_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.aggregation import fused
+    from server.errors import AggregationError
+
+    def broken() -> None:
+        raise OSError("no thread for you")
+
+    monkeypatch.setattr(fused, "_one_thread", broken)
+    monkeypatch.setattr(fused, "POOL_START_S", 0.5)
+    with pytest.raises(AggregationError, match="could not start the FedAvg pool of 5 threads"):
+        fused_pool(5)
+    assert torch.get_num_threads() == 2
+    monkeypatch.undo()
+    assert list(fused_pool(5).map(lambda _: torch.get_num_threads(), range(5))) == [1] * 5  # a later call starts one
