@@ -23,6 +23,7 @@ training compute measured inside the ClientApp (``compute-s``) is subtracted as 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import threading
@@ -39,10 +40,13 @@ from server.config import load_server_settings
 from server.federation.flower import CONNECTION, flwr_home, write_connection_config
 from shared.datasets.split import read_agent_parts
 from shared.flower_env import flower_env, venv_executable
+from shared.process import reap_orphans
 from shared.tasks.fraud_spec import FEATURES, LABEL
 from simulations.broker import EmbeddedBroker
 from simulations.demo import prepare_split
 from simulations.fleet import FleetError, LocalFleet
+
+log = logging.getLogger(__name__)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
@@ -123,8 +127,17 @@ class BenchFleet:
         try:
             if self.fleet is not None:
                 self.fleet.stop()
+                self.reap()
         finally:
             self.broker.stop()
+
+    def reap(self) -> None:
+        """Reap the zombies this process inherits: the fleet made it a subreaper, so a helper
+        whose parent died first (a SuperNode tree's, as its agent stops; the ``flwr log`` of a
+        finished ``fedforge train``) is re-parented here, and no Popen waits for it. Call it
+        between steps, from the thread that runs this rig's other commands."""
+        for pid in reap_orphans():
+            log.info("reaped orphaned process %d", pid)
 
     @property
     def local(self) -> LocalFleet:
@@ -150,7 +163,9 @@ class BenchFleet:
         (none, for agents in on-demand federation: they start theirs when a run calls them)."""
         fleet = self.local
         fleet.stop_agents()
+        self.reap()  # a SuperNode tree's helpers that outlived their agent
         self.wait_nodes(0, timeout)
+        self.reap()  # and those whose last threads were still exiting then
         fleet.server_settings = dict(side.server_settings)
         fleet.agent_settings = dict(side.agent_settings)
         fleet.agent_env = dict(side.agent_env)
@@ -188,6 +203,7 @@ class BenchFleet:
     def train(self, rounds: int) -> list[RoundTiming]:
         """One training run; the per-round wall time (ServerApp side) and the slowest agent's compute."""
         summary = self.local.train(rounds, timeout=600.0)
+        self.reap()
         self.runs += 1
         listed = self.local.get(f"/api/rounds?run_id={summary.get('run_id')}") or []
         if len(listed) != rounds:

@@ -111,7 +111,8 @@ def reap_orphans() -> list[int]:
 
     A helper spawned while its tree was being stopped, or one that outlived its parent and
     died later, ends up as our child; unreaped it stays a zombie for as long as we run.
-    Call it only in a process whose other children are all supervised (the agent).
+    Call it only in a process whose other children are all supervised (the agent) or waited
+    for by the calling thread (the benchmarks' fleet rig, between its steps).
     """
     me = os.getpid()
     with _SUPERVISED_LOCK:

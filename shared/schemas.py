@@ -93,7 +93,9 @@ PACKED_INGEST_KEYS = frozenset({"schema_version", "fields", "rows"})
 def packed_ingest_bytes(
     fields: Sequence[str], record_ids: Sequence[str], ts: Sequence[float], rows: Sequence[Sequence[float]]
 ) -> bytes:
-    """Records as one packed ingest payload (``rows[i]`` holds the values of ``fields`` in order)."""
+    """Records as one packed ingest payload (``rows[i]`` holds the values of ``fields`` in order);
+    a NaN or None (missing value) is written as null, and so would an infinity be (orjson's rule):
+    refuse infinities before."""
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,

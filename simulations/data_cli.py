@@ -125,7 +125,8 @@ def _replay_parser() -> argparse.ArgumentParser:
         "--wire-format",
         choices=INGEST_WIRE_FORMATS,
         default="records",
-        help="ingest form: JSON record objects, packed JSON rows, or the binary frame",
+        help="ingest form: JSON record objects, packed JSON rows, or the binary frame (NaN goes out as a missing "
+        "value in each; infinite values only in the binary frame)",
     )
     return parser
 

@@ -4,7 +4,10 @@ Each device's records go out in time order on its ingest topic, ``batch`` record
 message at ``rate`` records per second; the true labels of a batch follow ``label_delay``
 seconds later on its labels topic, which is the feedback loop agents train on. Records go
 out in one of the agents' ingest forms (``shared.schemas.INGEST_WIRE_FORMATS``): a JSON
-array of record objects, the packed JSON form, or the binary frame. The schedule is a pure
+array of record objects, the packed JSON form, or the binary frame. A NaN in the data is a
+missing value and goes out as one in every form (JSON null, NaN in the frame), so the agent
+judges its record exactly as it would a sensor's null; an infinity only the binary frame
+carries, the JSON forms refuse it (``DatasetError``). The schedule is a pure
 function (``schedule``) so its order and timing are testable without a broker;
 ``Replayer`` only sleeps until each event and publishes it.
 """
@@ -149,8 +152,8 @@ class Replayer:
         if self.wire_format == "records":
             records = to_ingest_records(frame, self._features)
             return json.dumps(records, separators=(",", ":"), allow_nan=False).encode("utf-8")
-        ids, times, values = ingest_columns(frame, self._features)
-        if self.wire_format == "packed":
+        ids, times, values = ingest_columns(frame, self._features, infinite=self.wire_format == "binary")
+        if self.wire_format == "packed":  # a NaN goes out as null (orjson writes no NaN literal)
             return packed_ingest_bytes(self._features, ids, times.tolist(), values.tolist())
         return binary_ingest_bytes(self._features, ids, times, values)
 

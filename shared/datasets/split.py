@@ -118,24 +118,44 @@ def dirichlet_partition(
 
 
 def ingest_columns(
-    df: pd.DataFrame, spec_names: Sequence[str], id_col: str = "record_id", time_col: str = "Time"
+    df: pd.DataFrame,
+    spec_names: Sequence[str],
+    id_col: str = "record_id",
+    time_col: str = "Time",
+    *,
+    infinite: bool = False,
 ) -> tuple[list[str], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Rows as the columns of ingest records: ids, timestamps (n,) and values (n, features)."""
+    """Rows as the columns of ingest records: ids, timestamps (n,) and values (n, features).
+
+    NaN is a missing value and stays in: every ingest form carries one (JSON null, NaN in the
+    binary frame) and the agent judges it as the null it stands for. An infinity only the
+    binary frame can carry (``infinite=True``); JSON has no such number, so it is refused.
+    """
     names = list(spec_names)
     missing = [c for c in (id_col, time_col, *names) if c not in df.columns]
     if missing:
         raise DatasetError(f"cannot build ingest records: missing columns {missing}")
     values = df[names].to_numpy(dtype=np.float64)
     times = df[time_col].to_numpy(dtype=np.float64)
-    if not (np.isfinite(values).all() and np.isfinite(times).all()):
-        raise DatasetError("cannot build ingest records: NaN or infinite values (JSON has no such numbers)")
+    if not infinite and (np.isinf(values).any() or np.isinf(times).any()):
+        raise DatasetError(
+            "cannot build ingest records: infinite values (JSON has no such number; the binary frame carries them)"
+        )
     return df[id_col].astype(str).tolist(), times, values
+
+
+def _nulls(numbers: npt.NDArray[np.float64]) -> list[Any]:
+    """``numbers.tolist()`` with None (JSON null) where a value is NaN (missing)."""
+    out = numbers.astype(object)
+    out[np.isnan(numbers)] = None
+    return list(out.tolist())
 
 
 def to_ingest_records(
     df: pd.DataFrame, spec_names: Sequence[str], id_col: str = "record_id", time_col: str = "Time"
 ) -> list[dict[str, Any]]:
-    """Rows as ingest wire records: {"schema_version", "record_id", "ts", "features"}."""
+    """Rows as ingest wire records: {"schema_version", "record_id", "ts", "features"}; a NaN
+    (missing value) is None, JSON null."""
     names = list(spec_names)
     ids, times, values = ingest_columns(df, names, id_col, time_col)
     return [
@@ -145,7 +165,7 @@ def to_ingest_records(
             "ts": ts,
             "features": dict(zip(names, row, strict=True)),
         }
-        for rid, ts, row in zip(ids, times.tolist(), values.tolist(), strict=True)
+        for rid, ts, row in zip(ids, _nulls(times), _nulls(values), strict=True)
     ]
 
 

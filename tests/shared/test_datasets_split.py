@@ -13,6 +13,7 @@ import pytest
 from shared.datasets import fraud
 from shared.datasets.split import (
     dirichlet_partition,
+    ingest_columns,
     read_agent_parts,
     read_index,
     read_partition,
@@ -139,9 +140,22 @@ def test_to_ingest_records_refuses_what_json_cannot_carry(data: pd.DataFrame) ->
     with pytest.raises(DatasetError, match="missing columns"):
         to_ingest_records(data.drop(columns=["V7"]), names)
     broken = data.head(3).copy()
-    broken.loc[1, "Amount"] = np.nan
-    with pytest.raises(DatasetError, match="NaN"):
+    broken.loc[1, "Amount"] = np.inf
+    with pytest.raises(DatasetError, match="infinite"):
         to_ingest_records(broken, names)
+    assert np.isinf(ingest_columns(broken, names, infinite=True)[2]).any()  # the binary frame's columns
+
+
+def test_a_nan_is_a_missing_value_json_null(data: pd.DataFrame) -> None:
+    names = base_feature_spec().names
+    rows = data.head(3).copy()
+    rows.loc[1, "Amount"] = np.nan
+    rows.loc[2, "Time"] = np.nan
+    records = loads_json(json.dumps(to_ingest_records(rows, names), allow_nan=False).encode())
+    assert records[1]["features"]["Amount"] is None
+    assert records[1]["features"]["V1"] == rows.loc[1, "V1"]
+    assert records[2]["ts"] is None
+    assert records[0]["ts"] == rows.loc[0, "Time"]
 
 
 def test_split_directory_round_trip(tmp_path: Path, data: pd.DataFrame) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
 import uuid
@@ -17,8 +19,16 @@ from edge_agent.pipeline import clean_payloads
 from shared import topics
 from shared.datasets import fraud
 from shared.datasets.split import dirichlet_partition
+from shared.errors import DatasetError
 from shared.mqtt import BrokerAddress, MqttClient
-from shared.schemas import INGEST_WIRE_FORMATS, IngestWireFormat, LabelBatch, decode, loads_json
+from shared.schemas import (
+    INGEST_WIRE_FORMATS,
+    IngestWireFormat,
+    LabelBatch,
+    decode,
+    ingest_record_object,
+    loads_json,
+)
 from shared.tasks.fraud_spec import base_feature_spec
 from simulations.replay import Replayer
 
@@ -157,24 +167,99 @@ class RawSink(Sink):
             self.payloads.append(payload)
 
 
-@pytest.mark.parametrize("wire_format", INGEST_WIRE_FORMATS)
-def test_every_wire_format_carries_the_same_records(
-    mosquitto: Any, subscriber: tuple[MqttClient, str], wire_format: IngestWireFormat
-) -> None:
+Replay = Callable[..., list[bytes]]
+
+
+@pytest.fixture
+def replayed(mosquitto: Any, subscriber: tuple[MqttClient, str]) -> Replay:
+    """``replayed(part, wire_format, limit=None)``: the ingest payloads of ``part`` (its first
+    ``limit`` records) replayed in ``wire_format``, 9 records a message, as a device gets them."""
     client, fleet = subscriber
+
+    def replay(part: Any, wire_format: IngestWireFormat, limit: int | None = None) -> list[bytes]:
+        sink = RawSink()
+        _subscribe(client, fleet, ["dev"], sink)
+        replayer = Replayer(
+            mosquitto.url, fleet, {"dev": part}, rate=0, batch=9, label_delay=None, limit=limit, wire_format=wire_format
+        )
+        replayer.run(until_done=True)
+        records = len(part) if limit is None else min(len(part), limit)
+        wait_for = time.monotonic() + 30.0
+        while len(sink.payloads) < -(-records // 9) and time.monotonic() < wait_for:
+            time.sleep(0.05)
+        assert len(sink.payloads) == -(-records // 9)
+        return sink.payloads
+
+    return replay
+
+
+@pytest.mark.parametrize("wire_format", INGEST_WIRE_FORMATS)
+def test_every_wire_format_carries_the_same_records(replayed: Replay, wire_format: IngestWireFormat) -> None:
     part = fraud.synthetic(200, fraud_rate=0.05, seed=4)
-    sink = RawSink()
-    _subscribe(client, fleet, ["dev"], sink)
-    Replayer(
-        mosquitto.url, fleet, {"dev": part}, rate=0, batch=9, label_delay=None, limit=50, wire_format=wire_format
-    ).run(until_done=True)
-    wait_for = time.monotonic() + 30.0
-    while len(sink.payloads) < 6 and time.monotonic() < wait_for:
-        time.sleep(0.05)
-    assert len(sink.payloads) == 6  # 50 records, 9 per message
-    result = clean_payloads(sink.payloads, base_feature_spec())  # as the agent reads them
+    payloads = replayed(part, wire_format, limit=50)
+    assert len(payloads) == 6  # 50 records, 9 per message
+    result = clean_payloads(payloads, base_feature_spec())  # as the agent reads them
     head = part.sort_values("Time", kind="mergesort").head(50)
     assert result.quarantined == []
     assert result.accepted.record_ids == head["record_id"].astype(str).tolist()
     assert np.array_equal(result.accepted.ts, head["Time"].to_numpy(dtype=np.float64))
     assert np.array_equal(result.accepted.values, head[list(fraud.RAW_FEATURES)].to_numpy(dtype=np.float64))
+
+
+def _null_twin(frame: Any) -> bytes:
+    """``frame``'s records as a sensor sends them when a value is missing: JSON null, by hand."""
+
+    def number(value: Any) -> float | None:
+        return None if math.isnan(value) else float(value)
+
+    return json.dumps(
+        [
+            ingest_record_object(
+                str(row["record_id"]), number(row["Time"]), {n: number(row[n]) for n in fraud.RAW_FEATURES}
+            )
+            for _, row in frame.iterrows()
+        ]
+    ).encode()
+
+
+def _decisions(result: Any) -> tuple[list[str], list[tuple[str | None, str, Any]]]:
+    return result.accepted.record_ids, [(q.record_id, q.reason, loads_json(q.raw)) for q in result.quarantined]
+
+
+@pytest.mark.parametrize("wire_format", INGEST_WIRE_FORMATS)
+def test_a_nan_goes_out_as_a_missing_value_in_every_wire_format(
+    replayed: Replay, wire_format: IngestWireFormat
+) -> None:
+    part = fraud.synthetic(40, fraud_rate=0.05, seed=6)
+    part.loc[3, "V3"] = np.nan
+    part.loc[11, "Amount"] = np.nan
+    part.loc[20, "Time"] = np.nan  # a record without a timestamp: replayed last (time order)
+    payloads = replayed(part, wire_format)
+    spec = base_feature_spec()
+    result = clean_payloads(payloads, spec)  # as the agent reads them
+    twin = clean_payloads([_null_twin(part.sort_values("Time", kind="mergesort"))], spec)
+    accepted, quarantined = _decisions(result)
+    assert (accepted, quarantined) == _decisions(twin)
+    assert {rid for rid, _, _ in quarantined} == {str(part.loc[i, "record_id"]) for i in (3, 11, 20)}
+    assert all("expected a number, got null" in reason for _, reason, _ in quarantined)
+    assert len(accepted) == 37
+    assert np.array_equal(result.accepted.values, twin.accepted.values)
+
+
+@pytest.mark.parametrize("wire_format", ["records", "packed"])
+def test_the_json_wire_formats_refuse_an_infinity(mosquitto: Any, wire_format: IngestWireFormat) -> None:
+    part = fraud.synthetic(20, fraud_rate=0.05, seed=7)
+    part.loc[5, "V7"] = np.inf
+    replayer = Replayer(mosquitto.url, "fleet-inf", {"dev": part}, rate=0, label_delay=None, wire_format=wire_format)
+    with pytest.raises(DatasetError, match="infinite values"):
+        replayer.run()
+
+
+def test_the_binary_frame_carries_an_infinity(replayed: Replay) -> None:
+    part = fraud.synthetic(20, fraud_rate=0.05, seed=7)
+    part.loc[5, "V7"] = np.inf
+    result = clean_payloads(replayed(part, "binary"), base_feature_spec())
+    assert [(q.record_id, q.reason) for q in result.quarantined] == [
+        (str(part.loc[5, "record_id"]), "feature 'V7': not a finite number (inf)")
+    ]
+    assert len(result.accepted.record_ids) == 19
