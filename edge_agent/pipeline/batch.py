@@ -173,9 +173,6 @@ def clean_payloads(
     rows: list[Sequence[Any]] = []
     slow: list[int] = []  # positions the reference must judge
     quarantined: list[tuple[int, Quarantined]] = []
-    # No JSON true/false in any JSON payload (a string holding those letters only costs the
-    # slower check): then numpy's own type inference can tell numbers from everything else.
-    plain = True
     pos = 0
     for payload in payloads:
         parsed = payload_items(payload, checker.names)
@@ -188,8 +185,6 @@ def clean_payloads(
             frames.append((pos, parsed))
             pos += len(parsed)
             continue
-        if plain and (b"true" in payload or b"false" in payload):
-            plain = False
         if isinstance(parsed, Packed):
             origins.add(pos, parsed, payload, False)
             taker = _row_values(parsed.fields, checker.names)
@@ -244,7 +239,7 @@ def clean_payloads(
             slow.append(pos)
             pos += 1
 
-    values, refused = _checked_values(rows, low, high, width, plain)
+    values, refused = _checked_values(rows, low, high, width)
     positions = np.array(cand_pos, dtype=np.int64)
     ids = cand_ids
     ts_arr = np.array(cand_ts, dtype=np.float64)
@@ -358,13 +353,11 @@ def _checked_values(
     low: npt.NDArray[np.float64],
     high: npt.NDArray[np.float64],
     width: int,
-    plain: bool = False,
 ) -> tuple[npt.NDArray[np.float64], list[int]]:
-    """The rows as one array, and the indexes of rows the reference must judge. ``plain``: the
-    rows hold no booleans, the one type numpy would silently take for a number."""
+    """The rows as one array, and the indexes of rows the reference must judge."""
     if not rows:
         return np.empty((0, width), dtype=np.float64), []
-    values = _numbers_only(rows, width) if plain else None
+    values = _numbers_only(rows, width)
     if values is None:
         values = _blanked_values(rows, width)
     # NaN (null, or a row blanked above) fails both comparisons.
@@ -389,9 +382,10 @@ def _duplicates(ids: list[str], known: KnownIds | Collection[str]) -> list[int]:
 
 
 def _numbers_only(rows: list[Sequence[Any]], width: int) -> npt.NDArray[np.float64] | None:
-    """The rows as floats when numpy infers a numeric array from them (every value an int or a
-    float: a None, a string, a list or a dict makes it an object, text or ragged array);
-    None otherwise. One pass in C instead of a type check of every value in Python."""
+    """The rows as floats when numpy infers a numeric array from them (every value an int, a
+    float or a boolean: a None, a string, a list or a dict makes it an object, text or ragged
+    array), a row holding a boolean blanked (NaN); None otherwise. One pass in C instead of a
+    type check of every value in Python."""
     try:
         guess = np.array(rows)
     except (ValueError, OverflowError):
@@ -399,7 +393,17 @@ def _numbers_only(rows: list[Sequence[Any]], width: int) -> npt.NDArray[np.float
     if guess.dtype.kind not in "fiu" or guess.shape != (len(rows), width):
         return None
     # int64/uint64 to float64 rounds to nearest, as float() does
-    return guess.astype(np.float64, copy=False)
+    values = guess.astype(np.float64, copy=False)
+    # A JSON true/false is the one value numpy silently takes for a number (1 or 0), so only a
+    # row holding a 0 or a 1 can hide one: those rows' types are checked, and a row with a
+    # boolean is blanked (NaN) for the reference. Scanning every payload's bytes for "true"
+    # and "false" instead cost about 1 µs a record, a third of orjson's decoding.
+    suspects = ((values == 0.0) | (values == 1.0)).any(axis=1)
+    if suspects.any():
+        for i in np.flatnonzero(suspects).tolist():
+            if bool in map(type, rows[i]):
+                values[i] = np.nan
+    return values
 
 
 def _blanked_values(rows: list[Sequence[Any]], width: int) -> npt.NDArray[np.float64]:

@@ -19,6 +19,7 @@ a second row and index entry per record (about 2 µs of the ~20 an ingested reco
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -52,6 +53,10 @@ BUSY_TIMEOUT_MS = 10_000
 UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 # Bound parameters per IN (...) query; SQLite builds before 3.32 allow 999.
 MAX_IN_PARAMS = 900
+# Records per INSERT statement in add_batch (8 parameters each: within 999). One statement
+# binds its rows in one call and writes them in one sqlite3_step, where executemany stepped,
+# reset and bound each row on its own: about 0.7 of the ~3.5 µs a stored record cost.
+ROWS_PER_INSERT = 64
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -272,7 +277,7 @@ class SqliteAgentStore:
         return new
 
     def add_batch(self, batch: CleanBatch, scores: BatchScores | None = None) -> CleanBatch:
-        """One ``executemany`` in one transaction; rows already stored are told apart afterwards
+        """Multi-row inserts in one transaction; rows already stored are told apart afterwards
         (rare: cleaning drops duplicates first) by the rowids the insert handed out."""
         n = len(batch)
         if n == 0:
@@ -281,26 +286,24 @@ class SqliteAgentStore:
         values = np.ascontiguousarray(batch.values, dtype="<f8")
         size = values.shape[1] * 8
         flat = values.tobytes()
-        blobs = [flat[i : i + size] for i in range(0, n * size, size)]
-        rows = zip(batch.record_ids, batch.ts.tolist(), blobs, strict=True)
+        columns: list[Sequence[object]] = [
+            batch.record_ids,
+            batch.ts.tolist(),
+            [flat[i : i + size] for i in range(0, n * size, size)],
+            [now] * n,
+        ]
+        if scores is not None:
+            columns += [[scores.model_version] * n, scores.scores, [int(a) for a in scores.alerts], [now] * n]
+        width = len(columns)
         with self._write() as conn:
             (last,) = conn.execute("SELECT coalesce(max(rowid), 0) FROM records").fetchone()
             before = conn.total_changes
-            if scores is None:
-                conn.executemany(
-                    'INSERT OR IGNORE INTO records(record_id, ts, "values", received_at) VALUES (?, ?, ?, ?)',
-                    [(rid, ts, blob, now) for rid, ts, blob in rows],
-                )
-            else:
-                version = scores.model_version
-                conn.executemany(
-                    'INSERT OR IGNORE INTO records(record_id, ts, "values", received_at, model_version, score, '
-                    "alert, scored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (rid, ts, blob, now, version, score, alert, now)
-                        for (rid, ts, blob), score, alert in zip(rows, scores.scores, scores.alerts, strict=True)
-                    ],
-                )
+            for start in range(0, n, ROWS_PER_INSERT):
+                stop = min(start + ROWS_PER_INSERT, n)
+                params: list[object] = [None] * ((stop - start) * width)
+                for k, column in enumerate(columns):
+                    params[k::width] = column[start:stop]
+                conn.execute(_insert_records_sql(stop - start, scores is not None), params)
             if conn.total_changes - before == n:
                 return batch
             fresh = {rid for (rid,) in conn.execute("SELECT record_id FROM records WHERE rowid > ?", (last,))}
@@ -531,6 +534,16 @@ class SqliteAgentStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+@functools.cache
+def _insert_records_sql(rows: int, scored: bool) -> str:
+    """``INSERT OR IGNORE`` of ``rows`` records (with their predictions when ``scored``)."""
+    columns = 'record_id, ts, "values", received_at'
+    if scored:
+        columns += ", model_version, score, alert, scored_at"
+    marks = "(" + ", ".join(["?"] * (columns.count(",") + 1)) + ")"
+    return f"INSERT OR IGNORE INTO records({columns}) VALUES " + ", ".join([marks] * rows)
 
 
 def _raise_unavailable(exc: BaseException) -> None:

@@ -296,3 +296,37 @@ def packed_payloads(draw: st.DrawFn) -> bytes:
 @given(st.lists(st.one_of(payloads(), packed_payloads()), min_size=1, max_size=6))
 def test_random_packed_and_record_batches_match_reference(spec: FeatureSpec, batch: list[bytes]) -> None:
     assert_same(batch, spec, stored={"stored"})
+
+
+# -- booleans among numbers only: numpy infers a numeric array and reads true/false as 1/0 -----
+
+NUMBERS_AND_BOOLEANS: list[Any] = [
+    record("ok-1"),
+    with_value("true", "c", True),
+    with_value("false", "a", False),
+    with_value("true-amount", "amount", True),
+    with_value("int-one", "a", 1),
+    with_value("int-zero", "b", 0),
+    with_value("float-one", "c", 1.0),
+    record("zeros", values=(0.0, 0.0, 0.0, 0.0)),
+    record("ok-2"),
+]
+
+
+def test_booleans_among_numbers_only_go_to_the_reference(spec: FeatureSpec) -> None:
+    """No null or string in the batch: the rows holding a 0 or a 1 are checked for a boolean,
+    and only the booleans are refused, with the reference's reason."""
+    got = clean_payloads([payload(NUMBERS_AND_BOOLEANS)], spec)
+    assert [q.record_id for q in got.quarantined] == ["true", "false", "true-amount"]
+    assert all("bool" in q.reason for q in got.quarantined)
+    assert got.accepted.record_ids == ["ok-1", "int-one", "int-zero", "float-one", "zeros", "ok-2"]
+    assert_same([payload(NUMBERS_AND_BOOLEANS)], spec)
+    assert_same([payload(obj) for obj in NUMBERS_AND_BOOLEANS], spec)
+
+
+def test_packed_booleans_among_numbers_only_go_to_the_reference(spec: FeatureSpec) -> None:
+    rows = [as_row(obj) for obj in NUMBERS_AND_BOOLEANS]
+    got = clean_payloads([packed(rows)], spec)
+    assert [q.record_id for q in got.quarantined] == ["true", "false", "true-amount"]
+    assert_same([packed(rows)], spec)
+    assert_same([packed(rows, ("b", "amount", "a", "c"))], spec)

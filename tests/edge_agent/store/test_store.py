@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from edge_agent.pipeline import CleanBatch, CleanRecord, Quarantined
 from edge_agent.store import (
     AgentStore,
+    BatchScores,
     InMemoryAgentStore,
     ScoredRecord,
     SqliteAgentStore,
@@ -54,6 +56,49 @@ def test_add_batch_keeps_only_new_rows_exactly(store: AgentStore) -> None:
     assert len(store.add_batch(CleanBatch.empty(3))) == 0
     assert store.unscored_records(10) == [rec(2), rec(1), rec(3), rec(4), rec(5)]  # values round-trip exactly
     assert store.counts()["records"] == 5
+
+
+@pytest.mark.parametrize("size", [1, 63, 64, 65, 3 * 64 + 5])
+def test_add_batch_across_statement_sizes(store: AgentStore, size: int) -> None:
+    """SQLite inserts ROWS_PER_INSERT rows per statement and the rest in a shorter one: every
+    size keeps exactly the new rows, in order, however the duplicates straddle statements."""
+    assert sqlite_store.ROWS_PER_INSERT == 64
+    stored = {i for i in range(0, size, 7)}  # already stored, in every statement
+    store.add_records([rec(i) for i in sorted(stored)])
+    ids = list(range(size))
+    # second copies within the batch: one right after its first, one a statement later
+    records = [rec(i) for i in ids] + [rec(i) for i in (size - 1, 0, 1) if i < size]
+    new = store.add_batch(CleanBatch.from_records(records, 3))
+    want = [rec(i) for i in ids if i not in stored]
+    assert new.records() == want
+    assert store.counts()["records"] == size
+    assert store.add_batch(CleanBatch.from_records(records, 3)).records() == []
+
+
+def test_add_batch_stores_each_row_with_its_own_score(tmp_path: Path) -> None:
+    store = SqliteAgentStore(tmp_path / "a.db")
+    try:
+        store.add_records([rec(3), rec(70)])
+        size = 2 * 64 + 9
+        batch = CleanBatch.from_records([rec(i) for i in range(size)], 3)
+        scores = [i / 1000 for i in range(size)]
+        alerts = [i % 3 == 0 for i in range(size)]
+        new = store.add_batch(batch, BatchScores(7, scores, alerts))
+        assert new.record_ids == [f"r{i}" for i in range(size) if i not in (3, 70)]
+        with closing(sqlite3.connect(tmp_path / "a.db")) as conn:
+            rows = conn.execute(
+                'SELECT record_id, ts, "values", model_version, score, alert FROM records ORDER BY rowid'
+            ).fetchall()
+    finally:
+        store.close()
+
+    def blob(i: int) -> bytes:
+        return np.array(rec(i).values, dtype="<f8").tobytes()
+
+    assert rows[:2] == [("r3", 3.0, blob(3), None, None, None), ("r70", 70.0, blob(70), None, None, None)]
+    assert rows[2:] == [
+        (f"r{i}", float(i), blob(i), 7, i / 1000, int(i % 3 == 0)) for i in range(size) if i not in (3, 70)
+    ]
 
 
 def test_known_ids_in_one_question(store: AgentStore) -> None:
