@@ -28,10 +28,29 @@ MAX_HEADER = 1 << 16
 def npy_view(data: bytes | bytearray | memoryview) -> npt.NDArray[np.generic]:
     """The array stored in ``data`` as a view of the same memory (no copy; read-only for ``bytes``).
 
-    A round views K x L arrays that share L headers, so everything learnt from a header is
-    cached (``_layout``); what remains per array is a few slices and one array constructor.
+    A round views K x L arrays that share L headers. A header already seen whole (magic,
+    version, length and dict: the first ``offset`` bytes) is recognised by one dictionary
+    lookup on those bytes; only a new one is parsed and checked (``_parse``).
     """
     raw = data if isinstance(data, bytes) else memoryview(data).cast("B")
+    known = _SEEN.get(bytes(raw[:_USUAL_OFFSET]))
+    if known is None:
+        known = _parse(raw)
+    dtype, shape, order, nbytes, offset = known
+    if len(raw) - offset != nbytes:
+        raise AggregationError(f".npy payload has {len(raw) - offset} bytes, {dtype} {shape} needs {nbytes}")
+    return np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order=order)
+
+
+Layout = tuple[np.dtype[np.generic], tuple[int, ...], Literal["C", "F"], int, int]
+# np.save pads its header to a multiple of 64 bytes: every array of fewer than ~10 dimensions
+# has a 128-byte prefix. Headers of other lengths are parsed on every view (still cached).
+_USUAL_OFFSET = 128
+_SEEN: dict[bytes, Layout] = {}
+_SEEN_MAX = 4096
+
+
+def _parse(raw: bytes | memoryview) -> Layout:
     if len(raw) < len(MAGIC) + 4 or bytes(raw[: len(MAGIC)]) != MAGIC:
         raise AggregationError("not .npy bytes (bad magic)")
     major = raw[len(MAGIC)]
@@ -44,9 +63,12 @@ def npy_view(data: bytes | bytearray | memoryview) -> npt.NDArray[np.generic]:
     if header_len > MAX_HEADER or offset > len(raw):
         raise AggregationError(f".npy header length {header_len} is out of bounds")
     dtype, shape, order, nbytes = _layout(bytes(raw[start + width : offset]))
-    if len(raw) - offset != nbytes:
-        raise AggregationError(f".npy payload has {len(raw) - offset} bytes, {dtype} {shape} needs {nbytes}")
-    return np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order=order)
+    layout: Layout = (dtype, shape, order, nbytes, offset)
+    if offset == _USUAL_OFFSET:
+        if len(_SEEN) >= _SEEN_MAX:  # headers come from the wire: keep the memory bounded
+            _SEEN.clear()
+        _SEEN[bytes(raw[:offset])] = layout
+    return layout
 
 
 @functools.lru_cache(maxsize=1024)

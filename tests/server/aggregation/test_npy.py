@@ -94,3 +94,24 @@ def test_npy_bytes_are_what_np_save_writes(array: np.ndarray) -> None:
     np.testing.assert_array_equal(loaded, array)
     assert loaded.shape == array.shape
     np.testing.assert_array_equal(npy_view(data), array)
+
+
+def test_a_header_seen_before_still_has_its_payload_size_checked() -> None:
+    good = saved(np.arange(12, dtype=np.float32).reshape(3, 4))
+    np.testing.assert_array_equal(npy_view(good), np.arange(12, dtype=np.float32).reshape(3, 4))
+    with pytest.raises(AggregationError, match="payload has 44 bytes"):
+        npy_view(good[:-4])  # the same 128-byte header, recognised without parsing
+    with pytest.raises(AggregationError, match="payload has 52 bytes"):
+        npy_view(good + b"\x00" * 4)
+
+
+def test_the_seen_headers_stay_bounded_and_views_stay_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.aggregation import npy
+
+    monkeypatch.setattr(npy, "_SEEN", {})
+    monkeypatch.setattr(npy, "_SEEN_MAX", 2)
+    arrays = [np.arange(n, dtype=np.float32) for n in (3, 4, 5, 6, 7)]
+    for _ in range(2):
+        for array in arrays:
+            np.testing.assert_array_equal(npy_view(saved(array)), array)
+            assert len(npy._SEEN) <= 2
