@@ -200,10 +200,9 @@ def fedavg(
 
     ``exact``: Flower's arithmetic bit for bit (NumPy) instead of the fused one (torch) for
     float32/float64 layers. ``workers`` threads share the jobs (``None``: see
-    ``resolve_workers``). ``block``: values per
-    block (``None``: ``DEFAULT_BLOCK`` exact, ``FUSED_BLOCK`` fused). The result depends on
-    neither. ``norms=False`` leaves ``sq_norms`` out (a little less work per value, for
-    callers that check nothing).
+    ``resolve_workers``). ``block``: values per block (``None``: ``DEFAULT_BLOCK`` exact,
+    ``FUSED_BLOCK`` fused). The result depends on neither. ``norms=False`` leaves
+    ``sq_norms`` out (a little less work per value, for callers that check nothing).
     """
     factors = normalised(weights)
     layout = check_layout(updates)

@@ -4,10 +4,12 @@ NumPy has no axpy. ``acc += w * x`` in NumPy is a product into a scratch block a
 into the accumulator: two calls and two passes per block and update, where the memory
 traffic only needs one read of ``x``. torch's ``add_(x, alpha=w)`` is one vectorised loop.
 
-The kernel's own threads share the blocks, so torch must not split each call again over its
-intra-op (OpenMP) threads: two teams on two cores oversubscribe them, and OpenMP's barriers
-spin-wait, so on a busy machine a round took 0.37 s instead of 0.05 s (measured). The pool
-here runs torch on one intra-op thread in each of its threads (``fused_pool``).
+The kernel's own threads share the blocks, and torch must not split each call again over its
+intra-op (OpenMP) threads. Each split call ends at a barrier, and OpenMP's barriers
+spin-wait: with torch splitting every ``add_`` over two threads, a round took 0.37 s
+instead of 0.05 s on a busy machine (measured). Teams of torch threads inside the kernel's
+threads would also oversubscribe the cores. So the pool here runs torch on one intra-op
+thread in each of its threads (``fused_pool``).
 
 The price is the rounding. A fused step rounds once where NumPy's product then sum rounds
 twice, so the mean differs from Flower's in the last bits (well inside the 1e-6 that the
