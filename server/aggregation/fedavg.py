@@ -38,7 +38,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import numpy.typing as npt
 
+from server.aggregation.pools import Pools
 from server.errors import AggregationError
 
 if TYPE_CHECKING:
@@ -319,17 +319,11 @@ class _Kernel:
         return sq
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
+_POOLS = Pools(lambda workers: ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedavg"))
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """One long-lived pool per size: starting threads per call costs more than a small round."""
-    with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
-        if pool is None:
-            pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedavg")
-        return pool
+    return _POOLS.get(workers)
 
 
 def update_problems(averaged: Averaged, updates: Sequence[Update], max_norm: float) -> dict[int, str]:

@@ -33,46 +33,48 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from server.aggregation.pools import Pools
 from server.errors import AggregationError
 
 log = logging.getLogger(__name__)
 
 # How long the pool's threads may take to start (they only set a thread count).
 POOL_START_S = 30.0
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
 
 
 def fused_pool(workers: int) -> ThreadPoolExecutor:
-    """A long-lived pool of ``workers`` threads, each running torch on one intra-op thread.
+    """A long-lived pool of ``workers`` threads, each running torch on one intra-op thread."""
+    return _POOLS.get(workers)
+
+
+def _start_pool(workers: int) -> ThreadPoolExecutor:
+    """Starts the pool's threads, each with one torch intra-op thread.
 
     torch keeps the intra-op thread count per thread (OpenMP's ICV, set on a thread's first
     torch call from a process-wide value): each pool thread sets 1 and makes its first call
-    while the main thread waits at a barrier, then the process-wide value is put back, so
-    the caller's thread, and threads started later, keep theirs. Threads that make their
-    first torch call during those microseconds would start with one intra-op thread too.
+    while the caller waits at a barrier, then the process-wide value is put back, so the
+    caller's thread, and threads started later, keep theirs. Threads that make their first
+    torch call during those microseconds would start with one intra-op thread too.
     """
-    with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
-        if pool is not None:
-            return pool
-        before = torch.get_num_threads()
-        ready = threading.Barrier(workers + 1, timeout=POOL_START_S)
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedavg-fused", initializer=_one_thread)
-        try:
-            # Every submit finds no idle thread (each waits at the barrier), so each starts one.
-            started = [pool.submit(ready.wait) for _ in range(workers)]
-            ready.wait()
-            for future in started:
-                future.result()
-        except (threading.BrokenBarrierError, RuntimeError) as exc:  # a thread that could not start
-            ready.abort()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise AggregationError(f"could not start the FedAvg pool of {workers} threads: {exc!r}") from None
-        finally:
-            torch.set_num_threads(before)
-        _POOLS[workers] = pool
-        return pool
+    before = torch.get_num_threads()
+    ready = threading.Barrier(workers + 1, timeout=POOL_START_S)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedavg-fused", initializer=_one_thread)
+    try:
+        # Every submit finds no idle thread (each waits at the barrier), so each starts one.
+        started = [pool.submit(ready.wait) for _ in range(workers)]
+        ready.wait()
+        for future in started:
+            future.result()
+    except (threading.BrokenBarrierError, RuntimeError) as exc:  # a thread that could not start
+        ready.abort()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise AggregationError(f"could not start the FedAvg pool of {workers} threads: {exc!r}") from None
+    finally:
+        torch.set_num_threads(before)
+    return pool
+
+
+_POOLS = Pools(_start_pool)
 
 
 def _one_thread() -> None:
