@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from server.aggregation.fedavg import Averaged, Update, accumulator_dtype, check_layout, normalised
+from server.aggregation.fused import readonly_ok
 from server.errors import AggregationError
 
 
@@ -46,14 +45,6 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise AggregationError(f"device {device!r} asked for, but torch sees no CUDA device")
     return resolved
-
-
-@contextmanager
-def _readonly_ok() -> Iterator[None]:
-    # The bytes are read-only and are only ever read: torch's warning about it does not apply.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable.*")
-        yield
 
 
 def _tensor(layer: npt.NDArray[np.generic]) -> torch.Tensor:
@@ -81,7 +72,7 @@ def fedavg_torch(updates: Sequence[Update], weights: Sequence[float], *, device:
     sizes = [math.prod(shape) for shape, _ in layout]
     offsets = [0, *itertools.accumulate(sizes)][:-1]
     total = sum(sizes)
-    with torch.no_grad(), _readonly_ok():
+    with torch.no_grad(), readonly_ok():
         if dev.type == "cuda":
             acc, sq = _accumulate_streamed(updates, factors, offsets, sizes, total, acc_dtype, dev)
         else:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
@@ -77,6 +78,14 @@ def _start_pool(workers: int) -> ThreadPoolExecutor:
 _POOLS = Pools(_start_pool)
 
 
+@contextmanager
+def readonly_ok() -> Iterator[None]:
+    """Silences torch's warning on tensors over read-only arrays: the updates' bytes are only read."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        yield
+
+
 def _one_thread() -> None:
     torch.set_num_threads(1)
     if torch.get_num_threads() != 1:  # pragma: no cover - a torch whose thread count is not per thread
@@ -87,11 +96,8 @@ class FusedLayers:
     """torch views of some layers of every update, made once per aggregation (zero-copy)."""
 
     def __init__(self, flats: Sequence[Sequence[npt.NDArray[np.generic]]], layers: Sequence[int]) -> None:
-        # The updates' bytes are read-only and are only ever read: torch's warning about
-        # non-writable arrays does not apply. Made here, on the caller's thread, because
-        # catch_warnings is not thread-safe.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*not writable.*")
+        # Made here, on the caller's thread: catch_warnings is not thread-safe.
+        with readonly_ok():
             self._tensors = {j: [torch.from_numpy(update[j]) for update in flats] for j in layers}
 
     def holds(self, layer: int) -> bool:

@@ -80,6 +80,18 @@ def test_exact_blocks_threads_and_stacking_do_not_change_the_result(
     np.testing.assert_allclose(result.norms(), reference.norms(), rtol=1e-6)
 
 
+def test_fused_float64_layers_stay_float64_and_within_float64_rounding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel, "STACK_BYTES", 0)
+    updates = make_updates(7, seed=12, dtype=np.float64)
+    weights = [2.0, 7.0, 1.0, 8.0, 2.0, 8.0, 1.0]
+    result = fedavg(updates, weights, workers=2)
+    for got, want in zip(result.arrays, float64_reference(updates, weights), strict=True):
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+    for sq, update in zip(result.norms(), updates, strict=True):
+        assert sq == pytest.approx(sum(float(np.square(a).sum()) for a in update), rel=1e-12)
+
+
 @pytest.mark.parametrize(("block", "workers"), [(1, 1), (7, 2), (64, 2), (1000, 3), (1 << 19, 2)])
 def test_fused_blocks_and_threads_do_not_change_the_result(
     block: int, workers: int, monkeypatch: pytest.MonkeyPatch

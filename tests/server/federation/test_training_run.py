@@ -223,6 +223,50 @@ def test_a_named_strategy_aggregates_with_its_rule(boot: Bootstrapped) -> None:
             assert not torch.allclose(results["fedavg"][key], parent, atol=1e-3)
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_the_runs_fedavg_follows_the_aggregation_exact_setting(
+    boot: Bootstrapped, exact: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``aggregation_exact`` gives Flower's bits; the default fused arithmetic is within 1e-6."""
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.aggregation import fedavg as kernel
+
+    monkeypatch.setattr(kernel, "STACK_BYTES", 0)  # every float layer is a block: fused unless exact
+    settings = boot.settings.model_copy(update={"aggregation_exact": exact})
+    run = TrainingRun.open(settings, run_id=f"run-exact-{exact}", rounds=1, min_agents=1, registry=boot.registry)
+    state = load_state(boot.settings.data_dir, boot.settings.task, 1)
+    gen = torch.Generator().manual_seed(3)
+    records = [
+        ArrayRecord({k: v + 0.01 * torch.randn(v.shape, generator=gen) for k, v in state.items()}) for _ in range(5)
+    ]
+    weights = [13, 7, 29, 3, 11]
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 5, 1
+    try:
+        replies = []
+        for node, (arrays, n) in enumerate(zip(records, weights, strict=True), start=2):
+            sent = Message(RecordDict({"arrays": arrays}), dst_node_id=node, message_type=MessageType.TRAIN)
+            metrics = MetricRecord({"num-examples": n, "train-loss": 0.3, "positives": 1})
+            replies.append(Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=sent))
+        agg, _ = run.strategy().aggregate_train(1, replies)
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    assert agg is not None
+    contents = [
+        RecordDict({"arrays": r, "metrics": MetricRecord({"num-examples": n})})
+        for r, n in zip(records, weights, strict=True)
+    ]
+    flower = aggregate_arrayrecords(contents, "num-examples")
+    floats = [k for k in flower if flower[k].numpy().dtype == np.float32]
+    assert floats
+    for key in floats:
+        np.testing.assert_allclose(agg[key].numpy(), flower[key].numpy(), rtol=0, atol=1e-6)
+    same = all(np.array_equal(agg[key].numpy(), flower[key].numpy()) for key in floats)
+    assert same is exact  # exact: Flower's bits; fused: one rounding per step shows in some last bit
+
+
 def test_finish_without_an_aggregate_raises(boot: Bootstrapped) -> None:
     run = open_run(boot)
     with pytest.raises(ServerError, match="no round produced an aggregate"):
