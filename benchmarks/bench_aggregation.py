@@ -4,11 +4,11 @@ Both sides get the identical replies: 100 ArrayRecords (the .npy bytes Flower ke
 ``num-examples`` weight each.
 
 - 4a, the kernel: ``server.federation.aggregate.aggregate_records`` (zero-copy views of the
-  bytes, the blocked one-pass kernel of ``server.aggregation.fedavg`` on its default thread
-  count, an ArrayRecord out) against Flower's ``aggregate_arrayrecords``; the results must
-  agree within 1e-6 (the default fused arithmetic rounds once per step; the exact one, timed
-  alongside, must be bit-identical). Alongside, the memory floor: one read pass over the
-  same bytes on one thread and on the kernel's threads.
+  bytes, the blocked one-pass kernel of ``server.aggregation.fedavg`` with its compiled loop
+  on its default thread count, an ArrayRecord out) against Flower's
+  ``aggregate_arrayrecords``; the results must be bit-identical (the issue asks 1e-6). Timed
+  alongside: the same kernel with its NumPy loop only (what runs without Numba), and the
+  memory floor, one read pass over the same bytes on one thread and on the kernel's threads.
 - 4b, what a deployment round runs: ``SanitizedFedAvg.aggregate_train`` (reply checks, NaN/Inf
   and norm screening, weighted metrics) against Flower's ``FedAvg.aggregate_train`` (which
   checks nothing of the values) on the same 100 Messages.
@@ -34,9 +34,10 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore.task_identity import TaskIdentity
 
+import server.aggregation.compiled  # noqa: F401  (Numba loaded before the records are built: see main)
 from benchmarks.harness import Figure, interleaved, parse_args, write_result
-from server.aggregation.fedavg import resolve_workers
-from server.federation.aggregate import aggregate_records, record_views
+from server.aggregation.fedavg import fedavg, resolve_workers
+from server.federation.aggregate import aggregate_records, record_views, to_record
 from server.federation.strategy import SanitizedFedAvg
 
 GOAL = "fedforge >= 5x faster than Flower"
@@ -56,7 +57,7 @@ class Size:
 
 
 # An MLP of ~1 M parameters (784 -> 1024 -> 200 -> 10): a few big layers and small biases.
-FULL = Size(100, ((1024, 784), (1024,), (200, 1024), (200,), (10, 200), (10,)), repeats=9)
+FULL = Size(100, ((1024, 784), (1024,), (200, 1024), (200,), (10, 200), (10,)), repeats=15)
 QUICK = Size(20, ((256, 256), (256,), (64, 256), (64,)), repeats=3)
 
 
@@ -110,22 +111,20 @@ def kernel_figure(size: Size, records: list[ArrayRecord], weights: list[int]) ->
     ours = aggregate_records(records, weights)
     theirs = aggregate_arrayrecords(contents, "num-examples")
     diff = max_abs_diff(ours, theirs)
-    if diff > TOLERANCE:
-        raise SystemExit(f"fedforge and Flower disagree: max |diff| {diff:.3g} > {TOLERANCE}")
-    exact_diff = max_abs_diff(aggregate_records(records, weights, exact=True), theirs)
-    if exact_diff != 0:
-        raise SystemExit(f"fedforge's exact arithmetic is not Flower's: max |diff| {exact_diff:.3g}")
+    numpy_diff = max_abs_diff(numpy_loop(records, weights), theirs)
+    if diff != 0 or numpy_diff != 0:
+        raise SystemExit(f"fedforge is not bit-identical to Flower: max |diff| {diff:.3g}, NumPy loop {numpy_diff:.3g}")
     views = [[np.ravel(v) for v in record_views(r)] for r in records]
     threads = resolve_workers(None, size.updates * size.parameters)
     pool = ThreadPoolExecutor(max_workers=threads)
     cpu: dict[str, list[float]] = {"fedforge": [], "flower": []}
-    fed, flower, floor, floor_n, exact = interleaved(
+    fed, flower, floor, floor_n, plain = interleaved(
         [
             with_cpu(lambda: aggregate_records(records, weights), cpu["fedforge"]),
             with_cpu(lambda: aggregate_arrayrecords(contents, "num-examples"), cpu["flower"]),
             lambda: read_pass(views),
             lambda: _none(list(pool.map(read_pass, [views[t::threads] for t in range(threads)]))),
-            lambda: _none(aggregate_records(records, weights, exact=True)),
+            lambda: _none(numpy_loop(records, weights)),
         ],
         repeats=size.repeats,
         units=["s", "s", "s", "s", "s"],
@@ -142,11 +141,12 @@ def kernel_figure(size: Size, records: list[ArrayRecord], weights: list[int]) ->
         goal=GOAL,
         goal_met=ratio >= GOAL_RATIO,
         notes=(
-            f"identical ArrayRecords in, results max |diff| {diff:.2g} (tolerance {TOLERANCE:g}); "
-            f"the bytes are read in place, once, in cache-sized blocks, on {threads} thread(s), with the fused "
-            f"arithmetic (torch add_ with alpha: one rounding per step). The exact arithmetic (exact=True, "
-            f"bit-identical to Flower's, NumPy multiply then add) took {exact.median:.3g} s "
-            f"({exact.low:.3g}..{exact.high:.3g}), {flower.median / exact.median:.2g}x faster than Flower. "
+            f"identical ArrayRecords in, results bit-identical (max |diff| {diff:.2g}; the issue asks "
+            f"{TOLERANCE:g}); the bytes are read in place, once, in cache-sized blocks, on {threads} thread(s), "
+            f"by the compiled loop (eight updates per pass over the accumulator, Flower's roundings). The NumPy "
+            f"loop alone (what runs without Numba, also bit-identical: multiply then add per update) took "
+            f"{plain.median:.3g} s ({plain.low:.3g}..{plain.high:.3g}), {flower.median / plain.median:.2g}x "
+            f"faster than Flower. "
             f"Memory floor measured alongside: one read pass over the same bytes (a dot product per array) took "
             f"{floor.median:.3g} s ({floor.low:.3g}..{floor.high:.3g}) on one thread, {floor_n.median:.3g} s "
             f"({floor_n.low:.3g}..{floor_n.high:.3g}) on {threads}, the honest floor for a {threads}-thread kernel: "
@@ -165,8 +165,8 @@ def kernel_figure(size: Size, records: list[ArrayRecord], weights: list[int]) ->
             "fedforge_over_floor_threads": fed.median / floor_n.median,
             "cpu_s": cpu_fed,
             "flower_cpu_s": cpu_flower,
-            "exact_s": exact.median,
-            "exact_ratio": flower.median / exact.median,
+            "numpy_loop_s": plain.median,
+            "numpy_loop_ratio": flower.median / plain.median,
         },
     )
 
@@ -183,8 +183,8 @@ def strategy_figure(size: Size, records: list[ArrayRecord], weights: list[int]) 
         if ours.outcomes[1].participants != size.updates:
             raise SystemExit(f"SanitizedFedAvg dropped replies: {ours.outcomes[1].reasons[:3]}")
         diff = max_abs_diff(ours_arrays, theirs_arrays)
-        if diff > TOLERANCE:
-            raise SystemExit(f"SanitizedFedAvg and FedAvg disagree: max |diff| {diff:.3g} > {TOLERANCE}")
+        if diff != 0:
+            raise SystemExit(f"SanitizedFedAvg is not bit-identical to FedAvg: max |diff| {diff:.3g}")
         fed, flower = interleaved(
             [lambda: _none(ours.aggregate_train(1, replies)), lambda: _none(theirs.aggregate_train(1, replies))],
             repeats=size.repeats,
@@ -202,6 +202,12 @@ def strategy_figure(size: Size, records: list[ArrayRecord], weights: list[int]) 
         notes=f"fedforge also screens every update for NaN/Inf and its norm; max |diff| {diff:.2g}",
         extra={"max_abs_diff": diff},
     )
+
+
+def numpy_loop(records: Sequence[ArrayRecord], weights: Sequence[int]) -> ArrayRecord:
+    """``aggregate_records`` with the kernel's NumPy loop only, as it runs where Numba is missing."""
+    averaged = fedavg([record_views(r) for r in records], weights, norms=False, compiled=False)
+    return to_record(list(records[0].keys()), averaged.arrays)
 
 
 def _none(_: object) -> None:

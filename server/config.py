@@ -79,9 +79,9 @@ class ServerSettings(FedforgeSettings):
     local_batch_size: int = Field(default=64, ge=1)
     local_lr: float = Field(default=1e-3, gt=0)
     device: str = "auto"
-    # FedAvg on the CPU: false uses the fused one-pass arithmetic (within float rounding of
-    # Flower's); true reproduces Flower's aggregate_arrayrecords bit for bit, a little slower,
-    # and never on the GPU (docs/aggregation.md).
+    # FedAvg reproduces Flower's aggregate_arrayrecords bit for bit on the CPU; a GPU (device
+    # "auto"/"cuda") rounds differently, within float32 rounding. true keeps every round on the
+    # CPU, so every round has Flower's bits (docs/aggregation.md).
     aggregation_exact: bool = False
     seed: int = 0
     # A device whose last status is older than this is shown offline even without a will.

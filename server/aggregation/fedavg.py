@@ -11,22 +11,19 @@ Here the updates' bytes are read exactly once, straight from where they arrived 
   arithmetic, so all K updates' copies of a group of them are stacked into one cache-sized
   matrix, scaled by the weights and reduced over the updates in three NumPy calls.
 
-How a block is added in, two arithmetics:
+Both job kinds use Flower's arithmetic, so the result is bit-identical to Flower's for the
+same inputs: weights normalised as ``w / sum(w)`` in Python floats, products rounded in the
+layer's own float dtype (float32 models accumulate in float32, as NumPy does for
+``float32_array * python_float``), updates added in order (a reduction over the first axis
+of a C-ordered stack adds row after row). Non-float layers are averaged in float64, as
+NumPy's promotion does in Flower. The blocks of float32/float64 layers run a compiled loop
+that adds eight updates per pass over the accumulator (see ``compiled``); other dtypes, and
+every block when Numba is missing or ``compiled=False``, run the same arithmetic in NumPy.
 
-- **fused** (the default) for the blocks of float32/float64 layers: torch's one-pass
-  ``acc.add_(x, alpha=w)`` (see ``fused``). It rounds once per step, so the mean is within
-  float rounding of Flower's, not equal to it bit for bit;
-- **exact** (``exact=True``; always for stacks and other dtypes): Flower's arithmetic in
-  NumPy. Weights are normalised as ``w / sum(w)`` in Python floats, products rounded in the
-  layer's own float dtype (float32 models accumulate in float32, as NumPy does for
-  ``float32_array * python_float``), updates added in order (a reduction over the first axis
-  of a C-ordered stack adds row after row). The result is bit-identical to Flower's for the
-  same inputs. Non-float layers are averaged in float64, as NumPy's promotion does in Flower.
-
-Jobs are shared by ``workers`` threads (NumPy and torch release the GIL in their loops, and
-a single core cannot draw the memory bandwidth of two). In both arithmetics each output
-value is summed by one thread in update order, so the result depends on the inputs alone,
-never on the block size or the thread count.
+Jobs are shared by ``workers`` threads (NumPy and the compiled loop release the GIL, and
+a single core cannot draw the memory bandwidth of two). Each output value is summed by one
+thread in update order, so the result depends on the inputs alone, never on the block size
+or the thread count.
 
 The same pass yields each update's squared norm (NaN/Inf when it holds a non-finite value)
 from the values while they are in cache, so the sanity check costs no second pass over the
@@ -36,6 +33,7 @@ memory; a caller that does not need them (``norms=False``) skips even that.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -50,21 +48,24 @@ from server.aggregation.pools import Pools
 from server.errors import AggregationError
 
 if TYPE_CHECKING:
-    from server.aggregation.fused import FusedLayers
+    from server.aggregation.compiled import CompiledLayers
+
+log = logging.getLogger(__name__)
 
 Layer = npt.NDArray[np.generic]
 Update = Sequence[Layer]
 
 Mean = Callable[[Sequence[Update], Sequence[float]], "Averaged"]
 
-# Values per block of the exact (NumPy) arithmetic: 256 Ki, 1 MiB of float32 per operand.
+# Values per block of the NumPy loop: 256 Ki, 1 MiB of float32 per operand.
 # Measured on 100 x 1 M float32 (2-core EPYC, 1 MiB L2 a core, 32 MiB L3): 64 Ki blocks took
 # 1.9x as long as 256 Ki, 128 Ki 1.3x, 512 Ki the same; few long streams per update read
 # memory faster than many short ones, and the accumulator still stays in L2/L3.
 DEFAULT_BLOCK = 1 << 18
-# Values per block of the fused (torch) arithmetic: torch's per-call cost is higher than
-# NumPy's, so its blocks are longer (512 Ki measured best; 64 Ki took 2x as long).
-FUSED_BLOCK = 1 << 19
+# Values per block of the compiled loop. It works through a block in chunks of its own (see
+# ``compiled.CHUNK``) at no cost per call, so blocks only need to be many enough to share
+# evenly between the threads: 64 Ki cuts a 1 M layer into 16.
+COMPILED_BLOCK = 1 << 16
 # A layer whose K copies fit in this many bytes is stacked (see the module docstring).
 STACK_BYTES = 1 << 20
 # Below this many values in a round (K x P), threads cost more to wake than the work they share.
@@ -194,15 +195,16 @@ def fedavg(
     block: int | None = None,
     workers: int | None = None,
     norms: bool = True,
-    exact: bool = False,
+    compiled: bool = True,
 ) -> Averaged:
     """Weighted mean of ``updates`` (each a list of layers, same layout), with their squared norms.
 
-    ``exact``: Flower's arithmetic bit for bit (NumPy) instead of the fused one (torch) for
-    float32/float64 layers. ``workers`` threads share the jobs (``None``: see
-    ``resolve_workers``). ``block``: values per block (``None``: ``DEFAULT_BLOCK`` exact,
-    ``FUSED_BLOCK`` fused). The result depends on neither. ``norms=False`` leaves
-    ``sq_norms`` out (a little less work per value, for callers that check nothing).
+    Bit-identical to Flower's ``aggregate_arrayrecords`` on the same arrays. ``compiled``:
+    large float32/float64 layers run the compiled loop (False: NumPy only, the reference).
+    ``workers`` threads share the jobs (``None``: see ``resolve_workers``). ``block``: values
+    per block (``None``: ``COMPILED_BLOCK`` compiled, ``DEFAULT_BLOCK`` NumPy). The result
+    depends on none of these. ``norms=False`` leaves ``sq_norms`` out (a little less work per
+    value, for callers that check nothing).
     """
     factors = normalised(weights)
     layout = check_layout(updates)
@@ -213,27 +215,23 @@ def fedavg(
     sizes = [math.prod(shape) for shape, _ in layout]
     threads = resolve_workers(workers, len(updates) * sum(sizes))
     dtypes = [accumulator_dtype(dtype) for _, dtype in layout]
-    flats = [[np.ravel(a) for a in update] for update in updates]  # views for C-ordered layers
-    fused = set() if exact else {j for j, (_, dtype) in enumerate(layout) if _fusable(dtype)}
-    blocks = [block or (FUSED_BLOCK if j in fused else DEFAULT_BLOCK) for j in range(len(layout))]
+    flats = [[a.ravel() for a in update] for update in updates]  # views for C-ordered layers
+    candidates = _compilable_layers(layout, len(updates)) if compiled else set()
+    blocks = [block or (COMPILED_BLOCK if j in candidates else DEFAULT_BLOCK) for j in range(len(layout))]
     jobs = plan(sizes, dtypes, len(updates), blocks)
-    fused_layers = {job.layer for job in jobs if isinstance(job, _Blocks) and job.layer in fused}
     kernel = _Kernel(
         flats=flats,
         factors=factors,
         outputs=[np.empty(n, dtype=dtype) for n, dtype in zip(sizes, dtypes, strict=True)],
         norms=norms,
-        fused=_fused_layers(flats, fused_layers),
+        compiled=_compiled_layers(flats, candidates, factors),
     )
     sq = np.zeros(len(updates), dtype=np.float64) if norms else None
     with np.errstate(all="ignore"):  # non-finite updates are reported through sq_norms, not warnings
-        if kernel.fused is not None:
-            # Always on the pool: its threads run torch on one intra-op thread each.
-            parts: Iterable[npt.NDArray[np.float64] | None] = _fused_pool(threads).map(kernel.run, jobs)
-        elif threads > 1 and len(jobs) > 1:
-            parts = _pool(threads).map(kernel.run, jobs)
-        else:
-            parts = map(kernel.run, jobs)
+        pooled = threads > 1 and len(jobs) > 1
+        parts: Iterable[npt.NDArray[np.float64] | None] = (
+            _pool(threads).map(kernel.run, jobs) if pooled else map(kernel.run, jobs)
+        )
         for part in parts:
             if sq is not None and part is not None:
                 sq += part
@@ -241,23 +239,35 @@ def fedavg(
     return Averaged(arrays, sq)
 
 
-def _fusable(dtype: np.dtype[np.generic]) -> bool:
-    # float32/float64 in the machine's byte order: what torch adds in place without a copy.
-    return dtype.isnative and dtype in (np.dtype(np.float32), np.dtype(np.float64))
+def _compilable_layers(layout: Sequence[tuple[tuple[int, ...], np.dtype[np.generic]]], updates: int) -> set[int]:
+    # Only layers that are cut into blocks (not stacked); float32/float64 in native byte order.
+    return {
+        j
+        for j, (shape, dtype) in enumerate(layout)
+        if updates * math.prod(shape) * dtype.itemsize > STACK_BYTES
+        and dtype.isnative
+        and dtype in (np.dtype(np.float32), np.dtype(np.float64))
+    }
 
 
-def _fused_layers(flats: Sequence[Update], layers: set[int]) -> FusedLayers | None:
+def _compiled_layers(flats: Sequence[Update], layers: set[int], factors: Sequence[float]) -> CompiledLayers | None:
     if not layers:
         return None
-    from server.aggregation.fused import FusedLayers
+    try:
+        from server.aggregation.compiled import CompiledLayers
+    except ImportError as exc:  # Numba missing or broken: the NumPy loop gives the same bits, slower
+        _warn_no_numba(exc)
+        return None
+    return CompiledLayers(flats, sorted(layers), factors)
 
-    return FusedLayers(flats, sorted(layers))
+
+_WARNED: list[bool] = []
 
 
-def _fused_pool(workers: int) -> ThreadPoolExecutor:
-    from server.aggregation.fused import fused_pool
-
-    return fused_pool(workers)
+def _warn_no_numba(exc: ImportError) -> None:
+    if not _WARNED:
+        _WARNED.append(True)
+        log.warning("FedAvg runs its NumPy loop only (same result, about 2x slower): %s", exc)
 
 
 @dataclass(frozen=True)
@@ -266,16 +276,14 @@ class _Kernel:
     factors: list[float]
     outputs: list[npt.NDArray[np.floating]]
     norms: bool
-    fused: FusedLayers | None
+    compiled: CompiledLayers | None
 
     def run(self, job: Job) -> npt.NDArray[np.float64] | None:
         if isinstance(job, _Stack):
             return self._stack(job)
-        if self.fused is not None and self.fused.holds(job.layer):
+        if self.compiled is not None and self.compiled.holds(job.layer):
             sq = np.zeros(len(self.flats), dtype=np.float64) if self.norms else None
-            self.fused.weighted_sum(
-                self.outputs[job.layer][job.start : job.stop], job.layer, job.start, self.factors, sq
-            )
+            self.compiled.weighted_sum(self.outputs[job.layer][job.start : job.stop], job.layer, job.start, sq)
             return sq
         return self._blocks(job)
 

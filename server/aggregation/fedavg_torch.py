@@ -23,15 +23,24 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from server.aggregation.fedavg import Averaged, Update, accumulator_dtype, check_layout, normalised
-from server.aggregation.fused import readonly_ok
 from server.errors import AggregationError
+
+
+@contextmanager
+def readonly_ok() -> Iterator[None]:
+    """Silences torch's warning on tensors over read-only arrays: the updates' bytes are only read."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        yield
 
 
 def resolve_device(device: str) -> torch.device:

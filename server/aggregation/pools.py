@@ -1,7 +1,7 @@
-"""The kernels' long-lived thread pools: one per size, started once, forgotten in a forked child.
+"""The CPU kernel's long-lived thread pools: one per size, started once, forgotten in a forked child.
 
 Starting threads on every call costs more than a small round's arithmetic, so the CPU
-kernels keep their pools for the life of the process. A forked child inherits the dict of
+kernel keeps its pools for the life of the process. A forked child inherits the dict of
 pools but none of their threads: a pool's ``map`` there would queue jobs that no thread
 ever runs, and the aggregation would hang. So the registry forgets its pools (and its lock,
 which another thread may have held at the fork) in the child, which starts its own.

@@ -3,7 +3,7 @@
 An ``Array`` keeps its values as ``.npy`` bytes; they are viewed in place (no ``np.load``
 copy) and handed to the pure kernels. Which kernel runs: the CUDA one when the settings
 allow a GPU, torch sees one and the round is big enough to pay for the transfers; the
-CPU one otherwise (fused, or Flower-exact when asked: see ``server.aggregation.fedavg``).
+CPU one otherwise, which is Flower-exact (see ``server.aggregation.fedavg``).
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def average(
     """FedAvg (with its per-update squared norms unless ``norms=False``), on the GPU or the CPU per ``use_gpu``.
 
     ``workers``: CPU threads (``None``: ``server.aggregation.fedavg.resolve_workers`` decides).
-    ``exact``: Flower's arithmetic bit for bit, which only the CPU kernel does. The GPU path
-    always computes the norms (they cost it nothing measurable).
+    ``exact``: Flower's arithmetic bit for bit, which only the CPU kernel does, so never the GPU.
+    The GPU path always computes the norms (they cost it nothing measurable).
     """
     values = sum(int(a.size) for a in updates[0]) if updates else 0
     if use_gpu(device, len(updates), values, exact=exact):
@@ -81,7 +81,7 @@ def average(
             return fedavg_torch(updates, weights, device="cuda" if device == "auto" else device)
         except RuntimeError as exc:  # CUDA out of memory, a lost device: the CPU still gets the round done
             log.warning("GPU aggregation failed (%s); aggregating on the CPU", exc)
-    return fedavg(updates, weights, workers=workers, norms=norms, exact=exact)
+    return fedavg(updates, weights, workers=workers, norms=norms)
 
 
 def screened_average(

@@ -147,7 +147,7 @@ class SanitizedFedAvg(BoundedFedAvg):
         self.node_wait_s = node_wait_s  # a round waits at most this long for its SuperNodes
         self.max_update_norm = max_update_norm
         self.device = device  # "auto" lets aggregation use a GPU when there is one
-        self.exact = exact  # Flower's arithmetic bit for bit (server.aggregation.fedavg)
+        self.exact = exact  # Flower's arithmetic bit for bit: the CPU kernel, never the GPU
         self.on_round = on_round
         self.outcomes: dict[int, RoundOutcome] = {}
         self._sent: dict[int, ArrayRecord] = {}

@@ -1,4 +1,4 @@
-"""The kernels' pools in a forked child: it starts its own, where the parent's would hang."""
+"""The kernel's pools in a forked child: it starts its own, where the parent's would hang."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 
 def child_status() -> int:
-    """Forks; the child aggregates on two threads with each arithmetic, exits 0 if right."""
+    """Forks; the child aggregates on two threads with each loop, exits 0 if right."""
     updates = [[np.full(300_000, float(k), dtype=np.float32)] for k in range(3)]
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         signal.alarm(20)  # a hang ends the child with SIGALRM instead of the test run
         code = 0
-        for exact in (False, True):
-            got = fedavg(updates, [1, 1, 2], workers=2, exact=exact).arrays[0]
+        for compiled in (True, False):
+            got = fedavg(updates, [1, 1, 2], workers=2, compiled=compiled).arrays[0]
             code |= 0 if np.allclose(got, 1.25) else 1
         os._exit(code)
     deadline = time.monotonic() + 60
@@ -38,6 +38,6 @@ def child_status() -> int:
 
 def test_a_forked_child_aggregates_on_threads_of_its_own() -> None:
     updates = [[np.full(300_000, float(k), dtype=np.float32)] for k in range(3)]
-    for exact in (False, True):  # the parent's pools exist before the fork
-        np.testing.assert_allclose(fedavg(updates, [1, 1, 2], workers=2, exact=exact).arrays[0], 1.25)
+    for compiled in (True, False):  # the parent's pool exists before the fork
+        np.testing.assert_allclose(fedavg(updates, [1, 1, 2], workers=2, compiled=compiled).arrays[0], 1.25)
     assert child_status() == 0

@@ -18,6 +18,7 @@ from server.app import ensure_bootstrap_model, ensure_signing_key
 from server.config import ServerSettings
 from server.errors import ServerError
 from server.federation.run import TrainingRun, promotion_gate
+from server.federation.strategy import SanitizedFedAvg
 from server.registry import InMemoryRegistry
 from server.training.checkpoints import checkpoint_path, load_state
 from shared import topics
@@ -224,16 +225,16 @@ def test_a_named_strategy_aggregates_with_its_rule(boot: Bootstrapped) -> None:
 
 
 @pytest.mark.parametrize("exact", [True, False])
-def test_the_runs_fedavg_follows_the_aggregation_exact_setting(
+def test_the_runs_fedavg_has_flowers_bits_and_follows_the_aggregation_exact_setting(
     boot: Bootstrapped, exact: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``aggregation_exact`` gives Flower's bits; the default fused arithmetic is within 1e-6."""
+    """The CPU kernel gives Flower's bits either way; ``aggregation_exact`` also keeps rounds off a GPU."""
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
     from flwr.supercore.task_identity import TaskIdentity
 
     from server.aggregation import fedavg as kernel
 
-    monkeypatch.setattr(kernel, "STACK_BYTES", 0)  # every float layer is a block: fused unless exact
+    monkeypatch.setattr(kernel, "STACK_BYTES", 0)  # every float layer is a block: the compiled loop
     settings = boot.settings.model_copy(update={"aggregation_exact": exact})
     run = TrainingRun.open(settings, run_id=f"run-exact-{exact}", rounds=1, min_agents=1, registry=boot.registry)
     state = load_state(boot.settings.data_dir, boot.settings.task, 1)
@@ -250,7 +251,8 @@ def test_the_runs_fedavg_follows_the_aggregation_exact_setting(
             sent = Message(RecordDict({"arrays": arrays}), dst_node_id=node, message_type=MessageType.TRAIN)
             metrics = MetricRecord({"num-examples": n, "train-loss": 0.3, "positives": 1})
             replies.append(Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=sent))
-        agg, _ = run.strategy().aggregate_train(1, replies)
+        strategy = run.strategy()
+        agg, _ = strategy.aggregate_train(1, replies)
     finally:
         TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
     assert agg is not None
@@ -262,9 +264,9 @@ def test_the_runs_fedavg_follows_the_aggregation_exact_setting(
     floats = [k for k in flower if flower[k].numpy().dtype == np.float32]
     assert floats
     for key in floats:
-        np.testing.assert_allclose(agg[key].numpy(), flower[key].numpy(), rtol=0, atol=1e-6)
-    same = all(np.array_equal(agg[key].numpy(), flower[key].numpy()) for key in floats)
-    assert same is exact  # exact: Flower's bits; fused: one rounding per step shows in some last bit
+        np.testing.assert_array_equal(agg[key].numpy(), flower[key].numpy())
+    assert isinstance(strategy, SanitizedFedAvg)
+    assert strategy.exact is exact  # what keeps its rounds off a GPU (use_gpu)
 
 
 def test_finish_without_an_aggregate_raises(boot: Bootstrapped) -> None:
