@@ -31,6 +31,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from server.aggregation.fedavg import Averaged, screen
 from server.errors import AggregationError
 from server.federation.aggregate import record_views, screened_average, to_record
+from server.federation.replies import average_train_metrics, split_records
 from server.federation.sampling import DEFAULT_NODE_WAIT_S, BoundedFedAvg
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,7 @@ def parse_reply(msg: Message, expected: ArrayRecord | None = None) -> ParsedRepl
     node = f"node {msg.metadata.src_node_id}"
     if msg.has_error():
         return f"{node}: error {msg.error.reason}"
-    content = msg.content
-    metrics = list(content.metric_records.values())
+    arrays, metrics = split_records(msg.content)
     if len(metrics) != 1:
         return f"{node}: expected one MetricRecord, got {len(metrics)}"
     examples = metrics[0].get("num-examples", 0)
@@ -92,7 +92,6 @@ def parse_reply(msg: Message, expected: ArrayRecord | None = None) -> ParsedRepl
         return f"{node}: num-examples is not a finite number: {examples!r}"
     if examples <= 0:
         return f"{node}: no labelled examples"
-    arrays = list(content.array_records.values())
     if len(arrays) != 1:
         return f"{node}: expected one ArrayRecord, got {len(arrays)}"
     layout = _layout(arrays[0])
@@ -189,7 +188,12 @@ class SanitizedFedAvg(BoundedFedAvg):
         if averaged is None or not sound:
             return None, None
         arrays = to_record([key for key, _, _ in sound[0].layout], averaged.arrays)
-        metrics = self.train_metrics_aggr_fn([reply.msg.content for reply in sound], self.weighted_by_key)
+        metrics = average_train_metrics(
+            self.train_metrics_aggr_fn,
+            [reply.msg.content for reply in sound],
+            [reply.metrics for reply in sound],
+            self.weighted_by_key,
+        )
         if metrics is not None:
             outcome.train_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         # The round waits for the slowest agent: its training time is the round's compute.
