@@ -200,3 +200,24 @@ def test_edge_numbers_read_alike(spec: FeatureSpec, number: str) -> None:
     assert np.float64(typed.rows[0][1]).tobytes() == np.float64(want).tobytes()
     assert np.float64(typed.ts[0]).tobytes() == np.float64(want).tobytes()
     assert_same([body], spec)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [2**53 + 1, 2**63, -(2**63) - 1, 2**64 - 1, 2**64 + 1, 2**1000 + 2**947, 2**1000 + 2**947 + 1, 2**1023 + 1,
+     2**1024 - 2**971, 2**1024 - 2**970, 10**400],
+)  # fmt: skip
+def test_integers_read_as_float_reads_them(spec: FeatureSpec, number: int) -> None:
+    """Ties round to even, as ``float()`` does; what ``float()`` cannot hold is refused."""
+    body = json.dumps({**record("i", ts=number), "features": {"a": number, "b": 0, "c": 0, "amount": 0}}).encode()
+    typed = decode(body)
+    try:
+        want: float | None = float(number)
+    except OverflowError:
+        want = None
+    if want is None:
+        assert typed is None
+    else:
+        assert isinstance(typed, TypedRecords)
+        assert (typed.ts[0], typed.rows[0][0]) == (want, want)
+    assert_same([body], spec)
