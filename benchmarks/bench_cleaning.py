@@ -8,7 +8,8 @@ with ``json.loads``, builds one DataFrame per micro-batch and applies the same r
 pandas operations. Both sides see the same "already stored" ids (a set both update), and
 their outputs are checked identical (the script fails otherwise): same kept rows and values, same
 quarantine decisions, reasons and raw bytes, in the same order. The process is pinned to
-one CPU. The agent decodes JSON with orjson; the anchor's time with orjson instead of
+one CPU. The agent decodes plain JSON payloads with msgspec into types built from the spec
+(orjson for the rest); the anchor's time with orjson instead of
 ``json.loads`` is reported too (extra ``pandas_orjson_records_per_s``), so the share of the
 decoder in the ratio is visible.
 """

@@ -46,7 +46,8 @@ from edge_agent.pipeline.cleaning import (
     record_id_of,
     record_raw,
 )
-from edge_agent.pipeline.frame import Frame
+from edge_agent.pipeline.frame import Frame, is_frame
+from edge_agent.pipeline.typed import TypedRecords, typed_decoder
 from shared.features import FeatureSpec
 from shared.schemas import SCHEMA_VERSION, ingest_record_object
 
@@ -134,18 +135,35 @@ class _Origins:
     """Where each record position came from, looked up only for the few records that need it
     (a reason, a raw copy), so the fast path keeps no per-record reference to its source."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
         self.starts: list[int] = []
-        self.sources: list[tuple[list[Any] | Packed | Frame, bytes, bool]] = []  # (items, payload, single)
+        # (items, payload, single); items None: decoded the typed way, read again on demand
+        self.sources: list[tuple[list[Any] | Packed | Frame | None, bytes, bool]] = []
 
-    def add(self, start: int, items: list[Any] | Packed | Frame, payload: bytes, single: bool) -> None:
+    def add(self, start: int, items: list[Any] | Packed | Frame | None, payload: bytes, single: bool) -> None:
         self.starts.append(start)
         self.sources.append((items, payload, single))
+
+    def _items(self, k: int) -> list[Any] | Packed | Frame:
+        items, payload, single = self.sources[k]
+        if items is None:
+            # The typed decoder took this payload whole; the general decoder reads the same
+            # records (as dicts or rows) for the reference.
+            parsed = payload_items(payload, self.names)
+            if isinstance(parsed, Packed):
+                items = parsed
+            elif isinstance(parsed, tuple):
+                items = parsed[0]
+            else:  # cannot happen: both decoders accept the same JSON (tests/.../test_typed.py)
+                raise RuntimeError("a payload the typed decoder read is unreadable to the general one")
+            self.sources[k] = (items, payload, single)
+        return items
 
     def obj(self, pos: int) -> Any:
         """The record object at ``pos`` (a packed row or a frame's record as the record it stands for)."""
         k = bisect_right(self.starts, pos) - 1
-        items = self.sources[k][0]
+        items = self._items(k)
         i = pos - self.starts[k]
         return items.record(i) if isinstance(items, (Packed, Frame)) else items[i]
 
@@ -164,7 +182,8 @@ def clean_payloads(
     getter, width = checker.getter, len(checker.names)
     low = np.array([b[1] for b in checker.bounds], dtype=np.float64)
     high = np.array([b[2] for b in checker.bounds], dtype=np.float64)
-    origins = _Origins()
+    origins = _Origins(checker.names)
+    typed = typed_decoder(checker.names)
     frames: list[tuple[int, Frame]] = []  # binary frames and the position of their first record
     # Candidates: records of the right shape, values not yet checked, in arrival order.
     cand_pos: list[int] = []
@@ -172,9 +191,30 @@ def clean_payloads(
     cand_ts: list[float] = []
     rows: list[Sequence[Any]] = []
     slow: list[int] = []  # positions the reference must judge
+    typed_only = True  # every row's values are floats (the typed decoder's)
     quarantined: list[tuple[int, Quarantined]] = []
     pos = 0
     for payload in payloads:
+        # Plain, valid JSON payloads (nearly all) decode straight into ids, ts and rows;
+        # whatever the typed decoder refuses is read the general way below.
+        fast = None if is_frame(payload) else typed.decode(payload)
+        if fast is not None:
+            origins.add(pos, None, payload, isinstance(fast, TypedRecords) and fast.single)
+            if isinstance(fast, TypedRecords):
+                cand_ids += fast.record_ids
+                cand_ts += fast.ts
+                rows += fast.rows
+                n = len(fast.record_ids)
+            else:
+                reorder = _reorder(fast.fields, checker.names)
+                packed_rows = fast.rows
+                cand_ids += [row[0] for row in packed_rows]
+                cand_ts += [row[1] for row in packed_rows]
+                rows += [reorder(row) for row in packed_rows]
+                n = len(packed_rows)
+            cand_pos.extend(range(pos, pos + n))
+            pos += n
+            continue
         parsed = payload_items(payload, checker.names)
         if isinstance(parsed, Quarantined):
             quarantined.append((pos, parsed))
@@ -198,6 +238,7 @@ def clean_payloads(
                         cand_ids.append(rid)
                         cand_ts.append(ts)
                         rows.append(taker(row))
+                        typed_only = False
                         pos += 1
                         continue
                 slow.append(pos)
@@ -234,12 +275,13 @@ def clean_payloads(
                                 cand_ids.append(rid)
                                 cand_ts.append(ts)
                                 rows.append(row)
+                                typed_only = False
                                 pos += 1
                                 continue
             slow.append(pos)
             pos += 1
 
-    values, refused = _checked_values(rows, low, high, width)
+    values, refused = _checked_values(rows, low, high, width, typed_only)
     positions = np.array(cand_pos, dtype=np.int64)
     ids = cand_ids
     ts_arr = np.array(cand_ts, dtype=np.float64)
@@ -296,13 +338,18 @@ def _finite_ts(ts: Any) -> float | None:
     return None
 
 
-def _row_values(fields: tuple[str, ...], names: tuple[str, ...]) -> Callable[[list[Any]], Sequence[Any]] | None:
+def _row_values(fields: tuple[str, ...], names: tuple[str, ...]) -> Callable[[Sequence[Any]], Sequence[Any]] | None:
     """Takes a packed row's values in spec order; None when the fields are not the spec's
     (every row then goes to the reference, which names the unknown or missing ones)."""
-    if fields == names:
-        return lambda row: row[2:]
     if len(fields) != len(names) or set(fields) != set(names):
         return None
+    return _reorder(fields, names)
+
+
+def _reorder(fields: tuple[str, ...], names: tuple[str, ...]) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """Takes a packed row's values in spec order, ``fields`` being the spec's ``names`` in any order."""
+    if fields == names:
+        return lambda row: row[2:]
     index = [fields.index(name) + 2 for name in names]
     return lambda row: [row[i] for i in index]
 
@@ -353,13 +400,20 @@ def _checked_values(
     low: npt.NDArray[np.float64],
     high: npt.NDArray[np.float64],
     width: int,
+    floats_only: bool,
 ) -> tuple[npt.NDArray[np.float64], list[int]]:
-    """The rows as one array, and the indexes of rows the reference must judge."""
+    """The rows as one array, and the indexes of rows the reference must judge;
+    ``floats_only``: every value is known to be a float (no type to check)."""
     if not rows:
         return np.empty((0, width), dtype=np.float64), []
-    values = _numbers_only(rows, width)
-    if values is None:
-        values = _blanked_values(rows, width)
+    values: npt.NDArray[np.float64] | None
+    if floats_only:
+        # one pass over the values, no type inference (0.4 against 0.65 µs a record)
+        values = np.fromiter(chain.from_iterable(rows), np.float64, len(rows) * width).reshape(len(rows), width)
+    else:
+        values = _numbers_only(rows, width)
+        if values is None:
+            values = _blanked_values(rows, width)
     # NaN (null, or a row blanked above) fails both comparisons.
     ok = ((values >= low) & (values <= high)).all(axis=1)
     return values, np.flatnonzero(~ok).tolist()
