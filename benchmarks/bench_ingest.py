@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 install_model(settings, key)
                 count = (300 if args.quick else 20_000 if per_message == 1 else 50_000) // per_message
                 agent, bare, agent_cpu, bare_cpu = measure(
-                    per_message, wire, count, 2 if args.quick else 5, url, settings
+                    per_message, wire, count, 2 if args.quick else 9, url, settings
                 )
                 cpu_share = bare_cpu.median / agent_cpu.median
                 print(f"[{name}] process CPU per record: agent {agent_cpu.describe()}, bare {bare_cpu.describe()}")
