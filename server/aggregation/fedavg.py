@@ -216,15 +216,18 @@ def fedavg(
     threads = resolve_workers(workers, len(updates) * sum(sizes))
     dtypes = [accumulator_dtype(dtype) for _, dtype in layout]
     flats = [[a.ravel() for a in update] for update in updates]  # views for C-ordered layers
-    candidates = _compilable_layers(layout, len(updates)) if compiled else set()
-    blocks = [block or (COMPILED_BLOCK if j in candidates else DEFAULT_BLOCK) for j in range(len(layout))]
+    loop = _compiled_layers(flats, _compilable_layers(layout, len(updates)) if compiled else set(), factors)
+    # Blocks sized for the loop that runs them (the NumPy one wants longer ones).
+    blocks = [
+        block or (COMPILED_BLOCK if loop is not None and loop.holds(j) else DEFAULT_BLOCK) for j in range(len(layout))
+    ]
     jobs = plan(sizes, dtypes, len(updates), blocks)
     kernel = _Kernel(
         flats=flats,
         factors=factors,
         outputs=[np.empty(n, dtype=dtype) for n, dtype in zip(sizes, dtypes, strict=True)],
         norms=norms,
-        compiled=_compiled_layers(flats, candidates, factors),
+        compiled=loop,
     )
     sq = np.zeros(len(updates), dtype=np.float64) if norms else None
     with np.errstate(all="ignore"):  # non-finite updates are reported through sq_norms, not warnings
