@@ -102,7 +102,6 @@ def aggregate_records(
     *,
     device: str = "cpu",
     workers: int | None = None,
-    exact: bool = False,
 ) -> ArrayRecord:
     """Drop-in for Flower's ``aggregate_arrayrecords`` on already-checked records (the benchmark's subject).
 
@@ -112,5 +111,5 @@ def aggregate_records(
         raise AggregationError("no records to aggregate")
     keys = list(records[0].keys())
     views = [record_views(r) for r in records]
-    averaged = average(views, weights, device=device, workers=workers, norms=False, exact=exact)
+    averaged = average(views, weights, device=device, workers=workers, norms=False)
     return to_record(keys, averaged.arrays)

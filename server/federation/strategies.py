@@ -29,6 +29,7 @@ from flwr.serverapp import Grid
 from server.aggregation import robust
 from server.errors import ServerError
 from server.federation.catalog import STRATEGY_NAMES
+from server.federation.replies import average_train_metrics, split_records
 from server.federation.sampling import DEFAULT_NODE_WAIT_S, BoundedFedAvg
 from server.federation.strategy import RoundOutcome, check_reply
 
@@ -99,7 +100,9 @@ class CatalogStrategy(BoundedFedAvg):
             return None, None
         arrays = self._aggregate_arrays(sound)
         contents = [msg.content for msg in sound]
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        metrics = average_train_metrics(
+            self.train_metrics_aggr_fn, contents, [_metrics(msg) for msg in sound], self.weighted_by_key
+        )
         if metrics is not None:
             outcome.train_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         return arrays, metrics
@@ -116,11 +119,11 @@ class CatalogStrategy(BoundedFedAvg):
                 self._decoded[id(msg)] = [np.asarray(view) for view in reply.views]
                 checked.append((msg, None))
         # Flower refuses replies whose metric keys differ: keep the most common key set.
-        key_sets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m, p in checked if p is None]
+        key_sets = [frozenset(_metrics(m).keys()) for m, p in checked if p is None]
         common = Counter(key_sets).most_common(1)[0][0] if key_sets else frozenset()
         sound: list[Message] = []
         for msg, problem in checked:
-            if problem is None and frozenset(next(iter(msg.content.metric_records.values())).keys()) != common:
+            if problem is None and frozenset(_metrics(msg).keys()) != common:
                 problem = f"node {msg.metadata.src_node_id}: metric keys differ from the other replies'"
             if problem is None:
                 sound.append(msg)
@@ -142,7 +145,7 @@ class CatalogStrategy(BoundedFedAvg):
     def _kernel(self, stack: np.ndarray, sound: list[Message]) -> robust.Vector:
         n, p = stack.shape[0], self.params
         if self.name in ("fedavg", "fedprox"):
-            weights = [float(next(iter(m.content.metric_records.values()))[self.weighted_by_key]) for m in sound]  # type: ignore[arg-type]
+            weights = [float(_metrics(m)[self.weighted_by_key]) for m in sound]  # type: ignore[arg-type]
             return robust.weighted_mean(stack, weights)
         if self.name == "median":
             return robust.coordinate_median(stack)
@@ -155,6 +158,11 @@ class CatalogStrategy(BoundedFedAvg):
             return robust.multi_krum(stack, f, 1)
         keep = p.keep if p.keep > 0 else n - f
         return robust.multi_krum(stack, f, min(keep, n))
+
+
+def _metrics(msg: Message) -> MetricRecord:
+    """The one MetricRecord of a reply that passed ``check_reply``."""
+    return split_records(msg.content)[1][0]
 
 
 def build_strategy(

@@ -60,7 +60,7 @@ def test_a_non_finite_value_in_a_large_layer_is_screened_out(
     monkeypatch.setattr(kernel, "STACK_BYTES", 0)
     rng = np.random.default_rng(3)
     updates = [[(rng.standard_normal(60_000) * 0.1).astype(np.float32)] for _ in range(10)]
-    updates[8][0][position] = bad  # the ninth: in the compiled loop's remainder after a group of eight
+    updates[8][0][position] = bad  # the ninth: the last of the compiled loop's first group of eight
     averaged, problems = screen(updates, [1.0] * 10, max_norm=1e6)
     assert problems == {8: "non-finite values in update"}
     assert averaged is not None
