@@ -34,7 +34,7 @@ from shared.features import FeatureSpec
 from shared.tasks.fraud_spec import base_feature_spec
 
 RECORDS_PER_MESSAGE = 10  # simulations.replay's default batch
-MESSAGES_PER_BATCH = 256  # the agent's default max_batch (messages taken per micro-batch)
+MESSAGES_PER_BATCH = 256  # messages cleaned in one clean_payloads call
 FAULT_RATE = 0.02  # of records: each of null, out of range, duplicate id
 
 

@@ -291,7 +291,7 @@ def stage_costs(settings: AgentSettings, per_message: int, wire: IngestWireForma
         try:
             for start in range(0, len(messages), group):
                 t = time.process_time()
-                batch = clean_payloads(messages[start : start + group], spec, store.known_ids).accepted
+                batch = clean_payloads(messages[start : start + group], spec).accepted
                 cost["decode+clean"] += time.process_time() - t
                 t = time.process_time()
                 with store.atomic():  # scored before stored; the agent commits a whole flush (>= 1 chunk) at once

@@ -32,6 +32,7 @@ class DriftMonitor:
         self.window = window
         self._version: int | None = None
         self._names: tuple[str, ...] = ()
+        self._spec: FeatureSpec | None = None  # the spec last seen, to skip comparing names per batch
         # The spec's statistics as arrays: one vectorized pass per batch instead of a loop per feature.
         self._log1p = np.zeros(0, dtype=bool)
         self._mean = np.zeros(0)
@@ -47,13 +48,14 @@ class DriftMonitor:
 
     def observe(self, version: int, spec: FeatureSpec, raw: npt.ArrayLike) -> None:
         """Add one scored micro-batch (raw validated values, shape (n, width))."""
-        if version != self._version or spec.names != self._names:
+        if version != self._version or (spec is not self._spec and spec.names != self._names):
             # Another model means other training statistics: start a new window.
             self.reset()
             self._version, self._names = version, spec.names
             self._log1p = np.array([f.transform == "log1p" for f in spec.fields], dtype=bool)
             self._mean = np.array([f.mean for f in spec.fields], dtype=np.float64)
             self._std = np.array([f.std for f in spec.fields], dtype=np.float64)
+        self._spec = spec
         x = np.asarray(raw, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self._names):
             raise ValueError(f"expected shape (n, {len(self._names)}), got {x.shape}")

@@ -6,10 +6,12 @@ in one place: what the agent acknowledges must be committed or quarantined, and 
 is published only after its records are committed.
 
 Cleaning, storing and ONNX scoring work on micro-batches: consecutive ingest payloads are
-cleaned together (``edge_agent.pipeline.clean_payloads``: values checked as one array, the
-store asked once for duplicates), then stored, scored and published ``max_batch`` records at
-a time, each step one call for the whole chunk, and all the chunks of one flush (up to
-``FLUSH_BYTES`` of payloads) in one transaction: a commit per chunk cost about 1 µs a record.
+cleaned together (``edge_agent.pipeline.clean_payloads``: values checked as one array), then
+scored, stored and published ``max_batch`` records at a time, each step one call for the
+whole chunk, and all the chunks of one flush (up to ``FLUSH_BYTES`` of payloads) in one
+transaction: a commit per chunk cost about 1 µs a record. A record stored before (a
+redelivery) is found by the insert itself, which looks every id up anyway, and quarantined as
+a duplicate with the bytes it came in; the chunk's prediction message leaves it out.
 Every message is handled inside a try/except: an unexpected error quarantines that payload
 with the reason and the agent keeps running; only ``StoreUnavailableError`` gets out, so
 that the link acknowledges nothing of that read and the broker delivers it again.
@@ -30,7 +32,7 @@ from edge_agent.config import AgentSettings
 from edge_agent.drift import DriftMonitor
 from edge_agent.inference import ModelSlot
 from edge_agent.metrics import AgentMetrics
-from edge_agent.pipeline import CleanBatch, CleanRecord, Quarantined, clean_payload, clean_payloads
+from edge_agent.pipeline import BatchResult, CleanBatch, CleanRecord, Quarantined, clean_payload, clean_payloads
 from edge_agent.quarantine_log import QuarantineLog
 from edge_agent.store import AgentStore, BatchScores, ScoredRecord, StoreUnavailableError
 from edge_agent.telemetry import AgentCounters, LatencyWindow
@@ -62,12 +64,6 @@ class _Pending:
     ingest: list[bytes] = field(default_factory=list)  # cleaned together at the flush
     ingest_bytes: int = 0
     quarantined: list[Quarantined] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Scored:
-    publish: Callable[[], None]  # the outbox entry's publish step
-    scores: BatchScores
 
 
 class Ingest:
@@ -136,11 +132,12 @@ class Ingest:
                 pending.quarantined.append(Quarantined(None, f"internal error on {topic}: {exc!r}"[:500], payload))
         self._flush(pending)
 
-    def _clean(self, payloads: list[bytes]) -> tuple[CleanBatch, list[Quarantined]]:
+    def _clean(self, payloads: list[bytes]) -> BatchResult:
+        """Duplicates within ``payloads`` are quarantined here; those of stored records when
+        the insert finds them (``_store_and_score``)."""
         spec = self.spec
         try:
-            result = clean_payloads(payloads, spec, self.store.known_ids)
-            return result.accepted, result.quarantined
+            return clean_payloads(payloads, spec)
         except Exception:
             log.exception("batched cleaning failed; cleaning the %d payloads one by one", len(payloads))
         # One payload at a time, each in its own try: a bug costs only the payload that hits it.
@@ -156,7 +153,7 @@ class Ingest:
             accepted.extend(one.accepted)
             quarantined.extend(one.quarantined)
             ids.update(r.record_id for r in one.accepted)
-        return CleanBatch.from_records(accepted, spec.width), quarantined
+        return BatchResult(CleanBatch.from_records(accepted, spec.width), quarantined)
 
     def _handle_labels(self, payload: bytes, pending: _Pending) -> None:
         try:
@@ -169,24 +166,33 @@ class Ingest:
     def _flush(self, pending: _Pending) -> None:
         """Quarantine and store what ``pending`` holds in one transaction (a chunk that fails is
         rolled back alone, to its savepoint), then publish the chunks' predictions."""
+        if not pending.ingest and not pending.quarantined:
+            return
         accepted: CleanBatch | None = None
         quarantined = pending.quarantined
         if pending.ingest:
-            accepted, cleaning_quarantined = self._clean(pending.ingest)
-            quarantined = quarantined + cleaning_quarantined
+            cleaned = self._clean(pending.ingest)
+            accepted = cleaned.accepted
+            quarantined = quarantined + cleaned.quarantined
         publishes: list[Callable[[], None]] = []
         try:
             with self.store.atomic():
                 if accepted is not None:
-                    for chunk in accepted.chunks(self.settings.max_batch):
+                    size = self.settings.max_batch
+                    for start, chunk in zip(range(0, len(accepted), size), accepted.chunks(size), strict=True):
                         try:
-                            publishes.append(self._store_and_score(chunk))
+                            publish, stored_before = self._store_and_score(chunk)
                         except StoreUnavailableError:
                             raise
                         except Exception as exc:  # a bug, not the disk: keep the records in quarantine
                             log.exception("storing a chunk of %d records failed", len(chunk))
                             reason = f"internal error while storing: {exc!r}"[:500]
                             quarantined = quarantined + chunk.quarantined(self.spec.names, reason)
+                            continue
+                        publishes.append(publish)
+                        if stored_before:
+                            duplicates = [start + i for i in stored_before]
+                            quarantined = quarantined + cleaned.stored_duplicates(duplicates, self.spec.names)
                 if quarantined:
                     self.store.quarantine(quarantined)
         except StoreUnavailableError as exc:
@@ -203,28 +209,38 @@ class Ingest:
         for publish in publishes:
             publish()
 
-    def _store_and_score(self, chunk: CleanBatch) -> Callable[[], None]:
+    def _store_and_score(self, chunk: CleanBatch) -> tuple[Callable[[], None], list[int]]:
         """Scored first, then the records stored with their predictions and the outbox entry,
         inside the caller's transaction: one write per record, and no crash can keep the records
-        but lose the prediction message. Returns what publishes it, for after the commit."""
+        but lose the prediction message. Returns what publishes it, for after the commit, and
+        the indexes of the records the store held already (left out of the message)."""
         with self.store.atomic():
             try:
-                scored = self._score_batch(chunk, stored=False)
+                scores = self._predict(chunk)
             except Exception:
                 # The records are kept all the same, unscored: the backlog scores them later.
                 log.exception("scoring a batch of %d records failed", len(chunk))
-                scored = None
-            new = self.store.add_batch(chunk, None if scored is None else scored.scores)
+                scores = None
+            new = self.store.add_batch(chunk, scores)
+            stored_before: list[int] = []
+            if len(new) != len(chunk):
+                fresh = set(new.record_ids)
+                stored_before = [i for i, rid in enumerate(chunk.record_ids) if rid not in fresh]
+            send: Callable[[], None] | None = None
+            if scores is not None and len(new):
+                if stored_before:
+                    scores = scores.take([i for i, rid in enumerate(chunk.record_ids) if rid in fresh])
+                send = self._write_message(new.record_ids, scores)
         counters = self.counters
         counted = len(new)
 
         def publish() -> None:
             counters.ingested += counted
-            if scored is not None:
+            if send is not None:
                 counters.scored += counted
-                scored.publish()
+                send()
 
-        return publish
+        return publish, stored_before
 
     def _score(self, records: Sequence[CleanRecord]) -> int:
         """Score stored records (the backlog: their widths may differ from the model's)."""
@@ -237,15 +253,23 @@ class Ingest:
             log.warning("%d stored records do not fit model width %d", len(records) - len(usable), width)
         if not usable:
             return 0
-        scored = self._score_batch(CleanBatch.from_records(usable, width), stored=True)
-        return 0 if scored is None else len(usable)
+        batch = CleanBatch.from_records(usable, width)
+        scores = self._predict(batch)
+        if scores is None:
+            return 0
+        # Outbox row first: outside a transaction, a crash before the predictions are stored
+        # re-sends the batch and re-scores the records (duplicates are harmless); the other
+        # order could lose the batch for good.
+        send = self._write_message(batch.record_ids, scores)
+        scored = [ScoredRecord(*row) for row in zip(batch.record_ids, scores.scores, scores.alerts, strict=True)]
+        self.store.add_predictions(scores.model_version, scored)
+        self.counters.scored += len(batch)
+        send()
+        return len(batch)
 
-    def _score_batch(self, batch: CleanBatch, *, stored: bool) -> _Scored | None:
-        """Score ``batch`` and write its outbox entry; None when no model fits it.
-
-        Records already ``stored`` (the backlog) get their predictions and the message is
-        published now; otherwise the caller stores the records with the returned scores and
-        publishes after its transaction commits."""
+    def _predict(self, batch: CleanBatch) -> BatchScores | None:
+        """Score ``batch`` with the serving model (and let the drift monitor see it); None when
+        no model fits it."""
         loaded = self.slot.current  # one reference for the whole batch, even across a swap
         if loaded is None or len(batch) == 0:
             return None
@@ -260,20 +284,14 @@ class Ingest:
         self.metrics.scoring_latency.observe(elapsed / len(batch))
         threshold = self.settings.alert_threshold
         values = raw.tolist()
-        alerts = [s >= threshold for s in values]
-        message = prediction_batch_bytes(self.settings.device_id, loaded.version, batch.record_ids, values, alerts)
-        # Outbox row first: outside a transaction, a crash before the predictions are stored
-        # re-sends the batch and re-scores the records (duplicates are harmless); the other
-        # order could lose the batch for good.
-        publish = self._write_predictions(message, batch.record_ids)
-        if stored:
-            scored = [ScoredRecord(*row) for row in zip(batch.record_ids, values, alerts, strict=True)]
-            self.store.add_predictions(loaded.version, scored)
         self.drift.observe(loaded.version, loaded.manifest.feature_spec, batch.values)
-        if stored:
-            self.counters.scored += len(batch)
-            publish()
-        return _Scored(publish, BatchScores(loaded.version, values, alerts))
+        return BatchScores(loaded.version, values, [s >= threshold for s in values])
+
+    def _write_message(self, record_ids: Sequence[str], scores: BatchScores) -> Callable[[], None]:
+        """The prediction message's outbox entry; returns its publish step."""
+        device = self.settings.device_id
+        message = prediction_batch_bytes(device, scores.model_version, record_ids, scores.scores, scores.alerts)
+        return self._write_predictions(message, record_ids)
 
     def score_backlog(self) -> None:
         """Score what was stored while no model (or a model of another width) was serving."""

@@ -111,7 +111,13 @@ class Agent:
         self._inbox: list[Message] = []  # what the current readable event delivered
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
-        self.outbox = Outbox(self.store, self.link.publish_tracked, self._call_soon, max_rows=settings.outbox_max_rows)
+        self.outbox = Outbox(
+            self.store,
+            self.link.publish_tracked,
+            self._call_soon,
+            max_rows=settings.outbox_max_rows,
+            schedule_later=self._call_later,
+        )
         self.housekeeping = Housekeeping(settings, self.store, self.link, self.outbox, self.counters)
         self.ingest = Ingest(
             settings,
@@ -191,6 +197,7 @@ class Agent:
                 await loop.run_in_executor(None, self.link.wait_published, mid, 5.0)
         finally:
             await self.link.stop_on_loop()
+            self.outbox.forget_acked()  # no acknowledgement can come any more
             self.metrics.stop()
             if self._own_store:
                 self.store.close()
@@ -228,6 +235,12 @@ class Agent:
             return
         with contextlib.suppress(RuntimeError):  # loop closed between the check and the call
             loop.call_soon_threadsafe(fn)
+
+    def _call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop after ``delay`` seconds (called on the loop thread)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_later(delay, fn)
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         self._inbox.append((topic, payload))

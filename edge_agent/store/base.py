@@ -78,6 +78,10 @@ class BatchScores:
     scores: Sequence[float]
     alerts: Sequence[bool]
 
+    def take(self, rows: Sequence[int]) -> BatchScores:
+        """The scores of ``rows`` only, in that order."""
+        return BatchScores(self.model_version, [self.scores[i] for i in rows], [self.alerts[i] for i in rows])
+
 
 class AgentStore(Protocol):
     def add_records(self, batch: Sequence[CleanRecord]) -> list[CleanRecord]:
@@ -93,10 +97,6 @@ class AgentStore(Protocol):
         ...
 
     def has_record(self, record_id: str) -> bool: ...
-
-    def known_ids(self, record_ids: Sequence[str]) -> set[str]:
-        """Those of ``record_ids`` already stored: one question per batch, not per record."""
-        ...
 
     def unscored_records(self, limit: int) -> list[CleanRecord]:
         """Oldest stored records without a prediction (the backlog to score)."""

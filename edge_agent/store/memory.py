@@ -67,10 +67,6 @@ class InMemoryAgentStore:
     def has_record(self, record_id: str) -> bool:
         return record_id in self._records
 
-    def known_ids(self, record_ids: Sequence[str]) -> set[str]:
-        with self._lock:
-            return {rid for rid in record_ids if rid in self._records}
-
     def unscored_records(self, limit: int) -> list[CleanRecord]:
         with self._lock:
             out: list[CleanRecord] = []

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.config import AgentSettings
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import FORGET_AFTER_S, Outbox
 from edge_agent.pipeline import CleanRecord
 from edge_agent.service import Agent
 from edge_agent.store import InMemoryAgentStore, ScoredRecord
@@ -100,3 +100,48 @@ def test_agent_enforces_disk_budget_and_counts_evictions(tmp_path: Path) -> None
     assert store.disk_usage() <= settings.disk_budget_mb * 1024 * 1024
     assert store.has_record("r1999")
     assert not store.has_record("r0")
+
+
+class Timers:
+    """The owner's delayed calls, run when the test says the time has come."""
+
+    def __init__(self) -> None:
+        self.due: list[tuple[float, Callable[[], None]]] = []
+
+    def later(self, delay: float, fn: Callable[[], None]) -> None:
+        self.due.append((delay, fn))
+
+    def run(self) -> None:
+        due, self.due = self.due, []
+        for _, fn in due:
+            fn()
+
+
+def test_acknowledged_rows_are_deleted_together_later() -> None:
+    store, broker, timers = InMemoryAgentStore(), Broker(), Timers()
+    outbox = Outbox(store, broker.publish, lambda fn: fn(), max_rows=100, schedule_later=timers.later)
+    for i in range(3):
+        outbox.send("p", str(i).encode())
+    broker.ack_all()
+    outbox.send("p", b"3")
+    broker.ack_all()
+    assert [delay for delay, _ in timers.due] == [FORGET_AFTER_S]  # one deletion for all four
+    assert store.outbox_count() == 4  # rows still there...
+    assert outbox.depth() == 0  # ...but delivered
+    assert outbox.replay() == 0  # and not sent again
+    outbox.send("p", b"pending")
+    timers.run()
+    assert [e.payload for e in store.outbox_pending()] == [b"pending"]
+    assert outbox.delivered == 4
+    assert outbox.depth() == 1
+
+
+def test_forget_acked_deletes_what_was_acknowledged_now() -> None:
+    store, broker, timers = InMemoryAgentStore(), Broker(), Timers()
+    outbox = Outbox(store, broker.publish, lambda fn: fn(), max_rows=100, schedule_later=timers.later)
+    outbox.send("p", b"a")
+    broker.ack_all()
+    outbox.forget_acked()  # the owner stops
+    assert store.outbox_count() == 0
+    timers.run()  # the timer fires later and finds nothing to do
+    assert outbox.delivered == 1

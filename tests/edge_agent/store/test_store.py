@@ -101,13 +101,6 @@ def test_add_batch_stores_each_row_with_its_own_score(tmp_path: Path) -> None:
     ]
 
 
-def test_known_ids_in_one_question(store: AgentStore) -> None:
-    store.add_records([rec(i) for i in range(2000)])
-    asked = [f"r{i}" for i in range(1990, 2010)] + ["r5", "r5"]
-    assert store.known_ids(asked) == {f"r{i}" for i in range(1990, 2000)} | {"r5"}
-    assert store.known_ids([]) == set()
-
-
 def test_unscored_backlog_in_arrival_order(store: AgentStore) -> None:
     store.add_records([rec(i) for i in range(5)])
     store.add_predictions(1, [ScoredRecord("r1", 0.2, False), ScoredRecord("r3", 0.9, True)])
