@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from edge_agent.config import AgentSettings
 from edge_agent.drift import DriftMonitor
@@ -64,6 +65,11 @@ class _Pending:
     ingest: list[bytes] = field(default_factory=list)  # cleaned together at the flush
     ingest_bytes: int = 0
     quarantined: list[Quarantined] = field(default_factory=list)
+
+
+class _Prediction(NamedTuple):
+    scores: BatchScores
+    spec: FeatureSpec  # the scoring model's: the drift monitor compares with its statistics
 
 
 class Ingest:
@@ -216,21 +222,23 @@ class Ingest:
         the indexes of the records the store held already (left out of the message)."""
         with self.store.atomic():
             try:
-                scores = self._predict(chunk)
+                predicted = self._predict(chunk)
             except Exception:
                 # The records are kept all the same, unscored: the backlog scores them later.
                 log.exception("scoring a batch of %d records failed", len(chunk))
-                scores = None
+                predicted = None
+            scores = None if predicted is None else predicted.scores
             new = self.store.add_batch(chunk, scores)
             stored_before: list[int] = []
             if len(new) != len(chunk):
                 fresh = set(new.record_ids)
                 stored_before = [i for i, rid in enumerate(chunk.record_ids) if rid not in fresh]
             send: Callable[[], None] | None = None
-            if scores is not None and len(new):
+            if predicted is not None and scores is not None and len(new):
                 if stored_before:
                     scores = scores.take([i for i, rid in enumerate(chunk.record_ids) if rid in fresh])
                 send = self._write_message(new.record_ids, scores)
+                self.drift.observe(scores.model_version, predicted.spec, new.values)  # each record once
         counters = self.counters
         counted = len(new)
 
@@ -254,22 +262,23 @@ class Ingest:
         if not usable:
             return 0
         batch = CleanBatch.from_records(usable, width)
-        scores = self._predict(batch)
-        if scores is None:
+        predicted = self._predict(batch)
+        if predicted is None:
             return 0
+        scores = predicted.scores
         # Outbox row first: outside a transaction, a crash before the predictions are stored
         # re-sends the batch and re-scores the records (duplicates are harmless); the other
         # order could lose the batch for good.
         send = self._write_message(batch.record_ids, scores)
         scored = [ScoredRecord(*row) for row in zip(batch.record_ids, scores.scores, scores.alerts, strict=True)]
         self.store.add_predictions(scores.model_version, scored)
+        self.drift.observe(scores.model_version, predicted.spec, batch.values)
         self.counters.scored += len(batch)
         send()
         return len(batch)
 
-    def _predict(self, batch: CleanBatch) -> BatchScores | None:
-        """Score ``batch`` with the serving model (and let the drift monitor see it); None when
-        no model fits it."""
+    def _predict(self, batch: CleanBatch) -> _Prediction | None:
+        """Score ``batch`` with the serving model; None when no model fits it."""
         loaded = self.slot.current  # one reference for the whole batch, even across a swap
         if loaded is None or len(batch) == 0:
             return None
@@ -284,8 +293,8 @@ class Ingest:
         self.metrics.scoring_latency.observe(elapsed / len(batch))
         threshold = self.settings.alert_threshold
         values = raw.tolist()
-        self.drift.observe(loaded.version, loaded.manifest.feature_spec, batch.values)
-        return BatchScores(loaded.version, values, [s >= threshold for s in values])
+        scores = BatchScores(loaded.version, values, [s >= threshold for s in values])
+        return _Prediction(scores, loaded.manifest.feature_spec)
 
     def _write_message(self, record_ids: Sequence[str], scores: BatchScores) -> Callable[[], None]:
         """The prediction message's outbox entry; returns its publish step."""

@@ -106,6 +106,9 @@ def test_a_redelivered_record_is_quarantined_with_its_bytes_and_left_out_of_the_
     assert rig.store.counts()["records"] == 3
     assert (rig.counters.ingested, rig.counters.scored) == (3, 3)
     assert rig.store.outbox_count() == 2
+    drift = rig.ingest.drift.drift()
+    assert drift is not None
+    assert drift.window == 3  # the drift monitor saw r2 once
 
 
 def test_the_message_keeps_the_scores_of_the_new_records(make_rig: Callable[..., Rig], spec: FeatureSpec) -> None:
