@@ -227,16 +227,16 @@ class Ingest:
                 # The records are kept all the same, unscored: the backlog scores them later.
                 log.exception("scoring a batch of %d records failed", len(chunk))
                 predicted = None
-            scores = None if predicted is None else predicted.scores
-            new = self.store.add_batch(chunk, scores)
+            new = self.store.add_batch(chunk, None if predicted is None else predicted.scores)
+            kept: list[int] = []
             stored_before: list[int] = []
-            if len(new) != len(chunk):
+            if len(new) != len(chunk):  # a redelivery: the store held some of these already
                 fresh = set(new.record_ids)
-                stored_before = [i for i, rid in enumerate(chunk.record_ids) if rid not in fresh]
+                for i, rid in enumerate(chunk.record_ids):
+                    (kept if rid in fresh else stored_before).append(i)
             send: Callable[[], None] | None = None
-            if predicted is not None and scores is not None and len(new):
-                if stored_before:
-                    scores = scores.take([i for i, rid in enumerate(chunk.record_ids) if rid in fresh])
+            if predicted is not None and len(new):
+                scores = predicted.scores.take(kept) if stored_before else predicted.scores
                 send = self._write_message(new.record_ids, scores)
                 self.drift.observe(scores.model_version, predicted.spec, new.values)  # each record once
         counters = self.counters
