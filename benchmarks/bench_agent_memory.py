@@ -3,10 +3,11 @@
 Measured on the same local fleet as figure 6 (benchmarks/fleet_rig.py), RSS from /proc:
 
 - (a) the agent process alone, idle with its model loaded;
-- (b) the agent's whole tree idle (agent + SuperNode + ClientApp worker): before any
-  round (worker light), and right after a run while the worker still holds the ClientApp
-  and torch (it drops them after ``worker_idle_exit_s``, 120 s by default; the bench sets a
-  short one and measures after it too);
+- (b) the agent's whole tree idle (agent + SuperNode, whose ClientApp worker is a thread
+  of its process): before any round (light), and right after a run while the SuperNode
+  still holds the ClientApp and torch (it re-executes itself light after
+  ``worker_idle_exit_s``, 120 s by default; the bench sets a short one and measures after
+  it too);
 - (c) the whole tree's peak during a training run, every tree sampled every 50 ms;
 - (8b on-demand) the whole tree idle with ``federation_mode = "on_demand"``, the agent's
   default: the agents start their SuperNode and worker when the run's federation call
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 peak_supernode_ours += supernode
                 idle_warm += [t.total for t in idle_snapshot(rig)]
                 if not args.quick:
-                    time.sleep(IDLE_EXIT_S + 5.0)  # the worker drops the ClientApp and torch
+                    time.sleep(IDLE_EXIT_S + 5.0)  # the SuperNode re-executes itself without the ClientApp and torch
                     idle_dropped += [t.total for t in idle_snapshot(rig)]
     anchor_idle = mb(flower_idle_supernode)
     anchor_peak = mb(flower_peak_supernode)
@@ -156,16 +157,16 @@ def main(argv: list[str] | None = None) -> int:
             "the agent process alone (MQTT, cleaning, SQLite, ONNX Runtime session); no torch, no flwr. " + notes_idle,
         ),
         idle(
-            "8b whole agent tree idle, always-on federation (worker light)",
+            "8b whole agent tree idle, always-on federation (SuperNode light)",
             idle_cold,
-            "federation_mode = always: agent + flower-supernode + ClientApp worker before any round (and after "
-            "worker_idle_exit_s).",
+            "federation_mode = always: agent + SuperNode (ClientApp worker in its process) before any round "
+            "(and after worker_idle_exit_s).",
             {"agent_tree_idle_flower_defaults_mb": statistics.median(flower_idle_tree)},
         ),
         idle(
             "8b whole agent tree idle, on-demand federation (default)",
             on_demand_after,
-            "federation_mode = on_demand (the agent's default): the SuperNode and worker run only while a run's "
+            "federation_mode = on_demand (the agent's default): the SuperNode runs only while a run's "
             "federation call stands; measured after a run, once they stopped (before any run: median "
             f"{statistics.median(on_demand_before):.0f} MB; the run's peak: median "
             f"{statistics.median(on_demand_peak):.0f} MB).",
@@ -175,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             },
         ),
         idle(
-            "8b' whole agent tree idle right after a run, always-on (worker holds torch)",
+            "8b' whole agent tree idle right after a run, always-on (SuperNode holds torch)",
             idle_warm,
-            "until worker_idle_exit_s (default 120 s) passes without a message; then the worker re-executes "
-            "itself light"
+            "until worker_idle_exit_s (default 120 s) passes without a message; then the SuperNode leaves the "
+            "SuperLink and re-executes itself light"
             + (f" (measured after it: median {statistics.median(idle_dropped):.0f} MB)." if idle_dropped else "."),
             {"after_idle_exit_mb": statistics.median(idle_dropped)} if idle_dropped else {},
         ),
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             "lower",
             f"<= {PEAK_GOAL_MB:.0f} MB peak",
             statistics.median(peak) <= PEAK_GOAL_MB,
-            notes="sampled every 50 ms over a whole training run; fedforge's SuperNode tree (supernode + worker) "
+            notes="sampled every 50 ms over a whole training run; fedforge's SuperNode (its worker a thread) "
             f"peaked at {statistics.median(peak_supernode_ours):.0f} MB, the whole agent tree with Flower's "
             f"defaults at {statistics.median(flower_peak_tree):.0f} MB.",
             extra={

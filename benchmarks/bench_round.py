@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{what}; {runs} runs x {rounds} rounds per side, alternating; wall time of the round in the "
                 "ServerApp minus the slowest agent's training compute (one batch). fedforge (federation_mode = always, "
                 "not the agent's on_demand default): one train exchange, "
-                "replies pulled every 0.1 s, long-running ClientApp worker (--isolation process), SuperNode "
-                "pulling every 0.2 s for 30 s after a message (supernode_launcher). Flower: Strategy.start "
+                "replies pulled every 0.1 s, long-running ClientApp worker in the SuperNode's process "
+                "(--isolation process), SuperNode pulling every 0.2 s for 30 s after a message (supernode_launcher). "
+                "Flower: Strategy.start "
                 "(train + evaluate exchanges, 3 s pull poll), flwr-clientapp per message, SuperExec poll 1 s, "
                 "stock flower-supernode (3 s idle poll). Where the rest goes: benchmarks/README-round.md."
             ),

@@ -62,7 +62,7 @@ class Side:
 
 
 FEDFORGE = Side(
-    "fedforge", {"round_exchange": "fedforge"}, {"clientapp_isolation": "worker", "federation_mode": "always"}
+    "fedforge", {"round_exchange": "fedforge"}, {"clientapp_isolation": "in_node", "federation_mode": "always"}
 )
 FLOWER = Side(
     "flower-defaults",

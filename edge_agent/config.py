@@ -32,12 +32,18 @@ class AgentSettings(FedforgeSettings):
     # Flower Fleet API "host:port"; used by edge_agent.federation, not by the agent core.
     superlink_address: str | None = None
     supernode_port: int | None = None
-    # How the SuperNode runs the ClientApp: "worker" (default) is one long-running fedforge
-    # process executing every message in place (edge_agent/federation/worker.py);
-    # "subprocess" is Flower's default, a new process per message (slower rounds, see docs).
-    clientapp_isolation: Literal["worker", "subprocess"] = "worker"
-    # The worker drops the loaded ClientApp (and torch) after this many seconds without a
-    # message, so an agent between training runs idles without torch; None keeps it loaded.
+    # How the SuperNode runs the ClientApp (edge_agent/federation/supernode.py): "in_node"
+    # (default) in a worker thread of the SuperNode's own process, the app and torch kept
+    # loaded between messages; "worker" in a second long-running process, which keeps the
+    # node up if the ClientApp crashes its interpreter but adds an interpreter and a copy of
+    # flwr (~110 MB at a round's peak, benchmarks/results.md figure 8c); "subprocess" is
+    # Flower's default, a new process per message (slower rounds, see docs).
+    clientapp_isolation: Literal["in_node", "worker", "subprocess"] = "in_node"
+    # The ClientApp (and torch) is dropped after this many seconds without a message, so an
+    # agent between training runs idles without torch; None keeps it loaded. "worker" mode
+    # re-executes the worker; "in_node" mode restarts the SuperNode (it rejoins the
+    # SuperLink, under a new node id without a node key), and only with federation_mode =
+    # "always": on demand the SuperNode stops when the run ends.
     worker_idle_exit_s: float | None = Field(default=120.0, gt=0)
     # The SuperNode's idle poll of the SuperLink (flwr 1.42 sleeps a fixed 3 s when no message
     # is waiting): every ``supernode_fast_poll_s`` for ``supernode_fast_window_s`` after the

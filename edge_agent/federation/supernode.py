@@ -8,15 +8,19 @@ keeps retrying with backoff, so it joins soon after the operator registers it; a
 crash it is refused the same way until the SuperLink has declared the old session offline
 (two missed 30 s heartbeats), then rejoins under the same node id.
 
-By default (``clientapp_isolation = "worker"``) the SuperNode runs with
-``--isolation process`` and a second supervised child, ``edge_agent.federation.worker``,
-executes every ClientApp message in one long-running process; ``"subprocess"`` is Flower's
-default (a ``flower-superexec`` child that starts one ``flwr-clientapp`` per message).
+How the ClientApp runs (``clientapp_isolation``): by default (``"in_node"``) the SuperNode
+runs with ``--isolation process`` and executes every message itself, in a worker thread of
+its own process (``supernode_launcher --worker-runtime-api``) with the app and torch kept
+loaded; ``"worker"`` runs that worker (``edge_agent.federation.worker``) as a second
+supervised child instead, so a ClientApp that crashes its interpreter leaves the node up,
+at ~110 MB more per agent during a run; ``"subprocess"`` is Flower's default (a
+``flower-superexec`` child that starts one ``flwr-clientapp`` per message).
 
 The SuperNode itself is Flower's, started through ``edge_agent.federation.supernode_launcher``
 so that it polls the SuperLink fast while a run is on and at Flower's 3 s when idle
-(``supernode_fast_window_s = 0`` starts Flower's ``flower-supernode`` unchanged). This
-module imports no flwr: the agent process stays light.
+(``supernode_fast_window_s = 0`` keeps Flower's waits; outside ``"in_node"`` it starts
+Flower's ``flower-supernode`` unchanged). This module imports no flwr: the agent process
+stays light.
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ def supernode_security_args(settings: AgentSettings) -> list[str]:
     return argv
 
 
-def supernode_command(settings: AgentSettings) -> list[str]:
-    """Flower's ``flower-supernode``, or the same entry point behind fedforge's adaptive poll."""
-    if settings.supernode_fast_window_s == 0:
+def supernode_command(settings: AgentSettings, port: int, parent_pid: int | None = None) -> list[str]:
+    """Flower's ``flower-supernode``, or the same entry point behind fedforge's launcher."""
+    in_node = settings.clientapp_isolation == "in_node"
+    if settings.supernode_fast_window_s == 0 and not in_node:
         return [venv_executable("flower-supernode")]
-    return [
+    argv = [
         sys.executable,
         "-m",
         "edge_agent.federation.supernode_launcher",
@@ -54,20 +59,29 @@ def supernode_command(settings: AgentSettings) -> list[str]:
         str(settings.supernode_fast_poll_s),
         "--fast-window",
         str(settings.supernode_fast_window_s),
-        "--",
     ]
+    if in_node:
+        argv += ["--worker-runtime-api", f"127.0.0.1:{port}"]
+        # Dropping torch restarts this node (it cannot unload in place), and a restarted
+        # insecure node rejoins under a new id. On demand the node stops with the run
+        # anyway, so it never restarts itself in the middle of one.
+        if settings.worker_idle_exit_s is not None and settings.federation_mode == "always":
+            argv += ["--idle-exit", str(settings.worker_idle_exit_s)]
+        argv += ["--parent-pid", str(parent_pid if parent_pid is not None else os.getpid())]
+    return [*argv, "--"]
 
 
 def supernode_argv(settings: AgentSettings, port: int | None = None) -> list[str]:
     if not settings.superlink_address:
         raise ValueError("superlink_address is not set")
-    node_config = f"store-path='{settings.db_path.resolve()}' device-id='{settings.device_id}'"
-    argv = supernode_command(settings) + supernode_security_args(settings)
-    argv += ["--superlink", settings.superlink_address, "--node-config", node_config]
     # Each SuperNode serves its ClientApps on a local port; two on one host must differ.
-    # The Runtime API is plaintext on loopback in both isolation modes.
-    argv += ["--host", "127.0.0.1", "--port", str(port or settings.supernode_port or free_port())]
-    if settings.clientapp_isolation == "worker":
+    # The Runtime API is plaintext on loopback in every isolation mode.
+    port = port or settings.supernode_port or free_port()
+    node_config = f"store-path='{settings.db_path.resolve()}' device-id='{settings.device_id}'"
+    argv = supernode_command(settings, port) + supernode_security_args(settings)
+    argv += ["--superlink", settings.superlink_address, "--node-config", node_config]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    if settings.clientapp_isolation in ("in_node", "worker"):
         argv += ["--isolation", "process"]
     return argv
 
@@ -81,7 +95,7 @@ def worker_argv(settings: AgentSettings, port: int, parent_pid: int | None = Non
 
 
 class SuperNodeCompanion:
-    """Agent companion (async start/stop) running ``flower-supernode`` and, in worker mode, its worker."""
+    """Agent companion (async start/stop) running the SuperNode and, in ``"worker"`` mode, its worker."""
 
     def __init__(self, settings: AgentSettings) -> None:
         home = settings.data_dir / "flwr"

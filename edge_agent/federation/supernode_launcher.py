@@ -21,6 +21,14 @@ the names those waits go through:
 The swap depends on flwr internals, so it is applied only to the exact flwr version it was
 written against and checked on a real SuperLink (tests/edge_agent/federation/
 test_supernode_launcher.py); on any other version the node logs an error and runs stock.
+
+With ``--worker-runtime-api`` (the agent's default, ``clientapp_isolation = "in_node"``) the
+launcher also runs the ClientApp worker (``edge_agent.federation.worker``) as a thread of
+this process, taking its tasks from this node's own Runtime API. A second process would
+hold a second interpreter and a second copy of flwr, grpc and numpy: ~110 MB of a round's
+peak (benchmarks/README-round.md). Its idle exit (``--idle-exit``) cannot unload torch from
+a live process, so it stops Flower's SuperNode gracefully (the node leaves the SuperLink)
+and re-executes the launcher under the same PID, light again.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import functools
 import importlib
 import importlib.metadata
 import logging
+import os
+import signal
 import sys
 import threading
 import time
@@ -155,19 +165,78 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return args[:split], args[split + 1 :]
 
 
+class InNodeWorker:
+    """The ClientApp worker as a thread of the SuperNode's process, and how it ends that process.
+
+    Both ways out go through Flower's own SIGTERM handler, so the node always leaves the
+    SuperLink the same way (``DeactivateNode``): the idle exit asks for a re-execution
+    (``reload``), a worker that fails asks for an exit with an error, which the agent's
+    supervisor restarts with its backoff (a re-execution would loop without one).
+    """
+
+    def __init__(self, runtime_api_address: str, idle_exit_s: float | None) -> None:
+        from edge_agent.federation.worker import ClientAppWorker  # flwr's runtime client: only in this mode
+
+        self.reload = threading.Event()
+        self.failed = threading.Event()
+        self.worker = ClientAppWorker(runtime_api_address, idle_exit_s=idle_exit_s, on_idle_exit=self._reload)
+        self.thread = threading.Thread(target=self._run, name="clientapp-worker", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Ask the thread to stop; a task still running is cut short by the process's exit."""
+        self.worker.stop()
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except Exception:
+            log.exception("the ClientApp worker failed: stopping the SuperNode")
+            self.failed.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _reload(self) -> None:
+        log.info("stopping the SuperNode to re-execute it without the loaded ClientApp")
+        self.reload.set()
+        os.kill(os.getpid(), signal.SIGTERM)  # Flower's handler runs in the main thread
+
+
+def _log_to_stderr(*loggers: logging.Logger) -> None:
+    # These modules' lines only: Flower's logger propagates, a root handler would print it twice.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _reexec(argv: Sequence[str]) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "edge_agent.federation.supernode_launcher", *argv])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``[--fast-poll S] [--fast-window S] -- <flower-supernode args>``: Flower's SuperNode, patched unless window 0."""
-    mine, flowers = split_argv(sys.argv[1:] if argv is None else argv)
+    """Flower's SuperNode (``-- <flower-supernode args>``), patched unless window 0, with the worker if asked.
+
+    ``[--fast-poll S] [--fast-window S] [--worker-runtime-api A [--idle-exit S]] [--parent-pid P]``
+    """
+    own_argv = list(sys.argv[1:] if argv is None else argv)
+    mine, flowers = split_argv(own_argv)
     parser = argparse.ArgumentParser(prog="python -m edge_agent.federation.supernode_launcher")
     parser.add_argument("--fast-poll", type=float, default=0.2, help="seconds between pulls while messages flow")
     parser.add_argument("--fast-window", type=float, default=30.0, help="fast pulls after a message; 0: stock")
+    parser.add_argument(
+        "--worker-runtime-api", default=None, help="run the ClientApp worker in this process, on this host:port"
+    )
+    parser.add_argument("--idle-exit", type=float, default=None, help="re-execute light after this many idle s")
+    parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone")
     own = parser.parse_args(mine)
-    # This module's lines only: Flower's logger propagates, a root handler would print it twice.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    _log_to_stderr(log, logging.getLogger("edge_agent.federation.worker"))
     if own.fast_window > 0:
         try:
             patch_supernode(AdaptivePoll(own.fast_poll, own.fast_window))
@@ -179,10 +248,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         except UnsupportedFlowerError as exc:
             log.error("%s; running Flower's stock SuperNode (3 s idle poll, slower rounds)", exc)
+    from flwr.supercore.app_utils import start_parent_process_monitor
     from flwr.supernode.cli import flower_supernode
 
+    if own.parent_pid is not None:
+        start_parent_process_monitor(own.parent_pid)  # SIGINT: Flower's graceful exit
+    worker: InNodeWorker | None = None
+    if own.worker_runtime_api is not None:
+        worker = InNodeWorker(own.worker_runtime_api, own.idle_exit)
+        worker.start()
+        log.info("ClientApp worker running in the SuperNode's process (Runtime API %s)", own.worker_runtime_api)
     sys.argv = ["flower-supernode", *flowers]
-    flower_supernode()
+    try:
+        flower_supernode()
+    except SystemExit:
+        if worker is not None and worker.reload.is_set():
+            worker.stop()
+            _reexec(own_argv)
+        if worker is not None and worker.failed.is_set():
+            raise SystemExit(1) from None
+        raise
+    finally:
+        if worker is not None:
+            worker.stop()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -57,8 +58,46 @@ def test_env_is_offline_quiet_and_finds_the_venv(tmp_path: Path, monkeypatch: py
     assert supernode_env(tmp_path)["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "1"
 
 
-def test_worker_mode_runs_the_supernode_in_process_isolation_beside_a_worker(tmp_path: Path) -> None:
+def launcher_options(argv: list[str]) -> list[str]:
+    return argv[3 : argv.index("--")]
+
+
+def test_in_node_mode_runs_the_worker_inside_the_supernode_process(tmp_path: Path) -> None:
     s = settings(tmp_path, superlink_address="127.0.0.1:9092", supernode_port=9301)
+    assert s.clientapp_isolation == "in_node"  # the default
+    companion = SuperNodeCompanion(s)
+    argv = companion.process.argv
+    assert argv[:3] == [sys.executable, "-m", "edge_agent.federation.supernode_launcher"]
+    assert option(argv, "--isolation") == "process"
+    # The worker thread takes its tasks from the node's own Runtime API port.
+    assert option(argv, "--worker-runtime-api") == "127.0.0.1:9301"
+    assert option(argv, "--port") == "9301"
+    assert int(option(argv, "--parent-pid")) == os.getpid()
+    # On demand (the default) the node stops with the run: it never restarts itself to drop torch.
+    assert "--idle-exit" not in argv
+    assert companion.worker is None
+    assert companion.processes == [companion.process]
+
+
+def test_in_node_mode_drops_torch_by_restarting_only_when_always_on(tmp_path: Path) -> None:
+    s = settings(tmp_path, superlink_address="127.0.0.1:9092", federation_mode="always")
+    assert float(option(supernode_argv(s), "--idle-exit")) == s.worker_idle_exit_s
+    kept = s.model_copy(update={"worker_idle_exit_s": None})
+    assert "--idle-exit" not in supernode_argv(kept)
+
+
+def test_in_node_mode_keeps_the_launcher_with_flowers_waits(tmp_path: Path) -> None:
+    # Window 0 means Flower's waits; the worker thread still needs the launcher's process.
+    s = settings(tmp_path, superlink_address="127.0.0.1:9092", supernode_fast_window_s=0.0)
+    argv = supernode_argv(s, port=9302)
+    assert option(argv, "--fast-window") == "0.0"
+    assert option(argv, "--worker-runtime-api") == "127.0.0.1:9302"
+    stock = s.model_copy(update={"clientapp_isolation": "worker"})
+    assert Path(supernode_argv(stock, port=9302)[0]).name == "flower-supernode"
+
+
+def test_worker_mode_runs_the_supernode_in_process_isolation_beside_a_worker(tmp_path: Path) -> None:
+    s = settings(tmp_path, superlink_address="127.0.0.1:9092", supernode_port=9301, clientapp_isolation="worker")
     companion = SuperNodeCompanion(s)
     assert option(companion.process.argv, "--isolation") == "process"
     assert companion.worker is not None
@@ -69,6 +108,7 @@ def test_worker_mode_runs_the_supernode_in_process_isolation_beside_a_worker(tmp
     assert float(option(worker, "--idle-exit")) == s.worker_idle_exit_s
     assert companion.processes == [companion.process, companion.worker]
     assert companion.worker.log_path == s.data_dir / "clientapp-worker.log"
+    assert launcher_options(companion.process.argv) == ["--fast-poll", "0.2", "--fast-window", "30.0"]
 
 
 def test_subprocess_mode_is_flowers_default_without_a_worker(tmp_path: Path) -> None:

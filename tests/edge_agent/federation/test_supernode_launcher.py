@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import sys
 import time
 import types
@@ -28,7 +29,9 @@ from edge_agent.federation.supernode_launcher import (
     patch_supernode,
     split_argv,
 )
-from tests.e2e.flower_nodes import online, superlink_and_node, wait_until
+from shared.flower_env import flower_env
+from shared.net import free_port
+from tests.e2e.flower_nodes import listed_nodes, online, superlink_and_node, wait_until
 from tests.e2e.procs import processes_mentioning
 from tests.edge_agent.federation.probe import submit_probe_run
 
@@ -95,9 +98,9 @@ def test_the_agent_starts_the_launcher_unless_the_window_is_zero(tmp_path: Path)
     assert argv[argv.index("--fast-poll") + 1] == str(adaptive.supernode_fast_poll_s)
     assert argv[argv.index("--fast-window") + 1] == str(adaptive.supernode_fast_window_s)
     launcher, flowers = split_argv(argv)
-    assert launcher[3:] == ["--fast-poll", "0.2", "--fast-window", "30.0"]
+    assert launcher[3:7] == ["--fast-poll", "0.2", "--fast-window", "30.0"]
     assert flowers[:2] == ["--insecure", "--superlink"]
-    stock = adaptive.model_copy(update={"supernode_fast_window_s": 0.0})
+    stock = adaptive.model_copy(update={"supernode_fast_window_s": 0.0, "clientapp_isolation": "worker"})
     assert Path(supernode_argv(stock, port=9400)[0]).name == "flower-supernode"
 
 
@@ -126,3 +129,75 @@ def test_a_real_supernode_polls_fast_while_messages_flow_then_as_flower_when_idl
         assert len(online(server)) == 1
     time.sleep(0.5)
     assert processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_in_node_worker_runs_every_message_in_the_supernode_and_restarts_it_light(tmp_path: Path) -> None:
+    log = tmp_path / "agent" / "supernode.log"
+    started_line = "ClientApp worker running in the SuperNode's process"
+    # The idle exit is longer than the SuperNode's 3 s poll between two messages.
+    with superlink_and_node(tmp_path, device_id="in-node", worker_idle_exit_s=8.0) as (server, companion):
+        assert companion.worker is None
+        node_pid = companion.process.pid
+        (first_node,) = online(server)
+
+        out = submit_probe_run(server, tmp_path)
+        assert wait_until(out.exists, 180), log.read_text()[-3000:]
+        first, failed, third = json.loads(out.read_text())
+        # Every message ran in the SuperNode's own process, the app loaded once, and a
+        # failing message came back as an error without taking the node down.
+        assert first == {"pid": node_pid, "handled": 1}
+        assert "probe failure on request" in failed["error"]
+        assert third == {"pid": node_pid, "handled": 3}
+
+        # Idle: the node leaves the SuperLink and re-executes itself under the same PID.
+        assert wait_until(lambda: log.read_text().count(started_line) == 2, 60), log.read_text()[-3000:]
+        assert wait_until(lambda: len(online(server) - {first_node}) == 1, 60), log.read_text()[-3000:]
+        # It left (DeactivateNode) rather than being timed out after two missed heartbeats.
+        assert listed_nodes(server)[first_node]["status"] != "online"
+        assert companion.process.pid == node_pid
+        assert companion.process.running()
+        assert companion.process.restarts == 0
+
+        # A fresh interpreter: the next run loads the app anew, in the same process.
+        (tmp_path / "second").mkdir()
+        out = submit_probe_run(server, tmp_path / "second")
+        assert wait_until(out.exists, 180), log.read_text()[-3000:]
+        assert json.loads(out.read_text())[0] == {"pid": node_pid, "handled": 1}
+    time.sleep(0.5)
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+FAILING_WORKER = """
+import signal, sys, time
+from edge_agent.federation import supernode_launcher, worker
+
+def run(self, max_tasks=None):
+    while signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # Flower's handler is in place
+        time.sleep(0.05)
+    raise RuntimeError("injected worker failure")
+
+worker.ClientAppWorker.run = run
+supernode_launcher.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.integration
+def test_a_failing_in_node_worker_stops_the_supernode_with_an_error(tmp_path: Path) -> None:
+    # Not restarted in place: the exit lets the agent's supervisor restart it with backoff.
+    runtime_port, link_port = free_port(), free_port()
+    argv = ["--fast-window", "0", "--worker-runtime-api", f"127.0.0.1:{runtime_port}", "--"]
+    argv += ["--insecure", "--superlink", f"127.0.0.1:{link_port}", "--isolation", "process"]
+    argv += ["--host", "127.0.0.1", "--port", str(runtime_port)]
+    proc = subprocess.run(
+        [sys.executable, "-c", FAILING_WORKER, *argv],
+        env=flower_env(tmp_path / "flwr"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "the ClientApp worker failed: stopping the SuperNode" in proc.stderr
+    assert "injected worker failure" in proc.stderr

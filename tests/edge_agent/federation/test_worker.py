@@ -25,7 +25,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_worker_runs_every_message_in_one_process_and_survives_a_failure(tmp_path: Path) -> None:
     # The idle exit is longer than the SuperNode's 3 s poll between two messages.
-    with superlink_and_node(tmp_path, device_id="probe", worker_idle_exit_s=8.0) as (server, companion):
+    with superlink_and_node(tmp_path, device_id="probe", worker_idle_exit_s=8.0, clientapp_isolation="worker") as (
+        server,
+        companion,
+    ):
         assert companion.worker is not None
         worker_pid = companion.worker.pid
 
