@@ -87,6 +87,17 @@ def test_only_registered_supernodes_join_and_keep_their_node_id(tmp_path: Path) 
         assert online(server) == {node_id}
         assert set(listed_nodes(server)) == {node_id}
 
+        # (c) A SuperNode that leaves gracefully, as the in-node worker's idle exit makes it
+        # (Flower's SIGTERM handler: DeactivateNode), rejoins under the same node id too.
+        second_online_at = listed_nodes(server)[node_id]["online-at"]
+        old_pid, restarts = process.pid, process.restarts
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGTERM)
+        assert wait_until(lambda: process.restarts > restarts and process.pid != old_pid, 60)
+        assert wait_until(lambda: listed_nodes(server).get(node_id, {}).get("online-at") != second_online_at, 120)
+        assert online(server) == {node_id}
+        assert set(listed_nodes(server)) == {node_id}
+
         # Unregistered: the key is refused from now on and the node leaves the federation.
         unregister_device(server, registry, node_id)
         assert wait_until(lambda: node_id not in online(server), 120)
