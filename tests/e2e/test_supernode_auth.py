@@ -19,6 +19,7 @@ from server.federation.flower import superlink_process, write_app
 from server.federation.node_auth import ACTION_REGISTER, register_device, unregister_device
 from server.registry.memory import InMemoryRegistry
 from shared.net import free_port, wait_port
+from shared.process import ManagedProcess
 from tests.e2e.flower_nodes import listed_nodes, online, wait_until
 from tests.e2e.procs import processes_mentioning
 
@@ -32,6 +33,18 @@ def make_certs(out: Path) -> Path:
     script = REPO / "deploy" / "pki" / "make-certs.sh"
     subprocess.run(["bash", str(script), str(out), "localhost,127.0.0.1"], check=True, capture_output=True)
     return out
+
+
+def rejoins_after(signum: int, server: ServerSettings, process: ManagedProcess, node_id: str) -> None:
+    """Signal the SuperNode; its supervisor restarts it and it activates again under ``node_id``."""
+    online_at = listed_nodes(server)[node_id]["online-at"]
+    old_pid, restarts = process.pid, process.restarts
+    assert old_pid is not None
+    os.kill(old_pid, signum)
+    assert wait_until(lambda: process.restarts > restarts and process.pid != old_pid, 60)
+    assert wait_until(lambda: listed_nodes(server).get(node_id, {}).get("online-at") != online_at, 240)
+    assert online(server) == {node_id}
+    assert set(listed_nodes(server)) == {node_id}
 
 
 def test_only_registered_supernodes_join_and_keep_their_node_id(tmp_path: Path) -> None:
@@ -73,30 +86,15 @@ def test_only_registered_supernodes_join_and_keep_their_node_id(tmp_path: Path) 
         # Positive control: once its key is registered, the retried SuperNode comes online.
         node_id = register_device(server, registry, public_key_path(agent.supernode_key), name="d1")
         assert wait_until(lambda: online(server) == {node_id}, 180)
-        first_online_at = listed_nodes(server)[node_id]["online-at"]
         audit = [e for e in registry.list_audit() if e.action == ACTION_REGISTER]
         assert [e.detail["node_id"] for e in audit] == [node_id]
 
-        # (b) A killed SuperNode is restarted and comes back under the same node id.
-        old_pid, restarts = process.pid, process.restarts
-        assert old_pid is not None
-        os.kill(old_pid, signal.SIGKILL)
-        assert wait_until(lambda: process.restarts > restarts and process.pid != old_pid, 60)
-        # The old session stays "online" until its heartbeat lapses; wait for a new activation.
-        assert wait_until(lambda: listed_nodes(server).get(node_id, {}).get("online-at") != first_online_at, 240)
-        assert online(server) == {node_id}
-        assert set(listed_nodes(server)) == {node_id}
-
-        # (c) A SuperNode that leaves gracefully, as the in-node worker's idle exit makes it
-        # (Flower's SIGTERM handler: DeactivateNode), rejoins under the same node id too.
-        second_online_at = listed_nodes(server)[node_id]["online-at"]
-        old_pid, restarts = process.pid, process.restarts
-        assert old_pid is not None
-        os.kill(old_pid, signal.SIGTERM)
-        assert wait_until(lambda: process.restarts > restarts and process.pid != old_pid, 60)
-        assert wait_until(lambda: listed_nodes(server).get(node_id, {}).get("online-at") != second_online_at, 120)
-        assert online(server) == {node_id}
-        assert set(listed_nodes(server)) == {node_id}
+        # (b) A killed SuperNode is restarted and comes back under the same node id. The old
+        # session stays "online" until its heartbeat lapses; a new activation is waited for.
+        rejoins_after(signal.SIGKILL, server, process, node_id)
+        # (c) So does one that leaves gracefully, as the in-node worker's idle exit makes it
+        # (Flower's SIGTERM handler: DeactivateNode).
+        rejoins_after(signal.SIGTERM, server, process, node_id)
 
         # Unregistered: the key is refused from now on and the node leaves the federation.
         unregister_device(server, registry, node_id)
