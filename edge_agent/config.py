@@ -55,8 +55,8 @@ class AgentSettings(FedforgeSettings):
     supernode_fast_window_s: float = Field(default=30.0, ge=0)
     # "on_demand" (default): the SuperNode (and its worker) run only while the server's signed
     # federation call for a training run stands (edge_agent/federation/on_demand.py), so
-    # between runs the agent idles alone: ~96 MB for its whole tree against ~320 MB with an
-    # always-on SuperNode + worker (benchmarks/results.md, figure 8b; the goal is <= 150 MB).
+    # between runs the agent idles alone: ~100 MB for its whole tree against ~245 MB with an
+    # always-on SuperNode (benchmarks/results.md, figure 8b; the goal is <= 150 MB).
     # Edge devices are memory-bound and runs are occasional. It needs trusted_keys (the call
     # is signed) and the broker (the call comes over MQTT). "always": they run for as long as
     # the agent, polling the SuperLink every 3 s between runs, and need neither.

@@ -1,7 +1,7 @@
 """On-demand federation: the SuperNode runs only while the server calls the fleet to a training run.
 
 With ``federation_mode = "always"`` the agent's SuperNode and its ClientApp worker run for
-as long as the agent (~250 MB beside a ~110 MB agent) and poll the SuperLink every 3 s,
+as long as the agent (~140 MB beside a ~105 MB agent) and poll the SuperLink every 3 s,
 though a fleet may train once a day. With ``"on_demand"`` the agent follows the fleet's
 retained federation call (shared.schemas.FederationCall, on ``topics.federation_call``):
 a verified, open, unexpired call starts the supervisor of ``edge_agent.federation.supernode``

@@ -5,11 +5,14 @@ new ``flwr-clientapp`` process for every message: interpreter, flwr, torch and t
 loaded again each time (~2.5 s per message here, most of a round). With
 ``flower-supernode --isolation process`` the SuperNode starts nothing and waits for a
 process to take its tasks from its Runtime API; this worker does that, and runs each
-message in place with the ClientApp (and torch) kept loaded.
+message in place with the ClientApp (and torch) kept loaded. By default it runs as a thread
+of the SuperNode's own process (``supernode_launcher.InNodeWorker``); ``main`` below runs
+it as a process of its own (``clientapp_isolation = "worker"``).
 
 Memory: the worker starts light (flwr's runtime client only); the ClientApp, and torch
 with it, is imported at the first message. After ``idle_exit_s`` without a message the
-worker re-executes itself (same PID, so supervision is unchanged) and idles light again.
+worker's process re-executes itself (same PID, so supervision is unchanged; in the
+SuperNode's process, after the node has left the SuperLink) and idles light again.
 
 flwr 1.42 has no public API for this: the task protocol (``AcquireTask``, token, pull the
 task input, push the reply and the task output) is the one ``flower-superexec`` and
