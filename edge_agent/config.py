@@ -36,7 +36,7 @@ class AgentSettings(FedforgeSettings):
     # (default) in a worker thread of the SuperNode's own process, the app and torch kept
     # loaded between messages; "worker" in a second long-running process, which keeps the
     # node up if the ClientApp crashes its interpreter but adds an interpreter and a copy of
-    # flwr (~110 MB at a round's peak, benchmarks/results.md figure 8c); "subprocess" is
+    # flwr (~110-120 MB at a round's peak, benchmarks/README-round.md); "subprocess" is
     # Flower's default, a new process per message (slower rounds, see docs).
     clientapp_isolation: Literal["in_node", "worker", "subprocess"] = "in_node"
     # The ClientApp (and torch) is dropped after this many seconds without a message, so an

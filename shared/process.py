@@ -19,16 +19,26 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
 TAG_ENV = "FEDFORGE_SUPERVISED"
+
+
+def reexec_module(module: str, argv: Sequence[str]) -> NoReturn:
+    """This process again as a fresh ``python -m module argv``: what it imported (torch) is freed,
+    and the PID is kept, so its supervisor sees no exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
 
 
 def become_subreaper() -> bool:

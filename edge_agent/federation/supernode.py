@@ -46,7 +46,7 @@ def supernode_security_args(settings: AgentSettings) -> list[str]:
     return argv
 
 
-def supernode_command(settings: AgentSettings, port: int, parent_pid: int | None = None) -> list[str]:
+def supernode_command(settings: AgentSettings, port: int) -> list[str]:
     """Flower's ``flower-supernode``, or the same entry point behind fedforge's launcher."""
     in_node = settings.clientapp_isolation == "in_node"
     if settings.supernode_fast_window_s == 0 and not in_node:
@@ -67,7 +67,7 @@ def supernode_command(settings: AgentSettings, port: int, parent_pid: int | None
         # anyway, so it never restarts itself in the middle of one.
         if settings.worker_idle_exit_s is not None and settings.federation_mode == "always":
             argv += ["--idle-exit", str(settings.worker_idle_exit_s)]
-        argv += ["--parent-pid", str(parent_pid if parent_pid is not None else os.getpid())]
+        argv += ["--parent-pid", str(os.getpid())]  # the agent: the node stops if it dies
     return [*argv, "--"]
 
 
@@ -86,11 +86,11 @@ def supernode_argv(settings: AgentSettings, port: int | None = None) -> list[str
     return argv
 
 
-def worker_argv(settings: AgentSettings, port: int, parent_pid: int | None = None) -> list[str]:
+def worker_argv(settings: AgentSettings, port: int) -> list[str]:
     argv = [sys.executable, "-m", "edge_agent.federation.worker", "--runtime-api-address", f"127.0.0.1:{port}"]
     if settings.worker_idle_exit_s is not None:
         argv += ["--idle-exit", str(settings.worker_idle_exit_s)]
-    argv += ["--parent-pid", str(parent_pid if parent_pid is not None else os.getpid())]
+    argv += ["--parent-pid", str(os.getpid())]
     return argv
 
 

@@ -49,6 +49,7 @@ from types import ModuleType
 from typing import Any
 
 from shared.flower_env import PINNED_FLWR, flwr_is_pinned
+from shared.process import reexec_module
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +215,6 @@ def _log_to_stderr(*loggers: logging.Logger) -> None:
         logger.propagate = False
 
 
-def _reexec(argv: Sequence[str]) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "edge_agent.federation.supernode_launcher", *argv])
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Flower's SuperNode (``-- <flower-supernode args>``), patched unless window 0, with the worker if asked.
 
@@ -260,17 +255,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("ClientApp worker running in the SuperNode's process (Runtime API %s)", own.worker_runtime_api)
     sys.argv = ["flower-supernode", *flowers]
     try:
-        flower_supernode()
-    except SystemExit:
-        if worker is not None and worker.reload.is_set():
-            worker.stop()
-            _reexec(own_argv)
-        if worker is not None and worker.failed.is_set():
-            raise SystemExit(1) from None
-        raise
+        flower_supernode()  # ends with SystemExit from Flower's exit handler
     finally:
         if worker is not None:
             worker.stop()
+            if worker.reload.is_set():
+                reexec_module("edge_agent.federation.supernode_launcher", own_argv)
+            if worker.failed.is_set():
+                raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
+from shared.process import reexec_module
+
 log = logging.getLogger(__name__)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -239,13 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
 
-    def _reexec() -> None:
-        # A fresh interpreter frees torch and the app; same PID, so the supervisor sees no exit.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "edge_agent.federation.worker", *sys.argv[1:]])
-
-    worker.on_idle_exit = _reexec
+    worker.on_idle_exit = lambda: reexec_module("edge_agent.federation.worker", sys.argv[1:])
     worker.run()
     return 0
 

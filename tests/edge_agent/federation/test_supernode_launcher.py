@@ -183,15 +183,19 @@ supernode_launcher.main(sys.argv[1:])
 """
 
 
+def unconnected_node_argv(*own: str) -> list[str]:
+    """Launcher arguments for an in-node SuperNode whose SuperLink never answers (it retries)."""
+    runtime_port, link_port = free_port(), free_port()
+    argv = ["--fast-window", "0", "--worker-runtime-api", f"127.0.0.1:{runtime_port}", *own, "--"]
+    argv += ["--insecure", "--superlink", f"127.0.0.1:{link_port}", "--isolation", "process"]
+    return [*argv, "--host", "127.0.0.1", "--port", str(runtime_port)]
+
+
 @pytest.mark.integration
 def test_a_failing_in_node_worker_stops_the_supernode_with_an_error(tmp_path: Path) -> None:
     # Not restarted in place: the exit lets the agent's supervisor restart it with backoff.
-    runtime_port, link_port = free_port(), free_port()
-    argv = ["--fast-window", "0", "--worker-runtime-api", f"127.0.0.1:{runtime_port}", "--"]
-    argv += ["--insecure", "--superlink", f"127.0.0.1:{link_port}", "--isolation", "process"]
-    argv += ["--host", "127.0.0.1", "--port", str(runtime_port)]
     proc = subprocess.run(
-        [sys.executable, "-c", FAILING_WORKER, *argv],
+        [sys.executable, "-c", FAILING_WORKER, *unconnected_node_argv()],
         env=flower_env(tmp_path / "flwr"),
         capture_output=True,
         text=True,
@@ -201,3 +205,35 @@ def test_a_failing_in_node_worker_stops_the_supernode_with_an_error(tmp_path: Pa
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "the ClientApp worker failed: stopping the SuperNode" in proc.stderr
     assert "injected worker failure" in proc.stderr
+
+
+@pytest.mark.integration
+def test_an_in_node_supernode_stops_when_its_agent_is_gone(tmp_path: Path) -> None:
+    # The agent stands in as a process the test can end; the node is not its child.
+    agent = subprocess.Popen(["sleep", "600"])
+    log = tmp_path / "supernode.log"
+    with log.open("wb") as out:
+        node = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_agent.federation.supernode_launcher",
+                *unconnected_node_argv("--parent-pid", str(agent.pid)),
+            ],
+            env=flower_env(tmp_path / "flwr"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # Flower's exit handlers are in place once it tries the SuperLink.
+        assert wait_until(lambda: "Connection attempt failed" in log.read_text(), 60), log.read_text()[-3000:]
+        assert node.poll() is None
+        agent.kill()
+        agent.wait()
+        assert node.wait(timeout=30) == 0, log.read_text()[-3000:]  # Flower's graceful exit
+        assert "SuperNode terminated gracefully" in log.read_text()
+    finally:
+        for proc in (agent, node):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
