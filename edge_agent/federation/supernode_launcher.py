@@ -18,6 +18,9 @@ the names those waits go through:
 - the object pull retries first after ``PULL_INITIAL_BACKOFF_S`` (Flower's doubling and cap
   are kept, so a missing object is given up on about as late as stock).
 
+It also holds SIGINT and SIGTERM until Flower's own handlers are in place
+(``DeferredSignals``): stock, a signal in the node's first second leaves it hanging.
+
 The swap depends on flwr internals, so it is applied only to the exact flwr version it was
 written against and checked on a real SuperLink (tests/edge_agent/federation/
 test_supernode_launcher.py); on any other version the node logs an error and runs stock.
@@ -115,19 +118,22 @@ class UnsupportedFlowerError(RuntimeError):
     """The installed flwr is not the one the SuperNode patch was written and tested against."""
 
 
+def _patch_target(what: str, names: Sequence[str], flwr_version: str | None, module: ModuleType | None) -> ModuleType:
+    version = flwr_version or importlib.metadata.version("flwr")
+    if not flwr_is_pinned(version):
+        raise UnsupportedFlowerError(f"flwr {version} is installed; the {what} is written for flwr {PINNED_FLWR} only")
+    target = module or importlib.import_module(PATCHED_MODULE)
+    missing = [name for name in names if not hasattr(target, name)]
+    if missing:
+        raise UnsupportedFlowerError(f"{target.__name__} has no {', '.join(missing)}: not the flwr it was written for")
+    return target
+
+
 def patch_supernode(
     poll: AdaptivePoll, *, flwr_version: str | None = None, module: ModuleType | None = None
 ) -> Callable[[], None]:
     """Swap the SuperNode's waits for ``poll``'s; returns the undo. Raises ``UnsupportedFlowerError``."""
-    version = flwr_version or importlib.metadata.version("flwr")
-    if not flwr_is_pinned(version):
-        raise UnsupportedFlowerError(
-            f"flwr {version} is installed; the SuperNode poll patch is written for flwr {PINNED_FLWR} only"
-        )
-    target = module or importlib.import_module(PATCHED_MODULE)
-    missing = [name for name in _PATCHED_NAMES if not hasattr(target, name)]
-    if missing:
-        raise UnsupportedFlowerError(f"{target.__name__} has no {', '.join(missing)}: not the flwr it was written for")
+    target = _patch_target("SuperNode poll patch", _PATCHED_NAMES, flwr_version, module)
     saved = {name: getattr(target, name) for name in _PATCHED_NAMES}
     pull_and_store, push = saved["_pull_and_store_message"], saved["_push_messages"]
 
@@ -153,6 +159,71 @@ def patch_supernode(
     def undo() -> None:
         for name, value in saved.items():
             setattr(target, name, value)
+
+    return undo
+
+
+class DeferredSignals:
+    """SIGINT and SIGTERM held from the launcher's start until Flower's SuperNode handles them.
+
+    Flower installs its graceful-exit handlers (leave the SuperLink, stop the Runtime API
+    server) only in ``start_client_internal``, after its Runtime API server thread is running.
+    A signal before that would unwind or kill the process with that non-daemon thread still
+    up: the interpreter then waits for it forever, a node that neither works nor exits. Such
+    signals come from the parent monitor (the agent died during the node's start), the agent
+    stopping the node, or the in-node worker failing at once. Held here, each is raised again
+    the moment Flower's handlers are in place, and takes Flower's graceful way out.
+
+    Flower's handler puts back the one it replaced, this one, when it runs: a second signal
+    while Flower is already stopping then ends the process at once, as it would stock (so an
+    agent's stop during the in-node worker's reload is not followed by a re-execution).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.flower_handles = False
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum: int, frame: object) -> None:
+        if not self.flower_handles:
+            log.info("%s before the SuperNode's exit handlers are in place: held", signal.Signals(signum).name)
+            if self.pending is None:
+                self.pending = signum
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    def flower_handlers_installed(self) -> None:
+        self.flower_handles = True
+        log.info("SuperNode's exit handlers in place: SIGINT and SIGTERM leave the SuperLink gracefully")
+        if self.pending is not None:
+            log.info("raising the held %s for Flower's graceful exit", signal.Signals(self.pending).name)
+            signal.raise_signal(self.pending)
+
+
+def defer_signals_until_flower_handles_them(
+    signals: DeferredSignals, *, flwr_version: str | None = None, module: ModuleType | None = None
+) -> Callable[[], None]:
+    """Install ``signals`` until the SuperNode registers its own handlers; returns the undo."""
+    target = _patch_target("SuperNode signal deferral", ("register_signal_handlers",), flwr_version, module)
+    register = target.register_signal_handlers
+
+    @functools.wraps(register)
+    def register_signal_handlers(*args: Any, **kwargs: Any) -> Any:
+        result = register(*args, **kwargs)
+        signals.flower_handlers_installed()  # a held signal is handled by Flower from here
+        return result
+
+    target.register_signal_handlers = register_signal_handlers  # type: ignore[attr-defined]
+    signals.install()
+
+    def undo() -> None:
+        target.register_signal_handlers = register  # type: ignore[attr-defined]
 
     return undo
 
@@ -232,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone")
     own = parser.parse_args(mine)
     _log_to_stderr(log, logging.getLogger("edge_agent.federation.worker"))
+    try:
+        defer_signals_until_flower_handles_them(DeferredSignals())
+    except UnsupportedFlowerError as exc:
+        log.error("%s; a signal during the node's start may leave it hanging", exc)
     if own.fast_window > 0:
         try:
             patch_supernode(AdaptivePoll(own.fast_poll, own.fast_window))
@@ -249,12 +324,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if own.parent_pid is not None:
         start_parent_process_monitor(own.parent_pid)  # SIGINT: Flower's graceful exit
     worker: InNodeWorker | None = None
-    if own.worker_runtime_api is not None:
-        worker = InNodeWorker(own.worker_runtime_api, own.idle_exit)
-        worker.start()
-        log.info("ClientApp worker running in the SuperNode's process (Runtime API %s)", own.worker_runtime_api)
-    sys.argv = ["flower-supernode", *flowers]
     try:
+        if own.worker_runtime_api is not None:
+            worker = InNodeWorker(own.worker_runtime_api, own.idle_exit)
+            worker.start()
+            log.info("ClientApp worker running in the SuperNode's process (Runtime API %s)", own.worker_runtime_api)
+        sys.argv = ["flower-supernode", *flowers]
         flower_supernode()  # ends with SystemExit from Flower's exit handler
     finally:
         if worker is not None:

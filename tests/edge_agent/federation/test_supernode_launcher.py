@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,9 @@ from edge_agent.federation.supernode_launcher import (
     PATCHED_MODULE,
     PULL_INITIAL_BACKOFF_S,
     AdaptivePoll,
+    DeferredSignals,
     UnsupportedFlowerError,
+    defer_signals_until_flower_handles_them,
     patch_supernode,
     split_argv,
 )
@@ -89,6 +92,32 @@ def test_another_flwr_version_is_refused_and_left_stock() -> None:
     assert module.time is time
     with pytest.raises(UnsupportedFlowerError, match="has no time, _pull_and_store_message"):
         patch_supernode(AdaptivePoll(0.1, 30.0), module=types.ModuleType("flwr.supernode.elsewhere"))
+
+
+def test_signals_before_flowers_handlers_are_held_then_raised_into_them() -> None:
+    received: list[int] = []
+    flower = types.ModuleType("flwr.supernode.start_client_internal")
+
+    def register_signal_handlers(**_: object) -> None:  # as Flower's: its handler replaces the one there
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: received.append(signum))
+
+    flower.register_signal_handlers = register_signal_handlers  # type: ignore[attr-defined]
+    saved = {signum: signal.getsignal(signum) for signum in DeferredSignals.SIGNALS}
+    try:
+        held = DeferredSignals()
+        undo = defer_signals_until_flower_handles_them(held, module=flower)
+        signal.raise_signal(signal.SIGINT)  # the parent monitor, during the node's start
+        signal.raise_signal(signal.SIGTERM)
+        assert received == []
+        assert held.pending == signal.SIGINT
+        flower.register_signal_handlers()
+        assert received == [signal.SIGINT]  # one graceful exit: Flower's handler runs once
+        undo()
+        assert flower.register_signal_handlers is register_signal_handlers
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def test_the_agent_starts_the_launcher_unless_the_window_is_zero(tmp_path: Path) -> None:
@@ -174,8 +203,9 @@ import signal, sys, time
 from edge_agent.federation import supernode_launcher, worker
 
 def run(self, max_tasks=None):
-    while signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # Flower's handler is in place
-        time.sleep(0.05)
+    if WAIT_FOR_FLOWER:
+        while "flwr" not in getattr(signal.getsignal(signal.SIGTERM), "__module__", ""):
+            time.sleep(0.05)
     raise RuntimeError("injected worker failure")
 
 worker.ClientAppWorker.run = run
@@ -192,10 +222,13 @@ def unconnected_node_argv(*own: str) -> list[str]:
 
 
 @pytest.mark.integration
-def test_a_failing_in_node_worker_stops_the_supernode_with_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wait_for_flower", [True, False], ids=["after-flower-started", "at-once"])
+def test_a_failing_in_node_worker_stops_the_supernode_with_an_error(tmp_path: Path, wait_for_flower: bool) -> None:
     # Not restarted in place: the exit lets the agent's supervisor restart it with backoff.
+    # At once: the failure comes before Flower has installed its SIGTERM handler.
+    script = f"WAIT_FOR_FLOWER = {wait_for_flower}\n{FAILING_WORKER}"
     proc = subprocess.run(
-        [sys.executable, "-c", FAILING_WORKER, *unconnected_node_argv()],
+        [sys.executable, "-c", script, *unconnected_node_argv()],
         env=flower_env(tmp_path / "flwr"),
         capture_output=True,
         text=True,
@@ -208,9 +241,15 @@ def test_a_failing_in_node_worker_stops_the_supernode_with_an_error(tmp_path: Pa
 
 
 @pytest.mark.integration
-def test_an_in_node_supernode_stops_when_its_agent_is_gone(tmp_path: Path) -> None:
-    # The agent stands in as a process the test can end; the node is not its child.
+@pytest.mark.parametrize("when", ["while-it-runs", "as-it-starts"])
+def test_an_in_node_supernode_stops_when_its_agent_is_gone(tmp_path: Path, when: str) -> None:
+    # The agent stands in as a process the test can end; the node is not its child. Gone as
+    # the node starts, the parent monitor's signal usually comes before Flower's handlers are
+    # in place, with its Runtime API thread already up: the node must still leave, not hang.
     agent = subprocess.Popen(["sleep", "600"])
+    if when == "as-it-starts":
+        agent.kill()
+        agent.wait()
     log = tmp_path / "supernode.log"
     with log.open("wb") as out:
         node = subprocess.Popen(
@@ -225,11 +264,11 @@ def test_an_in_node_supernode_stops_when_its_agent_is_gone(tmp_path: Path) -> No
             stderr=subprocess.STDOUT,
         )
     try:
-        # Flower's exit handlers are in place once it tries the SuperLink.
-        assert wait_until(lambda: "Connection attempt failed" in log.read_text(), 60), log.read_text()[-3000:]
-        assert node.poll() is None
-        agent.kill()
-        agent.wait()
+        if when == "while-it-runs":
+            assert wait_until(lambda: "exit handlers in place" in log.read_text(), 60), log.read_text()[-3000:]
+            assert node.poll() is None
+            agent.kill()
+            agent.wait()
         assert node.wait(timeout=30) == 0, log.read_text()[-3000:]  # Flower's graceful exit
         assert "SuperNode terminated gracefully" in log.read_text()
     finally:
