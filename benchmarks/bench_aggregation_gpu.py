@@ -1,6 +1,7 @@
 """Figure 5: FedAvg of 100 updates x 10 M float32 parameters on a GPU, against the copy bandwidth.
 
-Needs a CUDA build of torch and a GPU (docs/gpu.md). Measured, all in one run:
+Needs a CUDA build of torch and a GPU (docs/aggregation.md, "On a GPU"; on a borrowed GPU
+machine, benchmarks/device/README.md). Measured, all in one run:
 
 - 5a, updates resident on the device as one (K, P) stack: ``weighted_sum_resident`` (the
   weighted mean and every update's squared norm) against a device-to-device copy of the same

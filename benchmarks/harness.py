@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -145,13 +146,17 @@ def machine() -> dict[str, str]:
                 break
     except OSError:
         pass
-    return {
+    described = {
         "cpu": cpu,
         "cores": str(os.cpu_count()),
         "memory": mem,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+    torch = sys.modules.get("torch")  # only a script that uses torch has a GPU to name
+    if torch is not None and torch.cuda.is_available():
+        described["accelerator"] = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return described
 
 
 def write_result(script: str, figures: Sequence[Figure], *, quick: bool, out: Path | None = None) -> Path:

@@ -47,3 +47,52 @@ def test_script_runs_quick_and_reports_both_sides(script: str, tmp_path: Path) -
 def test_report_skips_quick_runs(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"quick": True, "figures": []}))
     assert "No full run recorded yet" in render(tmp_path)
+
+
+def full_run(script: str, machine: dict[str, str], figure: str) -> dict[str, object]:
+    sample = {"values": [1.0, 2.0, 3.0], "unit": "s"}
+    return {
+        "script": script,
+        "quick": False,
+        "date": "2026-11-29 18:00:00 UTC",
+        "machine": machine,
+        "figures": [
+            {"figure": figure, "fedforge": sample, "anchor": sample, "anchor_name": "anchor", "ratio": 1.0}
+            | {"goal": "<= 2x", "goal_met": True}
+        ],
+    }
+
+
+def test_report_names_each_machine_when_a_figure_came_from_another(tmp_path: Path) -> None:
+    # make bench here, figure 5 from a lent GPU machine (benchmarks/device/README.md).
+    here = {"cpu": "AMD EPYC", "cores": "2", "memory": "24 GiB", "python": "3.11.7", "platform": "a"}
+    there = {"cpu": "Intel Xeon", "cores": "16", "memory": "128 GiB", "python": "3.12.3", "platform": "b"}
+    there["accelerator"] = "NVIDIA H200, torch 2.11.0"
+    for script, machine in [("bench_a", here), ("bench_b", here), ("bench_aggregation_gpu", there)]:
+        (tmp_path / f"{script}.json").write_text(json.dumps(full_run(script, machine, f"figure of {script}")))
+    report = render(tmp_path)
+    assert "Machine: AMD EPYC, 2 cores, 24 GiB, Python 3.11.7" in report
+    assert "- AMD EPYC, 2 cores, 24 GiB, Python 3.11.7: bench_a, bench_b" in report
+    assert "- Intel Xeon, 16 cores, 128 GiB, NVIDIA H200, torch 2.11.0, Python 3.12.3: bench_aggregation_gpu" in report
+    assert "| figure of bench_aggregation_gpu |" in report
+
+
+def test_report_of_one_machine_lists_no_machines_section(tmp_path: Path) -> None:
+    here = {"cpu": "AMD EPYC", "cores": "2", "memory": "24 GiB", "python": "3.11.7", "platform": "a"}
+    (tmp_path / "bench_a.json").write_text(json.dumps(full_run("bench_a", here, "a figure")))
+    assert "## Machines" not in render(tmp_path)
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "benchmarks" / "device").glob("*.sh")), ids=lambda p: p.name)
+def test_device_scripts_are_valid_bash(script: Path) -> None:
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_gpu_check_refuses_to_run_without_a_results_folder() -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device" / "gpu_check.sh")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "set OUT" in proc.stderr
