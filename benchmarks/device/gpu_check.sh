@@ -11,21 +11,27 @@ mkdir -p "$OUT"
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 python=${DEVICE_PYTHON:-python3}
 site=${DEVICE_SITE:-/tmp/site}
-"$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+wheels=(.whl/*.whl)
+[ -e "${wheels[0]}" ] || { echo "no wheels in .whl/: run benchmarks/device/fetch_wheels.sh here, carry .whl" >&2; exit 3; }
+"$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "${wheels[@]}" \
   || exit 3
 export PYTHONPATH="$site:$PWD"
 
 {
   nvidia-smi || echo "nvidia-smi: not available"
   "$python" - <<'PY'
-import numpy, torch
+import sys
+
+import numpy
+import torch
+
 try:
     import numba
     compiled = numba.__version__
 except ImportError:
     compiled = "missing (the CPU kernel runs its NumPy loop)"
 cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-print(f"python {__import__('sys').version.split()[0]}, torch {torch.__version__} ({cuda}), numpy {numpy.__version__}, numba {compiled}")
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} ({cuda}), numpy {numpy.__version__}, numba {compiled}")
 PY
 } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"

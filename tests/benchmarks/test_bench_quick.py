@@ -96,3 +96,14 @@ def test_the_gpu_check_refuses_to_run_without_a_results_folder() -> None:
     )
     assert proc.returncode == 2
     assert "set OUT" in proc.stderr
+
+
+def test_the_gpu_check_says_which_script_fetches_the_wheels_when_none_were_carried(tmp_path: Path) -> None:
+    # A copy of the script in a tree without .whl/, as on a device call that forgot carry.
+    script = tmp_path / "benchmarks" / "device" / "gpu_check.sh"
+    script.parent.mkdir(parents=True)
+    script.write_text((ROOT / "benchmarks" / "device" / "gpu_check.sh").read_text())
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 3
+    assert "fetch_wheels.sh" in proc.stderr

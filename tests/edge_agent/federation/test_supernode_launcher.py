@@ -120,6 +120,45 @@ def test_signals_before_flowers_handlers_are_held_then_raised_into_them() -> Non
             signal.signal(signum, handler)
 
 
+SECOND_SIGNAL = """
+import signal, sys, time, types
+from edge_agent.federation.supernode_launcher import DeferredSignals, defer_signals_until_flower_handles_them
+
+flower = types.ModuleType("flwr.supernode.start_client_internal")
+
+def register_signal_handlers():  # as Flower's: its handler puts back the one it replaced, then exits slowly
+    replaced = signal.getsignal(signal.SIGTERM)
+    def graceful(signum, frame):
+        signal.signal(signal.SIGTERM, replaced)
+        print("stopping", flush=True)
+        time.sleep(20)
+        sys.exit(0)  # where the launcher would go on to re-execute the node
+    signal.signal(signal.SIGTERM, graceful)
+
+flower.register_signal_handlers = register_signal_handlers
+defer_signals_until_flower_handles_them(DeferredSignals(), module=flower)
+flower.register_signal_handlers()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_signal_while_flower_stops_ends_the_process_at_once() -> None:
+    # The agent's stop during a reload's graceful exit must end the node, not see it re-executed.
+    proc = subprocess.Popen([sys.executable, "-c", SECOND_SIGNAL], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline().strip() == "stopping"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_the_agent_starts_the_launcher_unless_the_window_is_zero(tmp_path: Path) -> None:
     adaptive = AgentSettings(device_id="d", data_dir=tmp_path, superlink_address="127.0.0.1:9092")
     argv = supernode_argv(adaptive, port=9400)
