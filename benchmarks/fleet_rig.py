@@ -67,7 +67,7 @@ FEDFORGE = Side(
 FLOWER = Side(
     "flower-defaults",
     {"round_exchange": "flower"},
-    {"clientapp_isolation": "subprocess", "supernode_fast_window_s": 0.0, "federation_mode": "always"},
+    {"clientapp_isolation": "subprocess", "supernode_entry": "flower", "federation_mode": "always"},
     {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"},  # Flower's default; fedforge's environment sets 0.1
 )
 

@@ -50,9 +50,16 @@ class AgentSettings(FedforgeSettings):
     # node last received or sent a message, so a round's next message is picked up at once,
     # then Flower's 3 s again, so an idle fleet does not load the SuperLink. While the window
     # is open each node sends the SuperLink 1/fast_poll_s requests a second (stock: 1/3).
-    # 0 runs Flower's stock SuperNode (edge_agent/federation/supernode_launcher.py).
+    # 0 keeps Flower's waits (edge_agent/federation/supernode_launcher.py).
     supernode_fast_poll_s: float = Field(default=0.2, gt=0, le=3.0)
     supernode_fast_window_s: float = Field(default=30.0, ge=0)
+    # "launcher" (default): Flower's SuperNode entry point behind fedforge's launcher, which
+    # adds the fast window above, stops the node when the agent is gone (even SIGKILLed) and
+    # holds early signals until Flower can exit on them. "flower": Flower's
+    # ``flower-supernode`` exactly as shipped (its fixed waits, no parent monitor; the fast
+    # window does not apply): the anchor of the benchmarks, and a fallback should a Flower
+    # upgrade break the launcher. "in_node" isolation needs the launcher.
+    supernode_entry: Literal["launcher", "flower"] = "launcher"
     # "on_demand" (default): the SuperNode (and its worker) run only while the server's signed
     # federation call for a training run stands (edge_agent/federation/on_demand.py), so
     # between runs the agent idles alone: ~100 MB for its whole tree against ~245 MB with an
@@ -93,6 +100,15 @@ class AgentSettings(FedforgeSettings):
     # since it is unauthenticated (scrape it through the device's own exporter or a tunnel).
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+
+    @model_validator(mode="after")
+    def _check_supernode_entry(self) -> AgentSettings:
+        if self.supernode_entry == "flower" and self.clientapp_isolation == "in_node":
+            raise ConfigError(
+                'clientapp_isolation "in_node" runs the ClientApp inside fedforge\'s launcher: '
+                'with supernode_entry "flower" choose "worker" or "subprocess"'
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_mqtt_tls(self) -> AgentSettings:

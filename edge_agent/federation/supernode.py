@@ -18,9 +18,9 @@ at ~110 MB more per agent during a run; ``"subprocess"`` is Flower's default (a
 
 The SuperNode itself is Flower's, started through ``edge_agent.federation.supernode_launcher``
 so that it polls the SuperLink fast while a run is on and at Flower's 3 s when idle
-(``supernode_fast_window_s = 0`` keeps Flower's waits; outside ``"in_node"`` it starts
-Flower's ``flower-supernode`` unchanged). This module imports no flwr: the agent process
-stays light.
+(``supernode_fast_window_s = 0`` keeps Flower's waits), stops when the agent is gone and
+holds early signals; ``supernode_entry = "flower"`` starts Flower's ``flower-supernode``
+as shipped instead. This module imports no flwr: the agent process stays light.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ def supernode_security_args(settings: AgentSettings) -> list[str]:
 
 
 def supernode_command(settings: AgentSettings, port: int) -> list[str]:
-    """Flower's ``flower-supernode``, or the same entry point behind fedforge's launcher."""
-    in_node = settings.clientapp_isolation == "in_node"
-    if settings.supernode_fast_window_s == 0 and not in_node:
+    """Flower's ``flower-supernode`` entry point behind fedforge's launcher, or as shipped."""
+    if settings.supernode_entry == "flower":
         return [venv_executable("flower-supernode")]
+    in_node = settings.clientapp_isolation == "in_node"
     argv = [
         sys.executable,
         "-m",
@@ -67,7 +67,9 @@ def supernode_command(settings: AgentSettings, port: int) -> list[str]:
         # anyway, so it never restarts itself in the middle of one.
         if settings.worker_idle_exit_s is not None and settings.federation_mode == "always":
             argv += ["--idle-exit", str(settings.worker_idle_exit_s)]
-        argv += ["--parent-pid", str(os.getpid())]  # the agent: the node stops if it dies
+    # The agent: if it dies, even SIGKILLed outside systemd, the node (and in "subprocess"
+    # mode Flower's SuperExec, which watches the node the same way) does not live on.
+    argv += ["--parent-pid", str(os.getpid())]
     return [*argv, "--"]
 
 

@@ -11,6 +11,7 @@ from flwr.common.config import parse_config_args
 
 from edge_agent.config import AgentSettings
 from edge_agent.federation.supernode import SuperNodeCompanion, supernode_argv
+from shared.errors import ConfigError
 from shared.flower_env import flower_env as supernode_env
 
 
@@ -92,8 +93,20 @@ def test_in_node_mode_keeps_the_launcher_with_flowers_waits(tmp_path: Path) -> N
     argv = supernode_argv(s, port=9302)
     assert option(argv, "--fast-window") == "0.0"
     assert option(argv, "--worker-runtime-api") == "127.0.0.1:9302"
-    stock = s.model_copy(update={"clientapp_isolation": "worker"})
+    stock = s.model_copy(update={"clientapp_isolation": "worker", "supernode_entry": "flower"})
     assert Path(supernode_argv(stock, port=9302)[0]).name == "flower-supernode"
+
+
+def test_flowers_own_supernode_cannot_host_the_in_node_worker(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match='supernode_entry "flower"'):
+        settings(tmp_path, supernode_entry="flower")  # the default isolation is "in_node"
+    for isolation in ("worker", "subprocess"):
+        s = settings(
+            tmp_path, superlink_address="127.0.0.1:9092", supernode_entry="flower", clientapp_isolation=isolation
+        )
+        argv = supernode_argv(s, port=9303)
+        assert Path(argv[0]).name == "flower-supernode"
+        assert "--parent-pid" not in argv  # Flower's command line as shipped
 
 
 def test_worker_mode_runs_the_supernode_in_process_isolation_beside_a_worker(tmp_path: Path) -> None:
@@ -108,7 +121,8 @@ def test_worker_mode_runs_the_supernode_in_process_isolation_beside_a_worker(tmp
     assert float(option(worker, "--idle-exit")) == s.worker_idle_exit_s
     assert companion.processes == [companion.process, companion.worker]
     assert companion.worker.log_path == s.data_dir / "clientapp-worker.log"
-    assert launcher_options(companion.process.argv) == ["--fast-poll", "0.2", "--fast-window", "30.0"]
+    own = ["--fast-poll", "0.2", "--fast-window", "30.0", "--parent-pid", str(os.getpid())]
+    assert launcher_options(companion.process.argv) == own
 
 
 def test_subprocess_mode_is_flowers_default_without_a_worker(tmp_path: Path) -> None:

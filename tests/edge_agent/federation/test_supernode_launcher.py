@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -159,7 +160,7 @@ def test_a_second_signal_while_flower_stops_ends_the_process_at_once() -> None:
             proc.wait()
 
 
-def test_the_agent_starts_the_launcher_unless_the_window_is_zero(tmp_path: Path) -> None:
+def test_the_agent_starts_the_launcher_unless_told_to_start_flowers_supernode(tmp_path: Path) -> None:
     adaptive = AgentSettings(device_id="d", data_dir=tmp_path, superlink_address="127.0.0.1:9092")
     argv = supernode_argv(adaptive, port=9400)
     assert argv[:3] == [sys.executable, "-m", "edge_agent.federation.supernode_launcher"]
@@ -168,7 +169,10 @@ def test_the_agent_starts_the_launcher_unless_the_window_is_zero(tmp_path: Path)
     launcher, flowers = split_argv(argv)
     assert launcher[3:7] == ["--fast-poll", "0.2", "--fast-window", "30.0"]
     assert flowers[:2] == ["--insecure", "--superlink"]
-    stock = adaptive.model_copy(update={"supernode_fast_window_s": 0.0, "clientapp_isolation": "worker"})
+    # Flower's waits alone still go through the launcher (parent monitor, held signals).
+    waits = adaptive.model_copy(update={"supernode_fast_window_s": 0.0, "clientapp_isolation": "worker"})
+    assert supernode_argv(waits, port=9400)[:3] == argv[:3]
+    stock = waits.model_copy(update={"supernode_entry": "flower"})
     assert Path(supernode_argv(stock, port=9400)[0]).name == "flower-supernode"
 
 
@@ -315,3 +319,40 @@ def test_an_in_node_supernode_stops_when_its_agent_is_gone(tmp_path: Path, when:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("isolation", ["worker", "subprocess"])
+def test_a_supernode_in_any_isolation_mode_stops_when_its_agent_is_gone(tmp_path: Path, isolation: str) -> None:
+    # The node's arguments are the agent's own, with a stand-in agent the test can end. In
+    # "subprocess" mode Flower's SuperExec child watches the node and must go with it.
+    agent = subprocess.Popen(["sleep", "600"])
+    settings = AgentSettings(
+        device_id="orphan",
+        data_dir=tmp_path / "agent",
+        superlink_address=f"127.0.0.1:{free_port()}",  # never answers: the node retries
+        clientapp_isolation=isolation,
+    )
+    argv = supernode_argv(settings, port=free_port())
+    argv[argv.index("--parent-pid") + 1] = str(agent.pid)
+    log = tmp_path / "supernode.log"
+    with log.open("wb") as out:
+        node = subprocess.Popen(argv, env=flower_env(tmp_path / "flwr"), stdout=out, stderr=subprocess.STDOUT)
+    superexec = f"--parent-pid {node.pid}"
+    try:
+        assert wait_until(lambda: "exit handlers in place" in log.read_text(), 60), log.read_text()[-3000:]
+        if isolation == "subprocess":
+            assert wait_until(lambda: processes_mentioning(superexec) != [], 30), log.read_text()[-3000:]
+        assert node.poll() is None
+        agent.kill()
+        agent.wait()
+        assert node.wait(timeout=30) == 0, log.read_text()[-3000:]  # Flower's graceful exit
+        assert "SuperNode terminated gracefully" in log.read_text()
+        assert wait_until(lambda: processes_mentioning(superexec) == [], 30), processes_mentioning(superexec)
+    finally:
+        for proc in (agent, node):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for line in processes_mentioning(superexec):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
