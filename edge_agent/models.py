@@ -23,12 +23,14 @@ from edge_agent.updater import (
     Ignore,
     ModelFiles,
     ModelUpdater,
+    Pin,
     Reject,
     RequestChunks,
     StartDownload,
 )
 from shared import topics
-from shared.commands import verify_rollback
+from shared.bundle import parse_manifest
+from shared.commands import verify_device_command, verify_rollback
 from shared.errors import BundleError, TopicError
 from shared.mqtt import MessageHandler
 from shared.schemas import ChunkRequest, Command, CommandAck, ModelManifest, Rejection
@@ -58,8 +60,10 @@ class ModelManager:
         self.device_id = settings.device_id
         self.fleet = settings.fleet
         self.task = settings.task
-        # A verified rollback waiting for its download: (command, version served when it came).
+        # A verified rollback, pin or unpin waiting for its download: (command, version served when it came).
         self._pending: tuple[Command, int | None] | None = None
+        # The newest release manifest that arrived while pinned: followed once unpinned.
+        self._held_manifest: bytes | None = None
         self._on_ack = on_ack
         self.last_rejection: Rejection | None = None
         # Called with True after an install, False after a rejection (on the agent's loop).
@@ -74,7 +78,13 @@ class ModelManager:
 
     # -- inputs ----------------------------------------------------------------------------
 
+    @property
+    def pinned(self) -> int | None:
+        return self.updater.pinned
+
     def on_manifest(self, payload: bytes) -> None:
+        if self.updater.pinned is not None:
+            self._held_manifest = payload
         self._apply(self.updater.on_manifest(payload))
 
     def on_chunk_topic(self, topic: str, payload: bytes) -> None:
@@ -109,10 +119,20 @@ class ModelManager:
         self.updater.floor = self.files.floor()
         log.info("loaded model v%d from %s", stored.manifest.version, self.files.directory)
 
-    # -- signed commands (rollback) -----------------------------------------------------------
+    def load_pin(self) -> None:
+        """Hold the pinned version after a restart (its command may have expired on the broker since)."""
+        pin = self.files.pin()
+        if pin is not None and pin.version is not None:
+            self.updater.pin(pin.version)
+            log.info("pinned to v%d by command %s", pin.version, pin.command_id)
+
+    # -- signed commands (rollback, pin, unpin) ----------------------------------------------
 
     def on_command(self, command: Command) -> None:
-        """A rollback: verify it, then serve its version from the kept files or by download; ack either way."""
+        """Verify a rollback, pin or unpin, then carry it out; ack either way."""
+        if command.kind in ("pin", "unpin"):
+            self._on_device_command(command)
+            return
         try:
             manifest = verify_rollback(command, self.trust, fleet=self.fleet, task=self.task)
         except BundleError as exc:
@@ -120,6 +140,9 @@ class ModelManager:
             self._ack(command, False, str(exc))
             return
         current = self.slot.current
+        if self.updater.pinned is not None and self.updater.pinned != manifest.version:
+            self._ack(command, False, f"pinned to v{self.updater.pinned} by the operator: unpin it first")
+            return
         if current is not None and current.version == manifest.version:
             self._ack(command, True, f"serving v{manifest.version}")
             return
@@ -128,7 +151,76 @@ class ModelManager:
             # messages and redeliveries can arrive in any order).
             self._ack(command, False, f"superseded: serving v{current.version}, released after the command")
             return
+        self._serve_exactly(command, manifest)
+
+    def _on_device_command(self, command: Command) -> None:
+        """A pin holds one version against every release; an unpin follows the fleet again."""
+        try:
+            manifest = verify_device_command(
+                command, self.trust, fleet=self.fleet, task=self.task, device_id=self.device_id
+            )
+        except BundleError as exc:
+            log.warning("refused command %s: %s", command.command_id, exc)
+            self._ack(command, False, str(exc))
+            return
+        last = self.files.pin()
+        if last is not None and command.command_id == last.command_id:
+            if command.kind == "unpin" or self.version == last.version:
+                self._ack(command, True, self._pin_state())  # a redelivery: already carried out
+                return
+        elif last is not None and command.issued_at <= last.issued_at:
+            self._ack(command, False, f"stale: command {last.command_id} was issued after it")
+            return
+        target = manifest.version if command.kind == "pin" and manifest is not None else None
+        try:
+            self.files.save_pin(Pin(target, command.command_id, command.issued_at))
+        except OSError as exc:
+            self._ack(command, False, f"cannot record the {command.kind}: {exc}")
+            return
+        self._supersede_pending(command)
+        ended = self.updater.pin(target)
+        if ended is not None:
+            self.link.unsubscribe(ended)
+        log.info("command %s: %s", command.command_id, f"pinned to v{target}" if target else "unpinned")
+        if command.kind == "pin":
+            assert manifest is not None
+            self._serve_exactly(command, manifest)
+            return
+        held, self._held_manifest = self._held_manifest, None
+        release = self._newest(held)
+        if release is not None and (manifest is None or release.version > manifest.version):
+            # A release made after the unpin was issued: install it as any release.
+            assert held is not None
+            self._ack(command, True, f"unpinned: following the release v{release.version}")
+            self.on_manifest(held)
+        elif manifest is not None and manifest.version != self.version:
+            self._serve_exactly(command, manifest)
+        else:
+            self._ack(command, True, f"unpinned: serving v{self.version}")
+
+    def _newest(self, payload: bytes | None) -> ModelManifest | None:
+        if payload is None:
+            return None
+        try:
+            return parse_manifest(payload)
+        except BundleError:
+            return None  # the updater rejects it with its reason when it is replayed
+
+    def _pin_state(self) -> str:
+        pinned = f"pinned to v{self.updater.pinned}" if self.updater.pinned is not None else "unpinned"
+        return f"{pinned}: serving v{self.version}"
+
+    def _supersede_pending(self, command: Command) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0].command_id != command.command_id:
+            self._ack(pending[0], False, f"superseded by command {command.command_id}")
+
+    def _serve_exactly(self, command: Command, manifest: ModelManifest) -> None:
+        """Serve ``manifest``'s version, newer or older, from the kept files or by download."""
         serving = self.version
+        if serving == manifest.version:
+            self._ack(command, True, self._pin_state() if command.kind != "rollback" else f"serving v{serving}")
+            return
         if self.files.has_version(manifest.version):
             try:
                 stored = self.files.load_version(manifest.version, self.trust)
@@ -144,7 +236,7 @@ class ModelManager:
                     self._ack(command, False, f"cannot switch to v{manifest.version}: {exc}")
                 return
         self._pending = (command, serving)
-        log.info("rollback %s: downloading v%d", command.command_id, manifest.version)
+        log.info("%s %s: downloading v%d", command.kind, command.command_id, manifest.version)
         self._apply(self.updater.start_authorised(manifest))
 
     def _switch(
@@ -152,10 +244,13 @@ class ModelManager:
     ) -> None:
         self.files.save(manifest, model_bytes)
         self.slot.swap(LoadedModel(scorer, manifest))
-        self.updater.rolled_back(serving, manifest.version)
-        self.files.save_floor(self.updater.floor)
+        if command.kind == "pin":
+            self.updater.installed(manifest.version)  # a hold, not a withdrawal: no floor
+        else:
+            self.updater.rolled_back(serving, manifest.version)
+            self.files.save_floor(self.updater.floor)
         self.store.record_model_event(manifest.version, "installed", f"command {command.command_id}", manifest.sha256)
-        log.info("rolled back to v%d (was %s) by command %s", manifest.version, serving, command.command_id)
+        log.info("%s to v%d (was %s) by command %s", command.kind, manifest.version, serving, command.command_id)
         self._ack(command, True, f"serving v{manifest.version} (was v{serving})")
         self._on_change(True)
 
@@ -209,6 +304,9 @@ class ModelManager:
             except (BundleError, OSError) as exc:
                 self._ack(pending[0], False, str(exc))
                 self._reject(manifest.version, str(exc), manifest.sha256)
+            return
+        if self.updater.pinned not in (None, manifest.version):
+            log.info("model v%d downloaded but not installed: pinned to v%d", manifest.version, self.updater.pinned)
             return
         try:
             scorer = OnnxScorer(done.model_bytes, manifest)  # fully built before the swap

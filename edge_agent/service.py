@@ -156,6 +156,7 @@ class Agent:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self.models.load_from_disk()
+        self.models.load_pin()
         _ = self.ingest.spec  # fail early (ConfigError) when no spec can be found
         await self.link.start_on_loop(self._on_message, self._after_read)
         if self.settings.metrics_port is not None:
@@ -294,8 +295,8 @@ class Agent:
         except PayloadError as exc:
             log.warning("ignoring an invalid command: %s", exc)
             return
-        if command.kind == "rollback":
-            self.models.on_command(command)  # verifies (signature, expiry, fleet, task) and acks
+        if command.kind in ("rollback", "pin", "unpin"):
+            self.models.on_command(command)  # verifies (signature, expiry, fleet, task, device) and acks
             return
         if command.expires_at < time.time():
             log.info("ignoring expired command %s", command.command_id)
@@ -357,6 +358,7 @@ class Agent:
             ts=time.time(),
             seq=self._seq,
             model_version=version,
+            pinned_version=self.models.pinned,
             signature_verified=version is not None,  # only verified models are ever served
             health=health,
             counters=Counters(

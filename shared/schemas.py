@@ -245,6 +245,8 @@ class DeviceStatus(WireModel):
     ts: float
     seq: int = 0
     model_version: int | None = None
+    # The version an operator's pin holds this device at (None: it follows the fleet's release).
+    pinned_version: int | None = None
     signature_verified: bool = False
     health: Literal["ok", "degraded", "offline"] = "ok"
     counters: Counters = Counters()
@@ -299,17 +301,21 @@ class ChunkRequest(WireModel):
 
 
 class Command(WireModel):
-    """A cloud -> agent instruction; a ``rollback`` is signed (shared.commands) and carries its manifest.
+    """A cloud -> agent instruction, signed with the operator key (shared.commands).
 
-    ``rollback`` means "serve exactly ``version`` (``sha256``) even if it is older than what
-    you serve": the one way past an agent's anti-downgrade rule, so only an operator key
-    may sign it. The manifest (signed on its own at release time) lets an agent that no
-    longer holds the version fetch and verify it.
+    ``rollback`` (fleet-wide) means "serve exactly ``version`` (``sha256``) even if it is
+    older than what you serve": the one way past an agent's anti-downgrade rule, so only an
+    operator key may sign it. ``pin`` (one device, ``device_id``) means the same and "ignore
+    every other release until unpinned"; ``unpin`` lets the device follow the fleet again
+    and carries the fleet's release, which it then serves. The manifest (signed on its own
+    at release time) lets an agent that no longer holds the version fetch and verify it.
     """
 
     command_id: str = Field(min_length=1, max_length=128)
     kind: Literal["rollback", "pin", "unpin", "config"]
     expires_at: float
+    # The one device a ``pin`` or ``unpin`` is for (signed: it cannot be replayed to another).
+    device_id: str | None = Field(default=None, min_length=1, max_length=128)
     version: int | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     fleet: str | None = None

@@ -9,6 +9,16 @@ from edge_agent.updater.core import (
     RequestChunks,
     StartDownload,
 )
-from edge_agent.updater.files import ModelFiles
+from edge_agent.updater.files import ModelFiles, Pin
 
-__all__ = ["Action", "Complete", "Ignore", "ModelFiles", "ModelUpdater", "Reject", "RequestChunks", "StartDownload"]
+__all__ = [
+    "Action",
+    "Complete",
+    "Ignore",
+    "ModelFiles",
+    "ModelUpdater",
+    "Pin",
+    "Reject",
+    "RequestChunks",
+    "StartDownload",
+]

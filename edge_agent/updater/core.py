@@ -88,6 +88,8 @@ class ModelUpdater:
         # After a rollback from version F, manifests up to F are refused (anti-downgrade's twin:
         # a redelivered manifest of a withdrawn version must not undo the rollback).
         self.floor = floor
+        # Pinned by an operator's command: no other version installs by manifest until unpinned.
+        self.pinned: int | None = None
         self.timeout_s = timeout_s
         # Ask for missing chunks well before giving up: by default four times per timeout.
         self.resume_after_s = resume_after_s if resume_after_s is not None else timeout_s / 4
@@ -106,6 +108,8 @@ class ModelUpdater:
             return Reject(None, str(exc))
         if manifest.task != self.task:
             return Reject(manifest.version, f"manifest is for task {manifest.task!r}, this agent serves {self.task!r}")
+        if self.pinned is not None and manifest.version != self.pinned:
+            return Ignore(f"pinned to v{self.pinned}: version {manifest.version} waits until unpinned")
         if self.current_version is not None and manifest.version <= self.current_version:
             return Ignore(f"version {manifest.version} is not newer than {self.current_version}")
         if self.floor is not None and manifest.version <= self.floor:
@@ -140,6 +144,14 @@ class ModelUpdater:
         new_filter = topics.chunks_filter(self.fleet, self.task, manifest.version)
         self._download = _Download(manifest, ChunkAssembler(manifest), new_filter, self._clock())
         return StartDownload(manifest, new_filter, old_filter if old_filter != new_filter else None)
+
+    def pin(self, version: int | None) -> str | None:
+        """Hold ``version`` (None: follow releases again); returns the chunk filter of a download it ends."""
+        self.pinned = version
+        dl = self._download
+        if version is not None and dl is not None and dl.manifest.version != version:
+            return self._abandon()
+        return None
 
     def rolled_back(self, from_version: int | None, to_version: int) -> None:
         """``to_version`` now serves by command; versions up to ``from_version`` stay refused by manifest."""

@@ -7,8 +7,9 @@ What is loaded back is verified again (signature, size, sha256): the disk is not
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shared.bundle import parse_manifest, verify_manifest, verify_model_bytes
@@ -21,6 +22,20 @@ log = logging.getLogger(__name__)
 
 POINTER = "current"
 FLOOR = "rollback-floor"
+PIN = "pin.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """The operator's hold on this device (``pin``/``unpin`` commands), kept across restarts.
+
+    ``version`` None: not pinned. ``command_id`` and ``issued_at`` name the newest pin or
+    unpin applied, so an older one (redelivered, replayed) is refused as stale.
+    """
+
+    version: int | None
+    command_id: str
+    issued_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,25 @@ class ModelFiles:
         if floor is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.directory / FLOOR, f"{floor}\n".encode())
+
+    def pin(self) -> Pin | None:
+        """The pin saved by the last pin or unpin; None if none was applied (or the file is unreadable)."""
+        try:
+            raw = json.loads((self.directory / PIN).read_bytes())
+            version = raw["version"]
+            if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+                raise ValueError(f"version {version!r}")
+            return Pin(version, str(raw["command_id"]), float(raw["issued_at"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            # The retained pin on the broker applies again: nothing the operator decided is lost.
+            log.error("%s is unreadable (%s): this device is not pinned until a pin arrives", PIN, exc)
+            return None
+
+    def save_pin(self, pin: Pin) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.directory / PIN, json.dumps(asdict(pin)).encode())
 
     def has_version(self, version: int) -> bool:
         return self.model_path(version).is_file() and self.manifest_path(version).is_file()

@@ -1,7 +1,8 @@
 """How a release decision reaches the fleet: the retained manifest + chunks, and the standing command.
 
 The fleet's standing command (a signed rollback) is retained on one fleet-wide topic, so an
-agent that was offline gets it when it reconnects; publishing a newer release clears it.
+agent that was offline gets it when it reconnects; publishing a newer release clears it. A
+device's pin or unpin is retained the same way on that device's command topic.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ class ReleaseChannel(Protocol):
         """Retained; an empty payload clears the standing command."""
         ...
 
+    def publish_device_command(self, device_id: str, payload: bytes) -> None:
+        """Retained on the device's own topic: its latest pin or unpin, delivered when it reconnects."""
+        ...
+
 
 class MqttReleaseChannel:
     def __init__(self, client: MqttClient, fleet: str) -> None:
@@ -36,6 +41,11 @@ class MqttReleaseChannel:
             topics.fleet_commands(self.fleet), payload, qos=1, retain=True, timeout=ACK_TIMEOUT_S
         )
 
+    def publish_device_command(self, device_id: str, payload: bytes) -> None:
+        self.client.publish_and_wait(
+            topics.commands(self.fleet, device_id), payload, qos=1, retain=True, timeout=ACK_TIMEOUT_S
+        )
+
 
 class InMemoryReleaseChannel:
     """Keeps what would be retained on the broker: the release manifest and the standing command."""
@@ -44,6 +54,7 @@ class InMemoryReleaseChannel:
         self._lock = threading.Lock()
         self.releases: list[ModelManifest] = []
         self.command: bytes = b""
+        self.device_commands: dict[str, bytes] = {}
 
     def publish_release(self, manifest: ModelManifest, artifact: bytes) -> None:
         with self._lock:
@@ -52,3 +63,7 @@ class InMemoryReleaseChannel:
     def publish_fleet_command(self, payload: bytes) -> None:
         with self._lock:
             self.command = payload
+
+    def publish_device_command(self, device_id: str, payload: bytes) -> None:
+        with self._lock:
+            self.device_commands[device_id] = payload

@@ -10,6 +10,9 @@ Release rules (docs/api.md "Rollouts"):
   and switch to v; their acknowledgements come back on their ``acks`` topic.
 - revoke a device: its status is no longer followed, it is left out of rollout shares,
   and with node authentication its SuperNode key is unregistered (no more training).
+- pin a device to v: v must be released (stage published). A signed pin for that device
+  alone is retained on its command topic; it serves v and ignores every release until
+  unpinned. Unpin: a signed unpin carrying the current release, which the device serves.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from server.config import ServerSettings
 from server.errors import NotFoundError, ServerError
 from server.federation.catalog import STRATEGY_NAMES, is_strategy
 from server.registry.records import CommandRecord, ModelVersionRecord, Registry
-from shared.commands import rollback_command
-from shared.schemas import ModelManifest
+from shared.commands import DeviceCommandKind, device_command, rollback_command
+from shared.schemas import Command, ModelManifest
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,11 @@ class FleetActions:
             ttl_s=self.settings.command_ttl_s,
             now=self._clock(),
         )
+        self._record_command(command, actor)
+        channel.publish_fleet_command(command.to_bytes())
+        return command.command_id
+
+    def _record_command(self, command: Command, actor: str) -> None:
         self.registry.add_command(
             CommandRecord(
                 command_id=command.command_id,
@@ -176,8 +184,62 @@ class FleetActions:
                 payload=command.model_dump(mode="json", exclude={"manifest"}),
             )
         )
-        channel.publish_fleet_command(command.to_bytes())
-        return command.command_id
+
+    # -- pins -----------------------------------------------------------------------
+    def pin_device(self, device_id: str, version: int, actor: str) -> dict[str, Any]:
+        """Hold one device at a released version, whatever the fleet's release does next."""
+        with self._lock:
+            self._device(device_id)
+            record, _artifact = self._version(version)
+            if record.stage != "published":
+                raise ActionConflictError(
+                    f"v{version} is not released (stage {record.stage}): a device can be pinned to a published version"
+                )
+            manifest = ModelManifest.model_validate(record.manifest)
+            detail = self._device_command("pin", device_id, manifest, actor)
+            self.registry.audit(actor, "device.pinned", detail)
+            log.info("%s pinned %s to %s v%d", actor, device_id, self.task, version)
+            return detail
+
+    def unpin_device(self, device_id: str, actor: str) -> dict[str, Any]:
+        """Let a device follow the fleet again: it serves the current release (if any)."""
+        with self._lock:
+            self._device(device_id)
+            release = self.registry.latest_published(self.task)
+            manifest = None if release is None else ModelManifest.model_validate(release.manifest)
+            detail = self._device_command("unpin", device_id, manifest, actor)
+            self.registry.audit(actor, "device.unpinned", detail)
+            log.info("%s unpinned %s (release %s)", actor, device_id, detail["version"])
+            return detail
+
+    def _device(self, device_id: str) -> None:
+        device = self.registry.get_device(device_id)
+        if device is None or device.fleet != self.settings.fleet:
+            raise NotFoundError(f"device {device_id!r} not found in fleet {self.settings.fleet!r}")
+        if device.revoked:
+            raise ActionConflictError(f"device {device_id!r} is revoked")
+
+    def _device_command(
+        self, kind: DeviceCommandKind, device_id: str, manifest: ModelManifest | None, actor: str
+    ) -> dict[str, Any]:
+        channel = self._channel()
+        if self._signing_key is None:
+            raise ActionUnavailableError(f"no operator signing key: a {kind} cannot be authorised")
+        command = device_command(
+            self._signing_key(),
+            kind=kind,
+            command_id=f"{kind}-{uuid.uuid4().hex[:12]}",
+            fleet=self.settings.fleet,
+            task=self.task,
+            device_id=device_id,
+            manifest=manifest,
+            issued_by=actor,
+            ttl_s=self.settings.command_ttl_s,
+            now=self._clock(),
+        )
+        self._record_command(command, actor)
+        channel.publish_device_command(device_id, command.to_bytes())
+        return {"device_id": device_id, "task": self.task, "version": command.version, "command_id": command.command_id}
 
     # -- devices --------------------------------------------------------------------
     def revoke_device(self, device_id: str, actor: str) -> dict[str, Any]:

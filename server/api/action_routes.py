@@ -34,6 +34,12 @@ class RollbackRequest(BaseModel):
     version: int = Field(ge=1, le=MAX_VERSION)
 
 
+class PinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=MAX_VERSION)
+
+
 def install_action_errors(app: FastAPI) -> None:
     @app.exception_handler(ActionConflictError)
     async def _conflict(_request: Request, exc: ActionConflictError) -> JSONResponse:
@@ -71,6 +77,16 @@ def install_action_routes(app: FastAPI, settings: ServerSettings, registry: Regi
     @app.post("/api/devices/{device_id}/revoke")
     async def revoke_device(device_id: str, principal: Principal = operator) -> dict[str, Any]:
         return await run_in_threadpool(actions.revoke_device, device_id, principal.username)
+
+    @app.post("/api/devices/{device_id}/pin")
+    async def pin_device(device_id: str, body: PinRequest, principal: Principal = operator) -> dict[str, Any]:
+        """Hold one device at a released version (a signed command only that device accepts)."""
+        return await run_in_threadpool(actions.pin_device, device_id, body.version, principal.username)
+
+    @app.post("/api/devices/{device_id}/unpin")
+    async def unpin_device(device_id: str, principal: Principal = operator) -> dict[str, Any]:
+        """Let a pinned device follow the fleet's release again."""
+        return await run_in_threadpool(actions.unpin_device, device_id, principal.username)
 
     @app.get("/api/audit")
     async def list_audit(

@@ -52,6 +52,7 @@ def rollouts_view(
                     {
                         "command_id": c.command_id,
                         "kind": c.kind,
+                        "device_id": c.payload.get("device_id"),  # pin/unpin: the one device
                         "issued_by": c.issued_by,
                         "issued_at": c.issued_at,
                         "expires_at": c.expires_at,

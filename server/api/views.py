@@ -37,6 +37,7 @@ def device_view(d: DeviceRecord, now: float, online_window_s: float) -> dict[str
         "health": d.health,
         "last_seen": d.last_seen,
         "serving_version": d.serving_version,
+        "pinned_version": d.pinned_version,
         "counters": d.counters,
         "queue_depth": d.queue_depth,
         "scoring_latency_ms_p50": d.scoring_latency_ms_p50,

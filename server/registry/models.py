@@ -55,6 +55,7 @@ class Device(Base):
     scoring_latency_ms_p50: Mapped[float | None] = mapped_column(Double, nullable=True)
     public_key: Mapped[str | None] = mapped_column(Text)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    pinned_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ModelVersion(Base):

@@ -36,6 +36,8 @@ class DeviceRecord:
     public_key: str | None = None
     # Revoked by an operator: its status is no longer followed (server.actions).
     revoked: bool = False
+    # Held at this version by an operator's pin, as the device last reported it.
+    pinned_version: int | None = None
 
     def online(self, now: float, window_s: float) -> bool:
         """Online = said it is alive, and said so recently (a lost will is not fatal)."""
@@ -137,6 +139,7 @@ def device_record_from_status(
         queue_depth=status.queue_depth,
         scoring_latency_ms_p50=status.scoring_latency_ms_p50,
         public_key=public_key,
+        pinned_version=status.pinned_version,
     )
 
 

@@ -67,6 +67,7 @@ def _device(row: Device) -> DeviceRecord:
         scoring_latency_ms_p50=row.scoring_latency_ms_p50,
         public_key=row.public_key,
         revoked=row.revoked,
+        pinned_version=row.pinned_version,
     )
 
 
@@ -139,6 +140,7 @@ class SqlRegistry:
                 "last_rejection": record.last_rejection,
                 "queue_depth": record.queue_depth,
                 "scoring_latency_ms_p50": record.scoring_latency_ms_p50,
+                "pinned_version": record.pinned_version,
             }
             if row is None:
                 s.add(Device(device_id=record.device_id, public_key=None, revoked=False, **values))

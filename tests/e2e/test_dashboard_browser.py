@@ -119,7 +119,17 @@ def test_operator_sees_the_fleet_and_rolls_it_back(mosquitto, tmp_path: Path) ->
                 expect(page.locator("#c-rps svg path.series")).to_have_count(1)
                 expect(page.locator("#c-drift svg path.series")).to_have_count(1)
                 expect(page.locator("#quarantine tbody tr").first).not_to_have_text("nothing quarantined")
+                # Pin it to the release, see the device report the pin, then let it go again.
+                pinned = page.locator('#facts dt:text-is("Pinned") + dd')
+                expect(pinned).to_have_text("no: follows the release")
+                page.fill("#pin-version", "2")
+                page.click('button[data-action="pin"]')
+                expect(page.locator("#toast")).to_contain_text("pin to v2: done")
+                expect(pinned).to_have_text("v2")
                 page.screenshot(path=str(out / "device.png"), full_page=True)
+                page.click('button[data-action="unpin"]')
+                expect(page.locator("#toast")).to_contain_text("unpin: done")
+                expect(pinned).to_have_text("no: follows the release")
 
                 page.goto(f"{fleet.api}/models")
                 expect(page.locator('#models tbody tr[data-version="2"] .badge')).to_have_text("published")

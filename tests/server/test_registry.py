@@ -65,6 +65,7 @@ def test_device_status_upsert_keeps_latest(registry: Registry) -> None:
     registry.upsert_device_status(
         _status(
             model_version=2,
+            pinned_version=2,
             signature_verified=True,
             counters=Counters(ingested=5, scored=4),
             last_rejection=Rejection(version=3, reason="bad signature", at=1999.0),
@@ -77,6 +78,8 @@ def test_device_status_upsert_keeps_latest(registry: Registry) -> None:
     dev = registry.get_device("dev-1")
     assert dev is not None
     assert dev.serving_version == 2
+    assert dev.pinned_version == 2  # the device's own word, kept as it reports it
+    assert registry.get_device("dev-0").pinned_version is None  # type: ignore[union-attr]
     assert dev.signature_verified is True
     assert dev.counters["ingested"] == 5
     assert dev.last_rejection == {"version": 3, "reason": "bad signature", "at": 1999.0}

@@ -25,6 +25,7 @@ async function refresh() {
     .getElementById("facts")
     .replaceChildren(
       ...fact("Serving", versionLabel(device.serving_version)),
+      ...fact("Pinned", device.pinned_version == null ? "no: follows the release" : versionLabel(device.pinned_version)),
       ...fact("Health", device.health),
       ...fact("Last seen", `${fmtAgo(device.last_seen)} (${fmtTime(device.last_seen)})`),
       ...fact("Ingested", fmtNum(c.ingested, 0)),
@@ -76,6 +77,23 @@ if (revoke) {
   revoke.addEventListener("click", async () => {
     if (!confirm(`Revoke ${deviceId}? It will no longer be trusted by the server.`)) return;
     await act(revoke, `revoke ${deviceId}`, () => api.post(`${base}/revoke`));
+    refresh();
+  });
+}
+
+// Pin: the device serves this released version and ignores releases until unpinned.
+const pinForm = document.getElementById("pin");
+if (pinForm) {
+  pinForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const version = Number.parseInt(document.getElementById("pin-version").value, 10);
+    const button = pinForm.querySelector('button[data-action="pin"]');
+    await act(button, `pin to v${version}`, () => api.post(`${base}/pin`, { version }));
+    refresh();
+  });
+  const unpin = document.getElementById("unpin");
+  unpin.addEventListener("click", async () => {
+    await act(unpin, "unpin", () => api.post(`${base}/unpin`));
     refresh();
   });
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.updater import Complete, Ignore, ModelFiles, ModelUpdater, Reject, RequestChunks, StartDownload
+from edge_agent.updater import Complete, Ignore, ModelFiles, ModelUpdater, Pin, Reject, RequestChunks, StartDownload
 from shared import topics
 from shared.errors import BundleError
 from shared.signing import TrustStore
@@ -231,3 +231,43 @@ def test_rollback_floor_and_kept_versions_on_disk(
     files.model_path(1).write_bytes(b"tampered")
     with pytest.raises(BundleError):
         files.load_version(1, trust)
+
+
+def test_a_pinned_updater_installs_no_other_version_by_manifest(
+    updater: ModelUpdater, make_bundle: Callable[..., Bundle]
+) -> None:
+    updater.installed(1)
+    newer = make_bundle(3)
+    start = updater.on_manifest(newer.manifest_bytes)
+    assert isinstance(start, StartDownload)
+    # Pinned mid-download: the download of another version ends, its chunks unsubscribed.
+    assert updater.pin(1) == start.subscribe
+    assert updater.downloading is None
+    held = updater.on_manifest(newer.manifest_bytes)
+    assert isinstance(held, Ignore)
+    assert "pinned to v1" in held.reason
+    assert isinstance(updater.on_chunk(3, 0, newer.chunks[0]), Ignore)
+    # The pinned version itself may still come by command, and releases follow once unpinned.
+    assert updater.pin(None) is None
+    assert isinstance(updater.on_manifest(newer.manifest_bytes), StartDownload)
+
+
+def test_pinning_keeps_a_download_of_the_pinned_version(
+    updater: ModelUpdater, make_bundle: Callable[..., Bundle]
+) -> None:
+    bundle = make_bundle(2)
+    assert isinstance(updater.on_manifest(bundle.manifest_bytes), StartDownload)
+    assert updater.pin(2) is None
+    assert updater.downloading == 2
+
+
+def test_the_pin_survives_restarts_and_an_unreadable_pin_is_no_pin(tmp_path: Path) -> None:
+    files = ModelFiles(tmp_path / "models")
+    assert files.pin() is None
+    files.save_pin(Pin(3, "pin-1", 1000.5))
+    assert ModelFiles(tmp_path / "models").pin() == Pin(3, "pin-1", 1000.5)
+    files.save_pin(Pin(None, "unpin-2", 1001.0))
+    assert files.pin() == Pin(None, "unpin-2", 1001.0)
+    for garbage in (b"{", b"[]", b'{"version": "3", "command_id": "x", "issued_at": 1}', b'{"version": true}'):
+        (tmp_path / "models" / "pin.json").write_bytes(garbage)
+        assert files.pin() is None

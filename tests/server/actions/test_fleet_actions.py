@@ -10,7 +10,7 @@ from server.actions import ActionConflictError, ActionUnavailableError, FleetAct
 from server.config import ServerSettings
 from server.errors import NotFoundError
 from server.registry import InMemoryRegistry, ModelVersionRecord
-from shared.commands import verify_rollback
+from shared.commands import command_signed_fields, verify_device_command, verify_rollback
 from shared.errors import SignatureError
 from shared.schemas import Command, DeviceStatus
 from shared.signing import TrustStore, generate_private_key, sign
@@ -154,6 +154,91 @@ def test_revoke_device(setup: tuple) -> None:  # type: ignore[type-arg]
     with pytest.raises(NotFoundError):
         actions.revoke_device("d2", "ops")  # another fleet's device
     assert registry.list_audit()[0].action == "device.revoked"
+
+
+def _device(registry: InMemoryRegistry, device_id: str, fleet: str = "f1") -> None:
+    registry.upsert_device_status(
+        DeviceStatus(device_id=device_id, fleet=fleet, kind="heartbeat", ts=1.0), received_at=1.0
+    )
+
+
+def test_pin_signs_a_command_for_that_device_alone(setup: tuple) -> None:  # type: ignore[type-arg]
+    actions, registry, channel = setup
+    _device(registry, "d1")
+    detail = actions.pin_device("d1", 1, "ops")
+    assert (detail["device_id"], detail["version"]) == ("d1", 1)
+    assert channel.command == b""  # nothing fleet-wide
+    command = Command.model_validate_json(channel.device_commands["d1"])
+    assert (command.kind, command.device_id, command.command_id) == ("pin", "d1", detail["command_id"])
+    manifest = verify_device_command(command, TRUST, fleet="f1", task="fraud", device_id="d1", now=5001.0)
+    assert manifest is not None
+    assert manifest.version == 1
+    # Signed with the device's id: replayed on another device's topic it is refused.
+    with pytest.raises(Exception, match="for device d1, this is d2"):
+        verify_device_command(command, TRUST, fleet="f1", task="fraud", device_id="d2", now=5001.0)
+    with pytest.raises(SignatureError):
+        verify_device_command(
+            command.model_copy(update={"device_id": "d2"}), TRUST, fleet="f1", task="fraud", device_id="d2", now=5001.0
+        )
+    with pytest.raises(Exception, match="expired"):
+        verify_device_command(command, TRUST, fleet="f1", task="fraud", device_id="d1", now=6000.0)
+    with pytest.raises(Exception, match="not a rollback"):
+        verify_rollback(command, TRUST, fleet="f1", task="fraud", now=5001.0)
+    assert registry.list_commands("f1")[0].kind == "pin"
+    assert (registry.list_audit()[0].action, registry.list_audit()[0].detail) == ("device.pinned", detail)
+
+
+def test_unpin_carries_the_release(setup: tuple) -> None:  # type: ignore[type-arg]
+    actions, registry, channel = setup
+    _device(registry, "d1")
+    actions.pin_device("d1", 1, "ops")
+    detail = actions.unpin_device("d1", "ops")
+    command = Command.model_validate_json(channel.device_commands["d1"])  # the unpin replaces the pin
+    assert (command.kind, command.version, detail["version"]) == ("unpin", 2, 2)
+    manifest = verify_device_command(command, TRUST, fleet="f1", task="fraud", device_id="d1", now=5001.0)
+    assert manifest is not None
+    assert manifest.version == 2
+    assert registry.list_audit()[0].action == "device.unpinned"
+
+
+def test_an_unpin_without_a_release_names_no_version(tmp_path: Path) -> None:
+    registry = InMemoryRegistry()
+    _device(registry, "d1")
+    channel = InMemoryReleaseChannel()
+    settings = ServerSettings(data_dir=tmp_path, fleet="f1")
+    FleetActions(settings, registry, channel=channel, signing_key=lambda: KEY).unpin_device("d1", "ops")
+    command = Command.model_validate_json(channel.device_commands["d1"])
+    assert verify_device_command(command, TRUST, fleet="f1", task="fraud", device_id="d1") is None
+
+
+@pytest.mark.parametrize(
+    ("device", "version", "error"),
+    [
+        ("d1", 3, ActionConflictError),  # a candidate: never released
+        ("d1", 4, ActionConflictError),  # rejected by the gate
+        ("d1", 9, NotFoundError),
+        ("d2", 1, NotFoundError),  # another fleet's device
+        ("nobody", 1, NotFoundError),
+        ("gone", 1, ActionConflictError),  # revoked
+    ],
+)
+def test_pin_needs_a_known_device_and_a_published_version(setup: tuple, device: str, version: int, error: type) -> None:  # type: ignore[type-arg]
+    actions, registry, channel = setup
+    _device(registry, "d1")
+    _device(registry, "d2", fleet="f2")
+    _device(registry, "gone")
+    registry.set_device_revoked("gone", True)
+    with pytest.raises(error):
+        actions.pin_device(device, version, "ops")
+    assert channel.device_commands == {}
+    assert registry.list_commands("f1") == []
+
+
+def test_a_fleet_command_signs_no_device_field() -> None:
+    # Commands signed before pins existed must still verify: the absent device is not signed.
+    rollback = Command(command_id="c", kind="rollback", expires_at=1.0)
+    assert "device_id" not in command_signed_fields(rollback)
+    assert command_signed_fields(rollback.model_copy(update={"device_id": "d1"}))["device_id"] == "d1"
 
 
 def test_start_run_validates_and_launches(setup: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
