@@ -12,11 +12,17 @@ from typing import Any, Literal
 
 import platformdirs
 from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from server.federation.catalog import StrategyName
 from shared.config import FedforgeSettings, load_settings
 from shared.errors import ConfigError
 from shared.mqtt import TlsKwargs, tls_kwargs
+
+# The longest any duration setting may be. Each one ends up added to a clock, multiplied by a
+# round count or put in a signed command's canonical JSON, where an infinite (or absurdly
+# large, overflowing) value fails far from the config, as a 500 or a failed run.
+MAX_DURATION_S = 366 * 86400.0
 
 
 def default_data_dir() -> Path:
@@ -24,6 +30,9 @@ def default_data_dir() -> Path:
 
 
 class ServerSettings(FedforgeSettings):
+    # inf and nan parse from TOML and the environment; no float setting here has a use for them.
+    model_config = SettingsConfigDict(allow_inf_nan=False)
+
     fleet: str = "default"
     task: str = "fraud"
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -52,14 +61,14 @@ class ServerSettings(FedforgeSettings):
     superlink_key_file: Path | None = None
     min_agents: int = Field(default=1, ge=1)
     rounds: int = Field(default=3, ge=1)
-    round_timeout_s: float = Field(default=600.0, gt=0)
+    round_timeout_s: float = Field(default=600.0, gt=0, le=MAX_DURATION_S)
     # Before round 1 the ServerApp waits up to this long for a SuperNode from every online,
     # non-revoked device of the fleet: agents with federation_mode = "on_demand" (the agent's
     # default) start theirs only when the run's federation call reaches them (a few seconds).
     # It goes on as soon as they are all there. It is also the bound on waiting for min_agents:
     # fewer connected after it, before round 1 or any later round, and the run fails ("too few
     # agents: 1 of 3 needed joined within 30 s") instead of waiting forever.
-    join_wait_s: float = Field(default=30.0, ge=0)
+    join_wait_s: float = Field(default=30.0, ge=0, le=MAX_DURATION_S)
     # The aggregation rule of runs that name none (`fedforge train --strategy`, the API's
     # POST /api/runs and the dashboard name one): server/federation/catalog.py.
     strategy: StrategyName = "fedavg"
@@ -85,18 +94,18 @@ class ServerSettings(FedforgeSettings):
     aggregation_exact: bool = False
     seed: int = 0
     # A device whose last status is older than this is shown offline even without a will.
-    online_window_s: float = Field(default=120.0, gt=0)
+    online_window_s: float = Field(default=120.0, gt=0, le=MAX_DURATION_S)
     # Operator sessions (docs/api.md): lifetime, and the cookie's Secure flag (on behind HTTPS).
-    session_ttl_s: float = Field(default=12 * 3600.0, gt=0)
+    session_ttl_s: float = Field(default=12 * 3600.0, gt=0, le=MAX_DURATION_S)
     cookie_secure: bool = False
     # Failed logins allowed per user name and per client address in the window, then 429.
     login_max_failures: int = Field(default=10, ge=1)
-    login_window_s: float = Field(default=300.0, gt=0)
+    login_window_s: float = Field(default=300.0, gt=0, le=MAX_DURATION_S)
     # /metrics is open by default (scrapers, no secrets: counts and latencies); when true it
     # needs a viewer token (Prometheus `authorization: credentials: fft_...`).
     metrics_require_auth: bool = False
     # How long a signed rollback command stays valid for agents that were offline when it was sent.
-    command_ttl_s: float = Field(default=7 * 86400.0, gt=0)
+    command_ttl_s: float = Field(default=7 * 86400.0, gt=0, le=MAX_DURATION_S)
 
     @model_validator(mode="before")
     @classmethod

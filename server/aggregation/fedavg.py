@@ -72,6 +72,10 @@ STACK_BYTES = 1 << 20
 PARALLEL_MIN_VALUES = 1 << 22
 # Memory-bound beyond a few cores: more threads only add contention.
 MAX_WORKERS = 8
+# The largest weight (example count) accepted: no dataset is larger, floats count exactly up to
+# it, and any realistic number of such weights still has a finite sum. Two weights of 1e308
+# would sum to Inf, make every factor 0 and the mean all zeros, with nothing flagged.
+MAX_WEIGHT = float(2**53)
 
 
 @dataclass(frozen=True)
@@ -94,14 +98,29 @@ class Averaged:
 
 
 def normalised(weights: Sequence[float]) -> list[float]:
-    """``w / sum(w)`` exactly as Flower computes it; refuses weights that would poison the mean."""
+    """``w / sum(w)`` exactly as Flower computes it; refuses weights that would poison the mean.
+
+    Checked once per update, never per value: the GPU kernel shares this, so both paths
+    refuse the same weights.
+    """
     if not weights:
         raise AggregationError("no updates to aggregate")
     for w in weights:
-        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w <= 0:
+        if isinstance(w, bool) or not isinstance(w, int | float) or not _finite(w) or w <= 0:
             raise AggregationError(f"weights must be finite and positive, got {w!r}")
+        if w > MAX_WEIGHT:
+            raise AggregationError(f"weight {w:.3g} is above {MAX_WEIGHT:.3g}: no dataset has that many examples")
     total = sum(weights)
+    if not math.isfinite(total):  # unreachable within MAX_WEIGHT; a zero model must never pass silently
+        raise AggregationError(f"the weights' sum {total} is not finite")
     return [w / total for w in weights]
+
+
+def _finite(w: float) -> bool:
+    try:
+        return math.isfinite(w)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def accumulator_dtype(dtype: np.dtype[np.generic]) -> np.dtype[np.floating]:

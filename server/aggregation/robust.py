@@ -17,12 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from server.aggregation.fedavg import MAX_WEIGHT
+from server.errors import AggregationError as AggregationError  # the server's tree: callers catch one root
+
 Matrix = npt.NDArray[np.floating]
 Vector = npt.NDArray[np.float64]
-
-
-class AggregationError(ValueError):
-    """The updates cannot be aggregated with the requested kernel and parameters."""
 
 
 def _check(updates: Matrix) -> npt.NDArray[np.float64]:
@@ -33,11 +32,19 @@ def _check(updates: Matrix) -> npt.NDArray[np.float64]:
 
 
 def weighted_mean(updates: Matrix, weights: Sequence[float] | npt.NDArray[np.floating]) -> Vector:
-    """FedAvg: the mean weighted by each client's example count."""
+    """FedAvg: the mean weighted by each client's example count.
+
+    Weights above ``MAX_WEIGHT`` are refused like non-finite ones: two of 1e308 would sum to
+    Inf and turn the mean into zeros, with nothing flagged.
+    """
     stack = _check(updates)
     w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (stack.shape[0],) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise AggregationError("weights must be one finite, non-negative number per client with a positive sum")
+    if w.shape != (stack.shape[0],) or not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w > MAX_WEIGHT):
+        raise AggregationError(
+            f"weights must be one finite, non-negative number per client, at most {MAX_WEIGHT:.3g} (2**53)"
+        )
+    if not np.isfinite(w.sum()) or w.sum() <= 0:
+        raise AggregationError("the weights must have a finite, positive sum")
     out: Vector = (w / w.sum()) @ stack
     return out
 

@@ -7,10 +7,17 @@ reply and type-checks the running sums on every addition. In a round of 100 repl
 Here each reply's records are found in one pass over its content, and the metrics are
 averaged in plain Python floats, then put into one ``MetricRecord``: the same arithmetic in
 the same order, so the same result as Flower's.
+
+Flower's averaging also assumes every reply's metrics have the same form: a list where
+another reply sent a number, or a list of another length, raises a ``TypeError`` or
+``ValueError`` that ends the whole run. ``metric_shape`` and ``metric_problem`` let the
+strategies drop such a reply (and one with NaN/Inf metrics, which no registry can store)
+instead.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -19,6 +26,39 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 MetricValue = int | float | list[int] | list[float]
 MetricsAggregation = Callable[[list[RecordDict], str], MetricRecord]
+# Per metric key: None for a number, the length for a list (what averaging replies needs alike).
+MetricShape = frozenset[tuple[str, int | None]]
+
+
+def metric_shape(metrics: MetricRecord) -> MetricShape:
+    """The form of a reply's metrics: replies are averaged together only when theirs are equal."""
+    return frozenset((key, len(value) if isinstance(value, list) else None) for key, value in metrics.items())
+
+
+def metric_problem(metrics: MetricRecord) -> str | None:
+    """Why a reply's metrics must not be averaged (a NaN/Inf value), or None.
+
+    One NaN loss would make the round's averaged metric NaN, which the registry cannot
+    store (PostgreSQL refuses it in JSON), so the round, and with it the run, would fail.
+    """
+    for key, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(is_finite(v) for v in values):
+            return f"metric {key!r} is not finite: {_short(value)}"
+    return None
+
+
+def is_finite(value: float) -> bool:
+    """``math.isfinite``, false (not an ``OverflowError``) for an int too large for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def split_records(content: RecordDict) -> tuple[list[ArrayRecord], list[MetricRecord]]:

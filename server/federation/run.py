@@ -180,8 +180,15 @@ class TrainingRun:
                     round=server_round,
                     participants=outcome.participants if outcome else 0,
                     failures=outcome.failures if outcome else 0,
+                    # Finite values only, train metrics as well as holdout ones: the replies'
+                    # metrics were checked, but a user's own averaging may still yield NaN/Inf,
+                    # which the registry cannot store (PostgreSQL refuses it in JSON).
                     metrics={
-                        **{f"train_{k}": v for k, v in (outcome.train_metrics if outcome else {}).items()},
+                        **{
+                            f"train_{k}": v
+                            for k, v in (outcome.train_metrics if outcome else {}).items()
+                            if np.isfinite(v)
+                        },
                         **{k: v for k, v in metrics.items() if np.isfinite(v)},
                     },
                     duration_s=time.monotonic() - (outcome.started if outcome else self._round_started),

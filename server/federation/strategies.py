@@ -1,7 +1,8 @@
 """The strategy catalog: every aggregation rule fedforge offers, chosen by name.
 
-All of them share the sanitization of ``SanitizedFedAvg`` (error replies, zero examples,
-NaN/Inf, exploding norms and mismatched shapes are dropped and counted) and its per-round
+All of them share the sanitization of ``SanitizedFedAvg`` (error replies, zero or absurd
+example counts, NaN/Inf in updates or metrics, exploding norms and mismatched shapes of
+arrays or metrics are dropped and counted) and its per-round
 bookkeeping; they differ in how the sound updates become the next model:
 
 - ``fedavg``: mean weighted by examples; ``fedprox``: the same mean, and the clients add
@@ -18,7 +19,6 @@ twin) may pass ``reply_filter`` to see every reply before sanitization.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -31,7 +31,7 @@ from server.errors import ServerError
 from server.federation.catalog import STRATEGY_NAMES
 from server.federation.replies import average_train_metrics, split_records
 from server.federation.sampling import DEFAULT_NODE_WAIT_S, BoundedFedAvg
-from server.federation.strategy import RoundOutcome, check_reply
+from server.federation.strategy import RoundOutcome, check_reply, metric_mismatch, usual_metric_shape
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,15 @@ class CatalogStrategy(BoundedFedAvg):
             else:
                 self._decoded[id(msg)] = [np.asarray(view) for view in reply.views]
                 checked.append((msg, None))
-        # Flower refuses replies whose metric keys differ: keep the most common key set.
-        key_sets = [frozenset(_metrics(m).keys()) for m, p in checked if p is None]
-        common = Counter(key_sets).most_common(1)[0][0] if key_sets else frozenset()
+        # Flower refuses replies whose metric keys differ, and its averaging raises on values
+        # of another form (a list where the others sent a number): keep the most common metrics.
+        usual = usual_metric_shape([_metrics(m) for m, p in checked if p is None])
         sound: list[Message] = []
         for msg, problem in checked:
-            if problem is None and frozenset(_metrics(msg).keys()) != common:
-                problem = f"node {msg.metadata.src_node_id}: metric keys differ from the other replies'"
+            if problem is None:
+                mismatch = metric_mismatch(_metrics(msg), usual)
+                if mismatch is not None:
+                    problem = f"node {msg.metadata.src_node_id}: {mismatch}"
             if problem is None:
                 sound.append(msg)
             else:

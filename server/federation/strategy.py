@@ -5,8 +5,11 @@ examples) or one diverged update (NaN/Inf, exploding norm) would poison or crash
 round. Those replies are dropped and counted as failures before Flower aggregates.
 
 Flower's FedAvg also raises (ending the whole run) when replies differ in shape: several
-ArrayRecords or MetricRecords, other array keys, other metric keys. A reply that does not
-match the model sent, or whose metric keys differ from most replies', is dropped too.
+ArrayRecords or MetricRecords, other array keys, other metric keys, a list metric where
+the others sent a number. A reply that does not match the model sent, or whose metric keys
+or value forms differ from most replies', is dropped too. So is one with a NaN/Inf metric
+(the round's record could not be stored) or an example count no dataset has (two of them
+would overflow the weights' sum and zero the model).
 
 The arrays are averaged by fedforge's kernels (``server.aggregation``, through
 ``server.federation.aggregate``), not by Flower's ``aggregate_arrayrecords``: the bytes are
@@ -28,10 +31,17 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from server.aggregation.fedavg import Averaged, screen
+from server.aggregation.fedavg import MAX_WEIGHT, Averaged, screen
 from server.errors import AggregationError
 from server.federation.aggregate import record_views, screened_average, to_record
-from server.federation.replies import average_train_metrics, split_records
+from server.federation.replies import (
+    MetricShape,
+    average_train_metrics,
+    is_finite,
+    metric_problem,
+    metric_shape,
+    split_records,
+)
 from server.federation.sampling import DEFAULT_NODE_WAIT_S, BoundedFedAvg
 
 log = logging.getLogger(__name__)
@@ -88,10 +98,16 @@ def parse_reply(msg: Message, expected: ArrayRecord | None = None) -> ParsedRepl
     if len(metrics) != 1:
         return f"{node}: expected one MetricRecord, got {len(metrics)}"
     examples = metrics[0].get("num-examples", 0)
-    if isinstance(examples, bool) or not isinstance(examples, int | float) or not np.isfinite(examples):
+    if isinstance(examples, bool) or not isinstance(examples, int | float) or not is_finite(examples):
         return f"{node}: num-examples is not a finite number: {examples!r}"
     if examples <= 0:
         return f"{node}: no labelled examples"
+    if examples > MAX_WEIGHT:
+        # Two such weights would sum to Inf, every factor would be 0 and the model all zeros.
+        return f"{node}: num-examples {examples:.3g} is beyond any real dataset (at most 2**53)"
+    problem = metric_problem(metrics[0])
+    if problem is not None:
+        return f"{node}: {problem}"
     if len(arrays) != 1:
         return f"{node}: expected one ArrayRecord, got {len(arrays)}"
     layout = _layout(arrays[0])
@@ -106,6 +122,28 @@ def parse_reply(msg: Message, expected: ArrayRecord | None = None) -> ParsedRepl
     if expected is not None and layout != _layout(expected):
         return f"{node}: arrays do not match the model sent (dtypes differ)"
     return ParsedReply(msg, metrics[0], arrays[0], views, float(examples), layout)
+
+
+def usual_metric_shape(metrics: list[MetricRecord]) -> MetricShape | None:
+    """The metrics' form most replies share: among the most common key set, the most common shape.
+
+    The key set comes first so that a reply with other keys is reported as such, not as a
+    shape mismatch; ties go to the earliest reply.
+    """
+    common_keys = _most_common([frozenset(m.keys()) for m in metrics])
+    return _most_common([metric_shape(m) for m in metrics if frozenset(m.keys()) == common_keys])
+
+
+def metric_mismatch(metrics: MetricRecord, usual: MetricShape | None) -> str | None:
+    """Why a reply's metrics cannot be averaged with the others' (``usual_metric_shape``), or None."""
+    shape = metric_shape(metrics)
+    if shape == usual:
+        return None
+    if usual is None or frozenset(metrics.keys()) != frozenset(key for key, _ in usual):
+        return "metric keys differ from the other replies'"
+    usual_lengths = dict(usual)
+    differing = sorted(key for key, length in shape if usual_lengths[key] != length)
+    return f"metric values differ in form (number or list length) from the other replies': {', '.join(differing)}"
 
 
 def check_reply(msg: Message, max_norm: float, expected: ArrayRecord | None = None) -> ParsedReply | str:
@@ -168,14 +206,16 @@ class SanitizedFedAvg(BoundedFedAvg):
                 self._drop(outcome, reply)
             else:
                 parsed.append(reply)
-        # Flower refuses replies whose metric keys differ: keep the most common key set; and
-        # without the model sent to compare with, the most common array layout is the model.
-        common_keys = _most_common([frozenset(r.metrics.keys()) for r in parsed])
+        # Flower refuses replies whose metric keys differ, and its averaging raises on values
+        # of another form: keep the most common metrics; and without the model sent to
+        # compare with, the most common array layout is the model.
+        usual_metrics = usual_metric_shape([r.metrics for r in parsed])
         usual_layout = _most_common([r.layout for r in parsed])
         candidates: list[ParsedReply] = []
         for reply in parsed:
-            if frozenset(reply.metrics.keys()) != common_keys:
-                self._drop(outcome, f"{reply.node}: metric keys differ from the other replies'")
+            mismatch = metric_mismatch(reply.metrics, usual_metrics)
+            if mismatch is not None:
+                self._drop(outcome, f"{reply.node}: {mismatch}")
             elif reply.layout != usual_layout:
                 self._drop(outcome, f"{reply.node}: arrays differ from the other replies' (keys, shapes or dtypes)")
             else:

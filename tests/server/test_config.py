@@ -39,3 +39,39 @@ def test_invalid_settings_are_a_config_error(tmp_path: Path) -> None:
         load_server_settings(conf)
     with pytest.raises(ConfigError, match="not found"):
         load_server_settings(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("round_timeout_s = inf", "round_timeout_s"),
+        ("command_ttl_s = inf", "command_ttl_s"),
+        ("join_wait_s = inf", "join_wait_s"),
+        ("session_ttl_s = inf", "session_ttl_s"),
+        ("online_window_s = inf", "online_window_s"),
+        ("login_window_s = inf", "login_window_s"),
+        ("local_lr = inf", "local_lr"),
+        ("max_auprc_regression = inf", "max_auprc_regression"),
+        ("round_timeout_s = 1e300", "round_timeout_s"),  # finite, but overflows run_lifetime_s
+        ("command_ttl_s = 1e308", "command_ttl_s"),
+    ],
+)
+def test_infinite_nan_or_absurd_durations_are_a_config_error(tmp_path: Path, line: str, field: str) -> None:
+    """They loaded, then broke the signed federation call and rollback commands with a 500."""
+    conf = tmp_path / "server.toml"
+    conf.write_text(f'data_dir = "{tmp_path}"\n{line}\n')
+    with pytest.raises(ConfigError, match=field):
+        load_server_settings(conf)
+
+
+def test_an_infinite_duration_from_the_environment_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDFORGE_ROUND_TIMEOUT_S", "inf")
+    with pytest.raises(ConfigError, match="round_timeout_s: Input should be a finite number"):
+        load_server_settings(data_dir=tmp_path)
+
+
+def test_a_year_long_duration_still_loads(tmp_path: Path) -> None:
+    s = load_server_settings(data_dir=tmp_path, command_ttl_s=365 * 86400.0, round_timeout_s=86400.0)
+    assert s.run_lifetime_s(1000) < float("inf")

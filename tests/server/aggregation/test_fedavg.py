@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from server.aggregation import fedavg as kernel
-from server.aggregation.fedavg import PARALLEL_MIN_VALUES, default_workers, fedavg, normalised, resolve_workers, screen
+from server.aggregation.fedavg import (
+    MAX_WEIGHT,
+    PARALLEL_MIN_VALUES,
+    default_workers,
+    fedavg,
+    normalised,
+    resolve_workers,
+    screen,
+)
 from server.errors import AggregationError
 
 SHAPES = [(37, 11), (11,), (5, 3, 2), ()]
@@ -224,10 +232,23 @@ def test_screen_with_nothing_sound_gives_no_mean() -> None:
     assert set(problems) == {0, 1}
 
 
-@pytest.mark.parametrize("weights", [[1, 0], [1, -2], [1, float("nan")], [1, float("inf")], [True, 1], []])
+@pytest.mark.parametrize(
+    "weights",
+    [[1, 0], [1, -2], [1, float("nan")], [1, float("inf")], [True, 1], [], [1e308, 1e308], [2.0**53 + 2, 1], [10**400]],
+)
 def test_weights_that_would_poison_the_mean_are_refused(weights: list[float]) -> None:
     with pytest.raises(AggregationError):
         normalised(weights)
+
+
+def test_huge_weights_are_refused_never_averaged_into_zeros() -> None:
+    """Two weights of 1e308 sum to Inf: every factor would be 0 and the mean all zeros."""
+    updates = [[np.full(3, 1.0, dtype=np.float32)], [np.full(3, 2.0, dtype=np.float32)]]
+    with pytest.raises(AggregationError, match="no dataset has that many examples"):
+        fedavg(updates, [1e308, 1e308])
+    with pytest.raises(AggregationError, match="no dataset"):
+        screen(updates, [1e308, 1e308], max_norm=10.0)
+    assert normalised([MAX_WEIGHT, MAX_WEIGHT]) == [0.5, 0.5]  # the bound itself is a weight
 
 
 def test_mismatched_updates_are_refused_with_the_culprit() -> None:

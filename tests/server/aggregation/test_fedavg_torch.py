@@ -41,6 +41,16 @@ def test_cpu_torch_path_flags_non_finite_updates_and_screens_them() -> None:
     assert_same_mean(averaged.arrays, fedavg([updates[i] for i in (0, 1, 3)], [1, 1, 1]).arrays)
 
 
+def test_torch_path_refuses_the_weights_the_numpy_kernel_refuses() -> None:
+    """Two weights of 1e308 would make every factor 0: no path may return a zero model for them."""
+    updates = make_updates(2, seed=8)
+    for weights in ([1e308, 1e308], [1.0, float("inf")]):
+        with pytest.raises(AggregationError, match="weight"):
+            fedavg_torch(updates, weights, device="cpu")
+        with pytest.raises(AggregationError, match="weight"):
+            weighted_sum_resident(torch.ones((2, 4)), weights)
+
+
 def test_mixed_dtypes_accumulate_in_float64() -> None:
     updates = [
         [np.array([1, 2], dtype=np.int64), np.array([0.5], dtype=np.float32)],

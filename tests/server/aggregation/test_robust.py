@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from server.aggregation import robust
+from server.errors import ServerError
 
 
 @pytest.fixture
@@ -53,9 +54,17 @@ def test_flatten_round_trips_shapes() -> None:
         (lambda: robust.krum_scores(np.ones((3, 2)), 1), "n > f \\+ 2"),
         (lambda: robust.trimmed_mean(np.ones((3, 2)), 0.5), "beta"),
         (lambda: robust.weighted_mean(np.ones((2, 2)), [1.0]), "weights"),
+        (lambda: robust.weighted_mean(np.ones((2, 2)), [1e308, 1e308]), "2\\*\\*53"),
+        (lambda: robust.weighted_mean(np.ones((2, 2)), [0.0, 0.0]), "positive sum"),
         (lambda: robust.coordinate_median(np.ones((0, 2))), "non-empty"),
     ],
 )
 def test_bad_parameters_are_clear_errors(call: object, message: str) -> None:
     with pytest.raises(robust.AggregationError, match=message):
         call()  # type: ignore[operator]
+
+
+def test_huge_weights_are_refused_not_averaged_into_zeros() -> None:
+    """Two weights of 1e308 sum to Inf: (w / sum) would be all zeros, and so would the model."""
+    with pytest.raises(ServerError, match="at most"):  # the server's one error tree
+        robust.weighted_mean(np.ones((2, 3)), [1e308, 1e308])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
+from server.federation.replies import MetricValue
 from server.federation.strategy import SanitizedFedAvg, reply_problem
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -63,6 +64,10 @@ def test_sound_reply_has_no_problem() -> None:
         (lambda: reply(3, arrays(1.0), -5), "no labelled examples"),
         (lambda: reply(3, arrays(1.0), float("nan")), "num-examples"),
         (lambda: reply(3, arrays(1.0), float("inf")), "num-examples"),
+        (lambda: reply(3, arrays(1.0), 1e308), "num-examples 1e+308 is beyond any real dataset"),
+        (lambda: reply(3, arrays(1.0), 10**400), "num-examples"),
+        (lambda: reply(3, arrays(1.0), 10, loss=float("nan")), "metric 'train-loss' is not finite"),
+        (lambda: reply(3, arrays(1.0), 10, extra_metrics={"auc": float("-inf")}), "metric 'auc' is not finite"),
         (lambda: reply(3, arrays(1e6), 10), "norm"),
         (lambda: error_reply(3, "ClientApp crashed"), "ClientApp crashed"),
     ],
@@ -154,3 +159,72 @@ def test_a_reply_with_other_metric_keys_is_dropped_not_fatal() -> None:
         np.testing.assert_allclose(nd, 2.0)
     assert strategy.outcomes[1].failures == 1
     assert "node 4: metric keys differ" in strategy.outcomes[1].reasons[0]
+
+
+def metrics_reply(node_id: int, record: ArrayRecord, metrics: dict[str, MetricValue]) -> Message:
+    return Message(RecordDict({"arrays": record, "metrics": MetricRecord(metrics)}), reply_to=instruction(node_id))
+
+
+@pytest.mark.parametrize(
+    ("odd", "usual"),
+    [
+        ([0.5, 0.5], 0.5),  # a list where the others sent a number
+        (0.5, [0.5, 0.5]),  # a number where the others sent a list
+        ([0.5], [0.5, 0.5]),  # a list of another length
+    ],
+)
+def test_a_reply_whose_metric_has_another_form_is_dropped_not_fatal(odd: MetricValue, usual: MetricValue) -> None:
+    """Flower's averaging raises on such a reply (TypeError/ValueError), which would end the whole run."""
+    strategy = SanitizedFedAvg(min_nodes=1)
+    replies = [
+        metrics_reply(2, arrays(9.0), {"num-examples": 1, "train-loss": odd}),  # first: the majority decides
+        metrics_reply(3, arrays(1.0), {"num-examples": 1, "train-loss": usual}),
+        metrics_reply(4, arrays(3.0), {"num-examples": 1, "train-loss": usual}),
+    ]
+    agg, metrics = strategy.aggregate_train(1, replies)
+    assert agg is not None
+    assert metrics is not None
+    for nd in values(agg):
+        np.testing.assert_allclose(nd, 2.0)  # node 2 left out
+    assert metrics["train-loss"] == pytest.approx(usual)
+    outcome = strategy.outcomes[1]
+    assert (outcome.participants, outcome.failures) == (2, 1)
+    assert outcome.reasons == [
+        "node 2: metric values differ in form (number or list length) from the other replies': train-loss"
+    ]
+
+
+def test_a_reply_with_a_non_finite_metric_is_dropped_so_the_round_metrics_stay_finite() -> None:
+    strategy = SanitizedFedAvg(min_nodes=1)
+    replies = [
+        reply(2, arrays(1.0), 1, loss=0.2),
+        reply(3, arrays(3.0), 1, loss=float("nan")),
+        metrics_reply(4, arrays(5.0), {"num-examples": 1, "train-loss": [0.1, float("inf")]}),
+    ]
+    lists = [metrics_reply(5, arrays(1.0), {"num-examples": 1, "train-loss": [0.1, float("inf")]})]
+    agg, metrics = strategy.aggregate_train(1, replies)
+    assert agg is not None
+    assert metrics is not None
+    for nd in values(agg):
+        np.testing.assert_allclose(nd, 1.0)
+    assert metrics["train-loss"] == pytest.approx(0.2)
+    assert strategy.outcomes[1].train_metrics == {"train-loss": pytest.approx(0.2)}
+    assert strategy.outcomes[1].failures == 2
+    assert "node 3: metric 'train-loss' is not finite: nan" in strategy.outcomes[1].reasons
+    assert strategy.aggregate_train(2, lists) == (None, None)
+    assert "node 5: metric 'train-loss' is not finite" in strategy.outcomes[2].reasons[0]
+
+
+def test_absurd_example_counts_are_dropped_not_averaged_into_a_zero_model() -> None:
+    """Two counts of 1e308 sum to Inf: every factor would be 0 and the global model all zeros."""
+    strategy = SanitizedFedAvg(min_nodes=1)
+    replies = [reply(2, arrays(1.0), 1e308), reply(3, arrays(2.0), 1e308), reply(4, arrays(3.0), 100)]
+    agg, _ = strategy.aggregate_train(1, replies)
+    assert agg is not None
+    for nd in values(agg):
+        np.testing.assert_allclose(nd, 3.0)
+    outcome = strategy.outcomes[1]
+    assert (outcome.participants, outcome.failures) == (1, 2)
+    assert all("beyond any real dataset" in reason for reason in outcome.reasons)
+    # The largest count still accepted: floats count exactly up to it.
+    assert reply_problem(reply(5, arrays(1.0), float(2**53)), 1e4) is None

@@ -8,7 +8,7 @@ from flwr.app import Message
 
 from server.errors import ServerError
 from server.federation.strategies import STRATEGY_NAMES, build_strategy
-from tests.server.federation.test_sanitized_fedavg import arrays, reply, values
+from tests.server.federation.test_sanitized_fedavg import arrays, metrics_reply, reply, values
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -63,3 +63,24 @@ def test_unknown_names_and_parameters_are_errors() -> None:
         build_strategy("fedsgd", min_nodes=1)
     with pytest.raises(ServerError, match="unknown strategy parameters"):
         build_strategy("krum", min_nodes=1, params={"f": 2})
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_odd_metric_forms_non_finite_metrics_and_absurd_counts_are_dropped_by_every_rule(name: str) -> None:
+    """Each of these once ended the run (TypeError), stored NaN or averaged into a zero model."""
+    strategy = build_strategy(name, min_nodes=1)
+    honest = [reply(i, arrays(1.0), 10) for i in range(1, 6)]
+    odd = [
+        metrics_reply(6, arrays(-40.0), {"num-examples": 10, "train-loss": [0.5, 0.5]}),
+        reply(7, arrays(-40.0), 10, loss=float("nan")),
+        reply(8, arrays(-40.0), 1e308),
+        reply(9, arrays(-40.0), 1e308),
+    ]
+    got, metrics = strategy.aggregate_train(1, [*honest, *odd])
+    assert got is not None
+    assert all(np.allclose(a, 1.0) for a in values(got))
+    assert metrics is not None
+    assert metrics["train-loss"] == pytest.approx(0.5)
+    outcome = strategy.outcomes[1]
+    assert (outcome.participants, outcome.failures) == (5, 4)
+    assert [reason.split(":")[0] for reason in outcome.reasons] == ["node 6", "node 7", "node 8", "node 9"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -184,6 +185,42 @@ def test_evaluate_round_records_rounds_with_the_strategy_outcome(boot: Bootstrap
     assert rounds[0].metrics["auprc"] == pytest.approx(metrics0["auprc"])
     assert rounds[0].metrics["train_train-loss"] == pytest.approx(0.3)
     assert rounds[0].duration_s >= 0
+
+
+def test_a_nan_train_metric_never_reaches_the_rounds_record(boot: Bootstrapped) -> None:
+    """PostgreSQL refuses NaN in JSON: one such metric failed the round's record and the run."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    run = open_run(boot)
+    strategy = run.strategy()
+    state = run.model.state_dict()
+    run.evaluate_round(0, state)
+
+    def reply(node: int, loss: float) -> Message:
+        sent = Message(RecordDict({"arrays": ArrayRecord(state)}), dst_node_id=node, message_type=MessageType.TRAIN)
+        metrics = MetricRecord({"num-examples": 10, "train-loss": loss})
+        return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=sent)
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 5, 1
+    try:
+        # A reply's NaN metric: the reply is dropped (its weights are sound, its report is not).
+        agg, _ = strategy.aggregate_train(1, [reply(2, 0.4), reply(3, float("nan"))])
+        assert agg is not None
+        run.evaluate_round(1, agg.to_torch_state_dict())
+        # A user's own metrics averaging that yields NaN: the round is stored without it.
+        strategy.train_metrics_aggr_fn = lambda contents, key: MetricRecord({"train-loss": float("nan"), "ok": 1.0})
+        agg, _ = strategy.aggregate_train(2, [reply(2, 0.4), reply(3, 0.2)])
+        assert agg is not None
+        run.evaluate_round(2, agg.to_torch_state_dict())
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    rounds = boot.registry.list_rounds("run-1")
+    assert [(r.round, r.participants, r.failures) for r in rounds] == [(1, 1, 1), (2, 2, 0)]
+    assert rounds[0].metrics["train_train-loss"] == pytest.approx(0.4)
+    assert "train_train-loss" not in rounds[1].metrics
+    assert rounds[1].metrics["train_ok"] == 1.0
+    assert all(math.isfinite(v) for r in rounds for v in r.metrics.values())
 
 
 def test_open_refuses_an_unknown_strategy(boot: Bootstrapped) -> None:
