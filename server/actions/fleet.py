@@ -21,7 +21,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,8 +31,9 @@ from server.actions.channel import ReleaseChannel
 from server.config import ServerSettings
 from server.errors import NotFoundError, ServerError
 from server.federation.catalog import STRATEGY_NAMES, is_strategy
-from server.registry.records import CommandRecord, ModelVersionRecord, Registry
+from server.registry.records import CommandRecord, ModelVersionRecord, Registry, Stage
 from shared.commands import DeviceCommandKind, device_command, rollback_command
+from shared.mqtt import MqttError
 from shared.schemas import Command, ModelManifest
 
 log = logging.getLogger(__name__)
@@ -102,13 +104,14 @@ class FleetActions:
                     f"v{version} is older than the release v{current.version}: use POST /api/fleet/rollback"
                 )
             manifest = ModelManifest.model_validate(record.manifest)
-            self.registry.set_stage(self.task, version, "published")
             command_id = None
-            if record.stage == "withdrawn":
-                command_id = self._standing_command(manifest, actor, channel)
-            else:
-                channel.publish_fleet_command(b"")  # a newer release ends any standing rollback
-            channel.publish_release(manifest, artifact)
+            with self._undone_if_unsent({version: record.stage}):
+                self.registry.set_stage(self.task, version, "published")
+                if record.stage == "withdrawn":
+                    command_id = self._standing_command(manifest, actor, channel)
+                else:
+                    channel.publish_fleet_command(b"")  # a newer release ends any standing rollback
+                channel.publish_release(manifest, artifact)
             detail = {
                 "task": self.task,
                 "version": version,
@@ -135,13 +138,14 @@ class FleetActions:
                 for m in self.registry.list_model_versions(self.task)
                 if m.stage == "published" and m.version > version
             ]
-            for newer in withdrawn:
-                self.registry.set_stage(self.task, newer, "withdrawn")
-            self.registry.set_stage(self.task, version, "published")
             manifest = ModelManifest.model_validate(record.manifest)
-            # The release first (new agents install v by manifest), then the command (running agents switch).
-            channel.publish_release(manifest, artifact)
-            command_id = self._standing_command(manifest, actor, channel)
+            with self._undone_if_unsent({**dict.fromkeys(withdrawn, "published"), version: record.stage}):
+                for newer in withdrawn:
+                    self.registry.set_stage(self.task, newer, "withdrawn")
+                self.registry.set_stage(self.task, version, "published")
+                # The release first (new agents install v by manifest), then the command (running agents switch).
+                channel.publish_release(manifest, artifact)
+                command_id = self._standing_command(manifest, actor, channel)
             detail = {
                 "task": self.task,
                 "version": version,
@@ -153,6 +157,25 @@ class FleetActions:
             self.registry.audit(actor, "fleet.rollback", detail)
             log.info("%s rolled %s back from v%d to v%d (%s)", actor, self.task, current.version, version, command_id)
             return detail
+
+    @contextmanager
+    def _undone_if_unsent(self, stages: dict[int, Stage]) -> Iterator[None]:
+        """Put ``stages`` back when the broker does not confirm what the action publishes.
+
+        The stages are set first because the fleet monitor serves chunk re-requests by
+        stage; without the undo an unacknowledged publish would leave the registry saying
+        "released" to a fleet that never heard of it, and the retry refused as a conflict.
+        What did reach the broker is published again, the same, by the retry.
+        """
+        try:
+            yield
+        except MqttError as exc:
+            for version, stage in stages.items():
+                self.registry.set_stage(self.task, version, stage)
+            log.warning("the broker did not confirm a release action (%s): stages restored", exc)
+            raise ActionUnavailableError(
+                f"the broker did not confirm the publish ({exc}): nothing changed, retry"
+            ) from exc
 
     def _standing_command(self, manifest: ModelManifest, actor: str, channel: ReleaseChannel) -> str:
         if self._signing_key is None:
@@ -166,8 +189,8 @@ class FleetActions:
             ttl_s=self.settings.command_ttl_s,
             now=self._clock(),
         )
-        self._record_command(command, actor)
         channel.publish_fleet_command(command.to_bytes())
+        self._record_command(command, actor)  # only a command the broker took
         return command.command_id
 
     def _record_command(self, command: Command, actor: str) -> None:
@@ -237,8 +260,11 @@ class FleetActions:
             ttl_s=self.settings.command_ttl_s,
             now=self._clock(),
         )
+        try:
+            channel.publish_device_command(device_id, command.to_bytes())
+        except MqttError as exc:
+            raise ActionUnavailableError(f"the broker did not confirm the {kind} ({exc}): retry") from exc
         self._record_command(command, actor)
-        channel.publish_device_command(device_id, command.to_bytes())
         return {"device_id": device_id, "task": self.task, "version": command.version, "command_id": command.command_id}
 
     # -- devices --------------------------------------------------------------------

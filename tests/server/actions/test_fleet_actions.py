@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,38 @@ def test_without_a_broker_link_actions_are_unavailable(tmp_path: Path) -> None:
     with pytest.raises(ActionUnavailableError):
         actions.promote(2, "ops")
     assert registry.get_model_version("fraud", 2).stage == "candidate"  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FleetActions, InMemoryRegistry]]:
+    """FleetActions over the real MQTT channel, with no broker behind it (waits cut to 0.3 s)."""
+    import server.actions.channel as channel_module
+    import server.release.publisher as publisher_module
+    from server.actions import MqttReleaseChannel
+    from shared.mqtt import BrokerAddress, MqttClient
+    from tests.edge_agent.agent_testlib import closed_port_url
+
+    monkeypatch.setattr(channel_module, "ACK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(publisher_module, "ACK_TIMEOUT_S", 0.3)
+    registry = InMemoryRegistry()
+    for version, stage in ((1, "published"), (2, "published"), (3, "candidate")):
+        registry.add_model_version(_record(version, stage), f"onnx{version}".encode() * 300)
+    _device(registry, "d1")
+    client = MqttClient(BrokerAddress.parse(closed_port_url()), "no-broker", persistent=False)
+    settings = ServerSettings(data_dir=tmp_path, fleet="f1")
+    channel = MqttReleaseChannel(client, "f1")
+    yield FleetActions(settings, registry, channel=channel, signing_key=lambda: KEY), registry
+    client.stop()
+
+
+def test_an_unconfirmed_release_changes_nothing_and_can_be_retried(unreachable: tuple) -> None:  # type: ignore[type-arg]
+    actions, registry = unreachable
+    before = _stages(registry)
+    for action in (lambda: actions.promote(3, "ops"), lambda: actions.rollback(1, "ops")):
+        with pytest.raises(ActionUnavailableError, match="nothing changed, retry"):
+            action()
+        assert _stages(registry) == before  # the retry is not refused as a conflict
+    with pytest.raises(ActionUnavailableError, match="did not confirm the pin"):
+        actions.pin_device("d1", 1, "ops")
+    assert registry.list_commands("f1") == []  # no command the fleet never got
+    assert registry.list_audit() == []
