@@ -204,8 +204,9 @@ class Ingest:
         except StoreUnavailableError as exc:
             log.error("%s: %d ingest payloads left unacknowledged with the broker", exc, len(pending.ingest))
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("storing a batch failed (%d records)", 0 if accepted is None else len(accepted))
+            self._quarantine_whole(pending, exc)
             return
         if quarantined:
             self.counters.quarantined += len(quarantined)
@@ -214,6 +215,22 @@ class Ingest:
                 log.info("quarantined %s: %s", q.record_id or "payload", q.reason)
         for publish in publishes:
             publish()
+
+    def _quarantine_whole(self, pending: _Pending, exc: Exception) -> None:
+        """A failure outside any chunk rolled the whole batch back, and the link acknowledges it
+        all the same: keep every payload, raw and without its record id, with the reason."""
+        reason = f"internal error while storing the batch: {exc!r}"[:500]
+        items = [Quarantined(None, reason, payload) for payload in pending.ingest]
+        items += [Quarantined(None, q.reason, q.raw) for q in pending.quarantined]
+        try:
+            self.store.quarantine(items)
+        except StoreUnavailableError:
+            raise
+        except Exception:
+            log.exception("quarantining the %d payloads of that batch failed as well: they are lost", len(items))
+            return
+        self.counters.quarantined += len(items)
+        self.quarantine_log.add(items)
 
     def _store_and_score(self, chunk: CleanBatch) -> tuple[Callable[[], None], list[int]]:
         """Scored first, then the records stored with their predictions and the outbox entry,

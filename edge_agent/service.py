@@ -265,7 +265,10 @@ class Agent:
         next_reap = 0.0
         while True:
             await asyncio.sleep(period)
-            self.models.tick()
+            try:
+                self.models.tick()
+            except Exception:  # a bug here must not end the resumes and timeouts of every download
+                log.exception("the model download tick failed")
             if self.companions and time.monotonic() >= next_reap:
                 # The agent is the subreaper of its SuperNode trees: late helpers end up here.
                 next_reap = time.monotonic() + ORPHAN_REAP_S

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from collections.abc import Sequence
 from struct import Struct
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,10 +28,19 @@ SCHEMA_VERSION: Literal[1] = 1
 MAX_JSON_PAYLOAD_BYTES = 1_048_576
 
 
+def _exact_int(value: Any, name: str) -> Any:
+    """JSON ``true`` or ``1.0`` is not the integer 1 (ingest's cleaning refuses the same laxness)."""
+    if type(value) is not int:
+        raise ValueError(f"{name} must be an integer, not {type(value).__name__}")
+    return value
+
+
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: Literal[1] = SCHEMA_VERSION
+
+    _exact_version = field_validator("schema_version", mode="before")(lambda v: _exact_int(v, "schema_version"))
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode("utf-8")
@@ -67,6 +77,13 @@ def loads_json(payload: bytes) -> Any:
         raise PayloadError(f"broken JSON: {exc}") from None
     except RecursionError:
         raise PayloadError("broken JSON: nested too deeply") from None
+    except ValueError as exc:  # Python refuses integers of more than 4,300 digits
+        raise PayloadError(f"broken JSON: an unreadable number ({str(exc)[:60]})") from None
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """A bounded repr for a reason: a decoded value may be nested a thousand levels deep."""
+    return reprlib.repr(value)[:limit]
 
 
 # ---- ingest (devices -> agent) -----------------------------------------------------------
@@ -149,6 +166,8 @@ class Label(BaseModel):
     record_id: str = Field(min_length=1, max_length=128)
     label: Literal[0, 1]
 
+    _exact_label = field_validator("label", mode="before")(lambda v: _exact_int(v, "label"))
+
 
 class LabelBatch(WireModel):
     labels: tuple[Label, ...] = Field(max_length=100_000)
@@ -192,24 +211,46 @@ def prediction_batch_bytes(
 
 # ---- status (agent -> cloud, retained) ------------------------------------------------
 
+# The server stores a status in SQL columns (server.registry.models) and streams it to browsers
+# as JSON. A value either cannot hold (a 64-bit version in a 32-bit column, NaN in JSON, a NUL
+# in PostgreSQL text) would fail the write after the status was accepted, so the bounds are
+# part of the schema: such a status is refused as malformed, with a reason, before any write.
+INT32_MAX = 2**31 - 1
+# Cumulative counters may legitimately pass 2**31 on a long-lived agent; 64 bits is what
+# SQLite, JSON columns and a BIGINT hold.
+INT64_MAX = 2**63 - 1
+
+
+def _nul_free(text: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL; a quarantined record may well contain one, and the
+    sample must still reach the dashboard, so NUL becomes U+FFFD (same length, still visible)."""
+    return None if text is None else text.replace("\x00", "\ufffd")
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Int32 = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+
 
 class Counters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ingested: int = 0
-    quarantined: int = 0
-    scored: int = 0
-    labelled: int = 0
-    trained: int = 0
-    models_rejected: int = 0
+    ingested: Count = 0
+    quarantined: Count = 0
+    scored: Count = 0
+    labelled: Count = 0
+    trained: Count = 0
+    models_rejected: Count = 0
 
 
 class Rejection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: int | None
+    version: Int32 | None
     reason: str
-    at: float
+    at: FiniteFloat
+
+    _nul_free = field_validator("reason")(_nul_free)
 
 
 class QuarantineSample(BaseModel):
@@ -217,10 +258,12 @@ class QuarantineSample(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    at: float
+    at: FiniteFloat
     record_id: str | None = Field(default=None, max_length=128)
     reason: str = Field(max_length=500)
     excerpt: str = Field(default="", max_length=200)
+
+    _nul_free = field_validator("record_id", "reason", "excerpt")(_nul_free)
 
 
 class Drift(BaseModel):
@@ -232,10 +275,13 @@ class Drift(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    score: float = Field(ge=0)
-    window: int = Field(ge=0)
-    worst_feature: str | None = None
-    worst_shift: float = 0.0
+    score: FiniteFloat = Field(ge=0)
+    window: Count
+    # 128: the telemetry column that keeps it.
+    worst_feature: str | None = Field(default=None, max_length=128)
+    worst_shift: FiniteFloat = 0.0
+
+    _nul_free = field_validator("worst_feature")(_nul_free)
 
 
 class DeviceStatus(WireModel):
@@ -244,16 +290,16 @@ class DeviceStatus(WireModel):
     kind: Literal["birth", "heartbeat", "offline"]
     ts: float
     seq: int = 0
-    model_version: int | None = None
+    model_version: Int32 | None = None
     # The version an operator's pin holds this device at (None: it follows the fleet's release).
-    pinned_version: int | None = None
+    pinned_version: Int32 | None = None
     signature_verified: bool = False
     health: Literal["ok", "degraded", "offline"] = "ok"
     counters: Counters = Counters()
-    queue_depth: int = 0
+    queue_depth: Int32 = 0
     # Messages in the agent's on-disk outbox not yet acknowledged by the broker.
-    outbox_depth: int = 0
-    scoring_latency_ms_p50: float | None = None
+    outbox_depth: Int32 = 0
+    scoring_latency_ms_p50: FiniteFloat | None = None
     last_rejection: Rejection | None = None
     # Optional (older agents omit them): input drift and the newest quarantined records.
     drift: Drift | None = None
@@ -291,13 +337,18 @@ class ModelManifest(WireModel):
     signature: str = ""
 
 
+# Ranges one ChunkRequest may name; a download missing more asks for the first ones, and
+# for the rest once those have come.
+MAX_MISSING_RANGES = 10_000
+
+
 class ChunkRequest(WireModel):
     """An agent asking for chunks it is missing (resume after a drop)."""
 
     device_id: str
     task: str
     version: int
-    missing: tuple[tuple[int, int], ...] = Field(max_length=10_000)
+    missing: tuple[tuple[int, int], ...] = Field(max_length=MAX_MISSING_RANGES)
 
 
 class Command(WireModel):
@@ -313,7 +364,7 @@ class Command(WireModel):
 
     command_id: str = Field(min_length=1, max_length=128)
     kind: Literal["rollback", "pin", "unpin", "config"]
-    expires_at: float
+    expires_at: float = Field(allow_inf_nan=False)  # NaN would pass every expiry check
     # The one device a ``pin`` or ``unpin`` is for (signed: it cannot be replayed to another).
     device_id: str | None = Field(default=None, min_length=1, max_length=128)
     version: int | None = None
@@ -321,7 +372,7 @@ class Command(WireModel):
     fleet: str | None = None
     task: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    issued_at: float = 0.0
+    issued_at: float = Field(default=0.0, allow_inf_nan=False)
     issued_by: str = ""
     manifest: ModelManifest | None = None
     signer: str = ""

@@ -96,6 +96,10 @@ class TrustStore:
         except ValueError:
             raise SignatureError("signature is not valid base64") from None
         try:
-            key.verify(signature, canonical_json(payload))
+            message = canonical_json(payload)
+        except ValueError as exc:  # NaN, Infinity or a lone surrogate: nothing a key ever signed
+            raise SignatureError(f"the signed fields are not canonical JSON: {exc}") from None
+        try:
+            key.verify(signature, message)
         except InvalidSignature:
             raise SignatureError("signature does not match the manifest") from None

@@ -135,6 +135,11 @@ def parse(topic: str) -> ParsedTopic:
         task = _check("task", parts[4])
         if len(parts) == 6 and parts[5] == "manifest":
             return ParsedTopic(fleet=fleet, kind="manifest", task=task)
-        if len(parts) == 8 and parts[6] == "chunk" and parts[5].isdigit() and parts[7].isdigit():
+        if len(parts) == 8 and parts[6] == "chunk" and _ascii_number(parts[5]) and _ascii_number(parts[7]):
             return ParsedTopic(fleet=fleet, kind="chunk", task=task, version=int(parts[5]), index=int(parts[7]))
     raise TopicError(f"not a fedforge v1 topic: {topic!r}")
+
+
+def _ascii_number(part: str) -> bool:
+    """``str.isdigit`` also takes "²" (which ``int`` refuses) and "٣" (which it reads as 3)."""
+    return part.isascii() and part.isdigit()

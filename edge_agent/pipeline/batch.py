@@ -49,6 +49,7 @@ from edge_agent.pipeline.cleaning import (
     record_bytes,
     record_id_of,
     record_raw,
+    valid_record_id,
 )
 from edge_agent.pipeline.frame import Frame, is_frame
 from edge_agent.pipeline.typed import TypedRecords, typed_decoder
@@ -255,7 +256,7 @@ def clean_payloads(
                 if taker is not None and type(row) is list and len(row) == size:
                     rid = row[0]
                     ts = _finite_ts(row[1])
-                    if type(rid) is str and 0 < len(rid) <= MAX_RECORD_ID_CHARS and ts is not None:
+                    if ts is not None and valid_record_id(rid):
                         cand_pos.append(pos)
                         cand_ids.append(rid)
                         cand_ts.append(ts)
@@ -279,8 +280,7 @@ def clean_payloads(
                     pass
                 else:
                     if (
-                        type(rid) is str
-                        and 0 < len(rid) <= MAX_RECORD_ID_CHARS
+                        valid_record_id(rid)
                         and type(version) is int
                         and version == SCHEMA_VERSION
                         and type(features) is dict
@@ -389,13 +389,11 @@ def _frame_candidates(
     positions = np.concatenate([np.arange(start, start + len(frame), dtype=np.int64) for start, frame in frames])
     ts = np.concatenate([frame.ts for _, frame in frames])
     values = np.concatenate([frame.values for _, frame in frames])
-    if set(map(type, ids)) == {str}:
+    if set(map(type, ids)) == {str} and all(map(str.isascii, ids)):
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         ok = (lengths > 0) & (lengths <= MAX_RECORD_ID_CHARS)
     else:
-        ok = np.fromiter(
-            (type(r) is str and 0 < len(r) <= MAX_RECORD_ID_CHARS for r in ids), dtype=bool, count=len(ids)
-        )
+        ok = np.fromiter(map(valid_record_id, ids), dtype=bool, count=len(ids))
     ok &= np.isfinite(ts)
     ok &= ((values >= low) & (values <= high)).all(axis=1)
     if ok.all():

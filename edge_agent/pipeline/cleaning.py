@@ -36,7 +36,7 @@ import orjson
 from edge_agent.pipeline.frame import Frame, decode_frame, is_frame
 from shared.errors import PayloadError
 from shared.features import FeatureSpec
-from shared.schemas import MAX_JSON_PAYLOAD_BYTES, PACKED_INGEST_KEYS, SCHEMA_VERSION, loads_json
+from shared.schemas import MAX_JSON_PAYLOAD_BYTES, PACKED_INGEST_KEYS, SCHEMA_VERSION, loads_json, short_repr
 
 RECORD_KEYS = frozenset({"schema_version", "record_id", "ts", "features"})
 # json.dumps(obj, separators=(",", ":")) without building an encoder per call.
@@ -190,7 +190,7 @@ def _check_record(obj: Any, checker: Checker) -> CleanRecord:
         raise RecordError(f"missing keys: {_names(RECORD_KEYS - keys)}")
     version = obj["schema_version"]
     if type(version) is not int or version != SCHEMA_VERSION:
-        raise RecordError(f"unsupported schema_version {version!r:.40} (expected {SCHEMA_VERSION})")
+        raise RecordError(f"unsupported schema_version {short_repr(version)} (expected {SCHEMA_VERSION})")
     ts = _number(obj["ts"], "ts")
     features = obj["features"]
     if type(features) is not dict:
@@ -210,10 +210,24 @@ def _check_record(obj: Any, checker: Checker) -> CleanRecord:
     return CleanRecord(obj["record_id"], ts, tuple(values))
 
 
+def valid_record_id(rid: Any) -> bool:
+    """1..128 characters that UTF-8 can encode: a JSON escape (``"\\ud800"``) can name a
+    lone surrogate, which the store cannot write."""
+    return type(rid) is str and 0 < len(rid) <= MAX_RECORD_ID_CHARS and (rid.isascii() or _encodable(rid))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def record_id_of(obj: Any) -> str | None:
     if type(obj) is dict:
         rid = obj.get("record_id")
-        if type(rid) is str and 1 <= len(rid) <= MAX_RECORD_ID_CHARS:
+        if valid_record_id(rid):
             return rid
     return None
 
@@ -222,7 +236,9 @@ def _bad_id_reason(obj: dict[str, Any]) -> str:
     rid = obj.get("record_id")
     if type(rid) is not str:
         return f"record_id: expected a string, got {_json_type(rid)}"
-    return f"record_id: length {len(rid)} not within 1..{MAX_RECORD_ID_CHARS}"
+    if not 0 < len(rid) <= MAX_RECORD_ID_CHARS:
+        return f"record_id: length {len(rid)} not within 1..{MAX_RECORD_ID_CHARS}"
+    return "record_id: not valid Unicode (a lone surrogate escape)"
 
 
 def decode_payload(payload: bytes) -> Any:
@@ -268,7 +284,7 @@ def _packed(doc: dict[str, Any], payload: bytes) -> Packed | Quarantined:
         return Quarantined(None, f"packed payload: {which}", payload)
     version = doc["schema_version"]
     if type(version) is not int or version != SCHEMA_VERSION:
-        reason = f"packed payload: unsupported schema_version {version!r:.40} (expected {SCHEMA_VERSION})"
+        reason = f"packed payload: unsupported schema_version {short_repr(version)} (expected {SCHEMA_VERSION})"
         return Quarantined(None, reason, payload)
     fields, rows = doc["fields"], doc["rows"]
     if type(fields) is not list or not all(type(f) is str for f in fields):

@@ -30,6 +30,7 @@ from shared.schemas import (
     SCHEMA_VERSION,
     ingest_record_object,
     loads_json,
+    short_repr,
 )
 
 _FLOAT = np.dtype("<f8")
@@ -113,7 +114,9 @@ def decode_frame(payload: bytes, names: tuple[str, ...]) -> Frame:
         raise PayloadError(f"binary frame: {which}")
     version = header["schema_version"]
     if type(version) is not int or version != SCHEMA_VERSION:
-        raise PayloadError(f"binary frame: unsupported schema_version {version!r:.40} (expected {SCHEMA_VERSION})")
+        raise PayloadError(
+            f"binary frame: unsupported schema_version {short_repr(version)} (expected {SCHEMA_VERSION})"
+        )
     fields, ids = header["fields"], header["record_ids"]
     in_order = fields == list(names)  # the usual case, and then nothing else to check
     if not in_order:

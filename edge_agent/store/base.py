@@ -21,6 +21,9 @@ from shared.errors import FedforgeError
 
 ModelEventKind = Literal["installed", "rejected", "rolled_back"]
 MODEL_EVENTS: tuple[ModelEventKind, ...] = ("installed", "rejected", "rolled_back")
+# Model events kept (the newest): each forged or broken manifest adds one, and the disk
+# budget evicts records, not this history.
+MODEL_HISTORY_KEEP = 1000
 
 COUNT_KEYS = ("records", "quarantined", "predictions", "labels", "trained_examples", "models_rejected")
 

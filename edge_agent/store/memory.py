@@ -18,6 +18,7 @@ from edge_agent.pipeline.batch import CleanBatch
 from edge_agent.pipeline.cleaning import CleanRecord, Quarantined
 from edge_agent.store.base import (
     MODEL_EVENTS,
+    MODEL_HISTORY_KEEP,
     BatchScores,
     ModelEvent,
     ModelEventKind,
@@ -111,6 +112,7 @@ class InMemoryAgentStore:
             raise StoreError(f"unknown model event {event!r}")
         with self._lock:
             self._models.append(ModelEvent(version, event, reason, sha256, time.time()))
+            del self._models[:-MODEL_HISTORY_KEEP]
 
     def model_history(self, limit: int = 100) -> list[ModelEvent]:
         with self._lock:

@@ -36,6 +36,7 @@ from edge_agent.pipeline.batch import CleanBatch
 from edge_agent.pipeline.cleaning import CleanRecord, Quarantined
 from edge_agent.store.base import (
     MODEL_EVENTS,
+    MODEL_HISTORY_KEEP,
     BatchScores,
     ModelEvent,
     ModelEventKind,
@@ -379,10 +380,13 @@ class SqliteAgentStore:
         if event not in MODEL_EVENTS:
             raise StoreError(f"unknown model event {event!r}")
         with self._write() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO model_history(version, event, reason, sha256, at) VALUES (?, ?, ?, ?, ?)",
                 (version, event, reason, sha256, time.time()),
             )
+            newest = cursor.lastrowid
+            if newest is not None and newest > MODEL_HISTORY_KEEP:
+                conn.execute("DELETE FROM model_history WHERE id <= ?", (newest - MODEL_HISTORY_KEEP,))
 
     def model_history(self, limit: int = 100) -> list[ModelEvent]:
         with self._lock:

@@ -11,14 +11,17 @@ retried when the manifest is delivered again.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared import topics
 from shared.bundle import ChunkAssembler, parse_manifest, verify_manifest
 from shared.errors import BundleError, FedforgeError
-from shared.schemas import ModelManifest
+from shared.schemas import MAX_MISSING_RANGES, ModelManifest
 from shared.signing import TrustStore
+
+MAX_REMEMBERED_REJECTIONS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,9 @@ class ModelUpdater:
         self.resume_after_s = resume_after_s if resume_after_s is not None else timeout_s / 4
         self._clock = clock
         self._download: _Download | None = None
-        self._rejected: set[tuple[int, str]] = set()  # (version, signature)
+        # (version, signature) of bundles refused for their content, newest last; bounded, as
+        # each forged manifest adds one (a forgotten one is only verified again and refused).
+        self._rejected: OrderedDict[tuple[int, str], None] = OrderedDict()
 
     @property
     def downloading(self) -> int | None:
@@ -122,7 +127,7 @@ class ModelUpdater:
         try:
             verify_manifest(manifest, self.trust)
         except BundleError as exc:
-            self._rejected.add((manifest.version, manifest.signature))
+            self._remember_rejected(manifest.version, manifest.signature)
             return Reject(manifest.version, str(exc), sha256=manifest.sha256)
         old_filter = self._abandon()
         new_filter = topics.chunks_filter(self.fleet, self.task, manifest.version)
@@ -184,7 +189,8 @@ class ModelUpdater:
             if now - max(dl.last_progress, dl.last_request) < self.resume_after_s:
                 return None
             dl.last_request = now
-            return RequestChunks(dl.manifest.version, tuple(dl.assembler.missing_ranges()))
+            missing = dl.assembler.missing_ranges()[:MAX_MISSING_RANGES]
+            return RequestChunks(dl.manifest.version, tuple(missing))
         got, total = dl.assembler.received(), dl.manifest.chunk_count
         missing = dl.assembler.missing_ranges()
         reason = f"download timed out after {self.timeout_s:g} s: {got} of {total} chunks, missing {missing[:5]}"
@@ -196,16 +202,21 @@ class ModelUpdater:
 
     def install_failed(self, manifest: ModelManifest) -> None:
         """Verified bytes that still could not be served (e.g. ONNX Runtime refused them)."""
-        self._rejected.add((manifest.version, manifest.signature))
+        self._remember_rejected(manifest.version, manifest.signature)
 
     def missing_ranges(self) -> list[tuple[int, int]]:
         return self._download.assembler.missing_ranges() if self._download else []
 
     def _fail(self, dl: _Download, reason: str, *, remember: bool) -> Reject:
         if remember:
-            self._rejected.add((dl.manifest.version, dl.manifest.signature))
+            self._remember_rejected(dl.manifest.version, dl.manifest.signature)
         self._download = None
         return Reject(dl.manifest.version, reason, unsubscribe=dl.filter, sha256=dl.manifest.sha256)
+
+    def _remember_rejected(self, version: int, signature: str) -> None:
+        self._rejected[(version, signature)] = None
+        while len(self._rejected) > MAX_REMEMBERED_REJECTIONS:
+            self._rejected.popitem(last=False)
 
     def _abandon(self) -> str | None:
         dl, self._download = self._download, None

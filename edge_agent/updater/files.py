@@ -66,7 +66,7 @@ class ModelFiles:
             text = (self.directory / POINTER).read_text().strip()
         except FileNotFoundError:
             return None
-        return int(text) if text.isdigit() else None
+        return int(text) if text.isascii() and text.isdigit() else None
 
     def floor(self) -> int | None:
         """Versions up to this were withdrawn by a rollback (survives restarts)."""
@@ -74,7 +74,7 @@ class ModelFiles:
             text = (self.directory / FLOOR).read_text().strip()
         except FileNotFoundError:
             return None
-        return int(text) if text.isdigit() else None
+        return int(text) if text.isascii() and text.isdigit() else None
 
     def save_floor(self, floor: int | None) -> None:
         if floor is not None:

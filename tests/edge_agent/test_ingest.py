@@ -175,3 +175,53 @@ def test_without_a_model_duplicates_are_still_found(make_rig: Callable[..., Rig]
     stored = {r.record_id: r.values for r in rig.store.unscored_records(10)}
     assert stored == {"r1": GOOD, "r2": GOOD}
     assert np.array(stored["r2"]).dtype == np.float64
+
+
+# A valid JSON escape naming a lone surrogate, which UTF-8 cannot encode; it replaces a
+# placeholder id of the same length, so a binary frame's header keeps its length.
+SURROGATE_ID = b'"\\ud800"'
+
+
+@pytest.mark.parametrize("form", ["record", "array", "packed", "frame"])
+def test_a_lone_surrogate_record_id_is_quarantined_alone(make_rig: Callable[..., Rig], form: str) -> None:
+    rig = make_rig()
+    good = payload([record("good-1"), record("good-2")])
+    bad_ok = payload(record("SURROG"))
+    if form == "array":
+        bad_ok = payload([record("SURROG"), record("good-3")])
+    elif form == "packed":
+        bad_ok = payload({"schema_version": 1, "fields": list(NAMES), "rows": [["SURROG", 1.0, *GOOD]]})
+    elif form == "frame":
+        bad_ok = binary_ingest_bytes(NAMES, ["SURROG", "good-3"], [1.0, 2.0], [GOOD, GOOD])
+    bad = bad_ok.replace(b'"SURROG"', SURROGATE_ID)
+    # Out of range as well: the quarantined record would carry the id into the store.
+    worse = payload(record("SURROG", (99.0, 0.0, 0.0, 1.0))).replace(b'"SURROG"', SURROGATE_ID)
+    rig.read(good, bad, worse)
+    stored = rig.store.counts()
+    assert stored["records"] == (3 if form in ("array", "frame") else 2)
+    quarantined = rig.quarantined()
+    assert len(quarantined) == 2, quarantined
+    assert all(rid is None for rid, _, _ in quarantined)
+    assert any("not valid Unicode" in reason for _, reason, _ in quarantined), quarantined
+    assert rig.counters.quarantined == 2
+
+
+def test_a_batch_the_store_refuses_is_quarantined_whole_not_lost(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    store = rig.store
+    if not isinstance(store, SqliteAgentStore):
+        pytest.skip("the failure is injected with a SQLite trigger")
+    # A failure outside any chunk (here the quarantine insert of the batch): the whole
+    # transaction rolls back, and the link acknowledges the read all the same.
+    store._conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON quarantine WHEN NEW.record_id = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'injected refusal'); END"
+    )
+    good = payload([record("good-1"), record("good-2")])
+    poison = payload(record("poison", (99.0, 0.0, 0.0, 1.0)))
+    rig.read(good, poison)
+    assert store.counts()["records"] == 0  # rolled back with the batch
+    quarantined = rig.quarantined()
+    assert sorted(raw for _, _, raw in quarantined) == sorted([good, poison])
+    assert all(rid is None and "injected refusal" in reason for rid, reason, _ in quarantined), quarantined
+    assert rig.counters.quarantined == 2

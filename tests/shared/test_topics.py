@@ -16,3 +16,11 @@ def test_ack_and_fleet_command_topics() -> None:
     assert (parsed.kind, parsed.device, parsed.channel) == ("device", "d1", "acks")
     with pytest.raises(TopicError):
         topics.fleet_commands("bad/fleet")
+
+
+@pytest.mark.parametrize("index", ["²", "٣", "+1", "1.0", ""])
+def test_a_chunk_index_must_be_ascii_digits(index: str) -> None:
+    # "²" passes str.isdigit but int() refuses it; "٣" int() would read as 3.
+    with pytest.raises(TopicError):
+        topics.parse(f"fedforge/v1/f1/models/fraud/3/chunk/{index}")
+    assert topics.parse("fedforge/v1/f1/models/fraud/3/chunk/12").index == 12

@@ -236,3 +236,14 @@ def test_an_error_that_is_not_about_the_disk_stays_what_it_is(tmp_path: Path) ->
     with pytest.raises(sqlite3.OperationalError, match="no such table"), store.atomic(), store._write() as conn:
         conn.execute("INSERT INTO nowhere VALUES (1)")
     store.close()
+
+
+def test_the_model_history_keeps_only_the_newest_events(store: AgentStore) -> None:
+    from edge_agent.store.base import MODEL_HISTORY_KEEP
+
+    for i in range(MODEL_HISTORY_KEEP + 50):
+        store.record_model_event(i, "rejected", f"forged {i}")
+    history = store.model_history(limit=10 * MODEL_HISTORY_KEEP)
+    assert len(history) == MODEL_HISTORY_KEEP
+    assert (history[0].version, history[-1].version) == (MODEL_HISTORY_KEEP + 49, 50)
+    assert store.counts()["models_rejected"] == MODEL_HISTORY_KEEP

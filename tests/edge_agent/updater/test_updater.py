@@ -271,3 +271,40 @@ def test_the_pin_survives_restarts_and_an_unreadable_pin_is_no_pin(tmp_path: Pat
     for garbage in (b"{", b"[]", b'{"version": "3", "command_id": "x", "issued_at": 1}', b'{"version": true}'):
         (tmp_path / "models" / "pin.json").write_bytes(garbage)
         assert files.pin() is None
+
+
+def test_a_resume_request_names_no_more_ranges_than_the_wire_allows(
+    operator_keys: Keys, make_bundle: Callable[..., Bundle], clock: Clock
+) -> None:
+    # Every other chunk of a 2 * MAX_MISSING_RANGES + 2 chunk model arrives: one range more
+    # than a ChunkRequest may carry is missing.
+    from shared.schemas import MAX_MISSING_RANGES, ChunkRequest
+
+    bundle = make_bundle(5, model_bytes=bytes((2 * MAX_MISSING_RANGES + 2) * 1024), chunk_size=1024)
+    updater = ModelUpdater("f1", "fraud", TrustStore.from_files([operator_keys.public_path]), timeout_s=60, clock=clock)
+    assert isinstance(updater.on_manifest(bundle.manifest_bytes), StartDownload)
+    for i in range(0, len(bundle.chunks), 2):
+        updater.on_chunk(5, i, bundle.chunks[i])
+    assert len(updater.missing_ranges()) == MAX_MISSING_RANGES + 1
+    clock.now += 20
+    request = updater.tick()
+    assert isinstance(request, RequestChunks)
+    ChunkRequest(device_id="d", task="fraud", version=5, missing=request.missing)  # valid on the wire
+    assert request.missing[0] == (1, 1)
+
+
+def test_forged_manifests_are_remembered_in_bounded_memory(
+    updater: ModelUpdater, make_bundle: Callable[..., Bundle], rogue_keys: Keys
+) -> None:
+    from edge_agent.updater.core import MAX_REMEMBERED_REJECTIONS
+
+    first = make_bundle(1, key=rogue_keys.private)
+    assert isinstance(updater.on_manifest(first.manifest_bytes), Reject)
+    assert isinstance(updater.on_manifest(first.manifest_bytes), Ignore)  # remembered
+    for version in range(2, MAX_REMEMBERED_REJECTIONS + 3):
+        forged = first.manifest.model_copy(update={"version": version})
+        assert isinstance(updater.on_manifest(forged.to_bytes()), Reject)
+    # The oldest was forgotten: it is verified again, and refused again.
+    again = updater.on_manifest(first.manifest_bytes)
+    assert isinstance(again, Reject)
+    assert "not a trusted operator key" in again.reason
