@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.actions.fleet import ActionConflictError, ActionUnavailableError, FleetActions
+from server.api.params import MAX_DB_INT
 from server.api.rollouts import rollouts_view
 from server.api.security import require_operator, require_viewer
 from server.api.views import MAX_VERSION, VersionPath, audit_view
@@ -92,7 +93,7 @@ def install_action_routes(app: FastAPI, settings: ServerSettings, registry: Regi
     async def list_audit(
         _: Principal = operator,
         limit: int = Query(default=100, ge=1, le=1000),
-        before: int | None = Query(default=None, ge=1, description="an entry id: page to older entries"),
+        before: int | None = Query(default=None, ge=1, le=MAX_DB_INT, description="an entry id: page to older entries"),
     ) -> dict[str, Any]:
         """Newest first; pass the last page's ``next_before`` as ``before`` for the next page."""
         entries = await run_in_threadpool(registry.list_audit, limit, before)

@@ -25,6 +25,7 @@ from server.api.dashboard import install_dashboard_routes
 from server.api.errors import ApiNotFoundError
 from server.api.metrics import ApiMetrics
 from server.api.pages import install_pages
+from server.api.params import refuse_nul
 from server.api.security import install_auth_errors, require_viewer
 from server.api.views import VersionPath, device_view, model_view, round_view, run_view
 from server.auth.memory import InMemoryAuthStore
@@ -66,7 +67,8 @@ def create_app(
 
     ``telemetry`` (the dashboard's device history) defaults to an in-memory store.
     """
-    app = FastAPI(title="fedforge server", version="1")
+    # refuse_nul runs before every route's own dependencies (auth included): see server.api.params.
+    app = FastAPI(title="fedforge server", version="1", dependencies=[Depends(refuse_nul)])
     telemetry = telemetry if telemetry is not None else InMemoryTelemetryStore()
     app.state.telemetry = telemetry
     metrics = ApiMetrics(registry, settings.fleet, settings.task, settings.online_window_s)

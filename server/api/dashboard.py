@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -48,6 +49,28 @@ def fleet_snapshot(settings: ServerSettings, registry: Registry, telemetry: Tele
     summary["runs"] = {"count": len(runs), "running": sum(1 for r in runs if r.status == "running")}
     summary["models"] = len(registry.list_model_versions(settings.task))
     return summary
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None.
+
+    The browser's ``JSON.parse`` refuses the ``NaN`` / ``Infinity`` tokens Python writes by
+    default, and one such value (a row stored before statuses were checked, say) would stop
+    the live view of every open page.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def event_data(snapshot: dict[str, Any]) -> str:
+    """One snapshot as strict JSON (``allow_nan=False``: a non-finite value that escaped
+    ``json_safe`` is an error here, not a broken stream in every browser)."""
+    return json.dumps(json_safe(snapshot), separators=(",", ":"), allow_nan=False)
 
 
 class SnapshotCache:
@@ -92,7 +115,9 @@ def install_dashboard_routes(
 
     @app.get("/api/devices/{device_id}/telemetry", dependencies=viewer)
     async def device_telemetry(
-        device_id: str, since: float | None = None, window_s: float = Query(DEFAULT_HISTORY_S, gt=0)
+        device_id: str,
+        since: float | None = Query(None, allow_inf_nan=False),
+        window_s: float = Query(DEFAULT_HISTORY_S, gt=0, allow_inf_nan=False),
     ) -> dict[str, Any]:
         await _device_or_404(device_id)
         start = since if since is not None else time.time() - window_s
@@ -136,7 +161,7 @@ def install_dashboard_routes(
             yield f"retry: {int(interval * 1000)}\n\n"
             while (limit is None or sent < limit) and time.monotonic() < ends:
                 snapshot = await run_in_threadpool(snapshots.get)
-                yield f"event: fleet\ndata: {json.dumps(snapshot, separators=(',', ':'))}\n\n"
+                yield f"event: fleet\ndata: {event_data(snapshot)}\n\n"
                 sent += 1
                 if limit is not None and sent >= limit:
                     break

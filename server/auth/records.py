@@ -16,8 +16,12 @@ from server.auth.roles import Role
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$")
 
 
+def is_username(name: str) -> bool:
+    return _USERNAME.match(name) is not None
+
+
 def check_username(name: str) -> str:
-    if not _USERNAME.match(name):
+    if not is_username(name):
         raise AuthError(f"invalid user name {name!r}: 1-64 of [A-Za-z0-9_.@-], starting with a letter or digit")
     return name
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from server.auth.errors import ForbiddenError, UnauthenticatedError, UnknownIdentityError
+from server.auth.errors import AuthError, ForbiddenError, UnauthenticatedError, UnknownIdentityError
 from server.auth.passwords import PasswordHasher
-from server.auth.records import AuthStore, SessionRecord, TokenRecord, UserRecord, check_username
+from server.auth.records import AuthStore, SessionRecord, TokenRecord, UserRecord, check_username, is_username
 from server.auth.roles import Principal, Role
 from server.auth.throttle import LoginThrottle
 
@@ -78,6 +78,12 @@ class AuthService:
         if self._audit is not None:
             self._audit.audit(actor, action, detail, at=self._clock())
 
+    def _find_user(self, username: str) -> UserRecord | None:
+        """Only a well-formed name is looked up: every user was created through
+        ``check_username``, and a name no user can have (a NUL, which PostgreSQL text cannot
+        hold) would otherwise make the store fail instead of answering "no such user"."""
+        return self.store.get_user(username) if is_username(username) else None
+
     # -- users --------------------------------------------------------------------
     def create_user(self, username: str, role: Role, password: str | None, *, actor: str = "cli") -> UserRecord:
         check_username(username)
@@ -107,9 +113,11 @@ class AuthService:
 
     # -- API tokens ---------------------------------------------------------------
     def create_token(self, username: str, name: str = "", *, actor: str = "cli") -> NewToken:
-        user = self.store.get_user(username)
+        user = self._find_user(username)
         if user is None:
             raise UnknownIdentityError(f"no user {username!r}")
+        if "\x00" in name:
+            raise AuthError("a token name cannot contain a NUL character")
         token = new_api_token()
         record = TokenRecord(
             token_id=f"tok-{secrets.token_hex(6)}",
@@ -132,7 +140,7 @@ class AuthService:
         """Constant work whether or not the user exists; throttled per user name and per client."""
         keys = (f"user:{username.lower()}", f"client:{client}")
         self.throttle.check(keys)
-        user = self.store.get_user(username)
+        user = self._find_user(username)
         if user is None or user.disabled or user.password_hash is None:
             self.hasher.dummy_verify(password)
             ok = False

@@ -3,7 +3,9 @@
 paho calls the handlers on its network thread, which must never block, so they only put
 messages on a bounded queue; one worker thread decodes them and does the registry I/O.
 Bad payloads are logged and counted, never raised: one broken agent cannot stop the
-server from following the others.
+server from following the others. A status is written to two stores (the device row and the
+telemetry history); a write either refuses is counted in ``store_errors`` with its reason,
+and the other is still made.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from server.registry.records import AckRecord, Registry
 from server.registry.telemetry import TelemetryStore
 from server.release.publisher import publish_chunks
-from server.telemetry.ingest import record_status
+from server.telemetry.ingest import TelemetryWriteError, failure_reason, record_status
 from shared import topics
 from shared.errors import FedforgeError, TopicError
 from shared.mqtt import BrokerAddress, MqttClient, TlsKwargs
@@ -47,6 +49,8 @@ class MonitorStats:
     chunks_resent: int = 0
     acks: int = 0
     revoked_ignored: int = 0
+    # Valid statuses a store refused (in part): the device row, the telemetry point or samples.
+    store_errors: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,10 +167,22 @@ class FleetMonitor:
             self.stats.revoked_ignored += 1
             log.debug("ignored the status of revoked device %s", device)
             return
-        self.registry.upsert_device_status(status, received_at=msg.received_at, retained=msg.retained)
+        stored = True
+        try:
+            self.registry.upsert_device_status(status, received_at=msg.received_at, retained=msg.retained)
+        except Exception as exc:  # the telemetry below is its own store: still write it
+            stored = False
+            self.stats.store_errors += 1
+            log.error("status of %s not stored in the registry: %s", device, failure_reason(exc))
         if self.telemetry is not None:
-            record_status(self.telemetry, status, msg.received_at, msg.retained)
-        self.stats.statuses += 1
+            try:
+                record_status(self.telemetry, status, msg.received_at, msg.retained)
+            except TelemetryWriteError as exc:
+                stored = False
+                self.stats.store_errors += 1
+                log.error("%s", exc)
+        if stored:
+            self.stats.statuses += 1
 
     def _handle_ack(self, msg: _Message) -> None:
         if not msg.payload:
