@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Double,
@@ -181,9 +182,10 @@ class TelemetryRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(128))
     at: Mapped[float]
-    ingested: Mapped[int]
-    quarantined: Mapped[int]
-    scored: Mapped[int]
+    # Cumulative counts of a long-lived agent pass 2**31 (migration 0007).
+    ingested: Mapped[int] = mapped_column(BigInteger)
+    quarantined: Mapped[int] = mapped_column(BigInteger)
+    scored: Mapped[int] = mapped_column(BigInteger)
     serving_version: Mapped[int | None]
     scoring_latency_ms: Mapped[float | None]
     drift_score: Mapped[float | None]
