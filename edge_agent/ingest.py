@@ -133,6 +133,9 @@ class Ingest:
                     self._control(topic, payload)
             except StoreUnavailableError:
                 raise  # nothing of this batch is acknowledged: the broker delivers it again
+            except PayloadError as exc:  # a control message that does not decode (a command)
+                log.warning("quarantined a message on %s: %s", topic, exc)
+                pending.quarantined.append(Quarantined(None, f"{topic}: {exc}"[:500], payload))
             except Exception as exc:
                 log.exception("failed to handle a message on %s", topic)
                 pending.quarantined.append(Quarantined(None, f"internal error on {topic}: {exc!r}"[:500], payload))

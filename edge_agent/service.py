@@ -43,7 +43,7 @@ from edge_agent.mqtt import AgentLink
 from edge_agent.outbox import Outbox
 from edge_agent.store import AgentStore, SqliteAgentStore
 from edge_agent.telemetry import AgentCounters
-from shared.errors import ConfigError, FedforgeError, PayloadError
+from shared.errors import ConfigError, FedforgeError
 from shared.features import FeatureSpec
 from shared.process import reap_orphans
 from shared.schemas import Command, CommandAck, Counters, DeviceStatus, decode
@@ -293,11 +293,7 @@ class Agent:
     def _handle_command(self, payload: bytes) -> None:
         if not payload:
             return  # the cloud cleared the fleet's standing command
-        try:
-            command = decode(Command, payload)
-        except PayloadError as exc:
-            log.warning("ignoring an invalid command: %s", exc)
-            return
+        command = decode(Command, payload)  # PayloadError: quarantined with its reason (Ingest)
         if command.kind in ("rollback", "pin", "unpin"):
             self.models.on_command(command)  # verifies (signature, expiry, fleet, task, device) and acks
             return

@@ -314,3 +314,22 @@ def test_binary_frames_are_stored_and_scored_bad_records_quarantined(
         rows = db.execute('SELECT record_id, ts, "values", model_version FROM records').fetchall()
     stored = {rid: (ts, struct.unpack("<4d", blob), version) for rid, ts, blob, version in rows}
     assert {rid: stored[rid] for rid in sent} == {rid: (t, row, 1) for rid, (t, row) in sent.items()}
+
+
+def test_a_command_that_does_not_decode_is_quarantined_with_its_reason(
+    settings: AgentSettings, observer: Observer, spec: FeatureSpec, fleet: str
+) -> None:
+    from shared import topics
+
+    garbage = b'{"command_id": "c1", "kind": "format-disk", "expires_at": 1}'
+    with AgentThread(settings, feature_spec=spec) as run:
+        agent = run.agent
+        assert agent is not None
+        observer.send(topics.commands(fleet, DEVICE), garbage)
+        wait_for(lambda: agent.counters.quarantined == 1, what="the command quarantined")
+        status = status_with(observer, lambda s: len(s.recent_quarantine) == 1)
+        assert "invalid Command: kind" in status.recent_quarantine[0].reason
+    store = SqliteAgentStore(settings.db_path, readonly=True)
+    (entry,) = store.recent_quarantine(5)
+    assert (entry.raw, entry.record_id) == (garbage, None)
+    store.close()
