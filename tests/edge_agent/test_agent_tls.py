@@ -157,17 +157,20 @@ def test_a_client_without_a_certificate_is_refused(broker: TlsBroker) -> None:
             client.stop()
 
 
-def test_a_device_reaches_the_server_on_its_own_status_topic(broker: TlsBroker, fleet: str) -> None:
+@pytest.mark.parametrize("channel", ["status", "predictions", "models/request", "acks"])
+def test_a_device_reaches_the_server_on_each_of_its_own_topics(broker: TlsBroker, fleet: str, channel: str) -> None:
+    # Every channel an agent publishes on (a forbidden publish is dropped silently).
     inbox = Inbox()
     server = broker.client(SERVER_CN)
-    server.subscribe(topics.all_status_filter(fleet), inbox)
+    topic = topics.device_topic(fleet, DEVICE, channel)  # type: ignore[arg-type]
+    server.subscribe(topic, inbox)
     with running(server), running(broker.client(DEVICE)) as device:
         # The server's SUBSCRIBE went out before its own publish: once that is acknowledged,
         # the subscription is in place.
         server.publish_and_wait(topics.commands(fleet, OTHER), b"sync")
-        device.publish_and_wait(topics.status(fleet, DEVICE), b"hello over mTLS", retain=True)
-        got = wait_for(inbox.snapshot, what="the device's status at the server")
-    assert got[0][:2] == (topics.status(fleet, DEVICE), b"hello over mTLS")
+        device.publish_and_wait(topic, b"hello over mTLS", retain=channel == "status")
+        got = wait_for(inbox.snapshot, what=f"the device's {channel} at the server")
+    assert got[0][:2] == (topic, b"hello over mTLS")
 
 
 def test_a_device_cannot_read_another_devices_ingest(broker: TlsBroker, fleet: str) -> None:
