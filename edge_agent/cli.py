@@ -1,10 +1,17 @@
-"""``fedforge agent --config agent.toml``: build the settings, run the agent, map exit codes."""
+"""``fedforge agent --config agent.toml``: build the settings, run the agent, map exit codes.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT, 1 the agent failed, 2 a configuration error. A
+signed config command makes the agent stop cleanly and start again in the same process
+(``os.execv``, same PID, so systemd and containers see no exit) with the new settings.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
+import sys
 from pathlib import Path
 
 from edge_agent.config import load_agent_settings
@@ -34,10 +41,12 @@ def run_command(name: str, argv: list[str]) -> int:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_CONFIG
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = load_agent_settings(args.config)
+        local = load_agent_settings(args.config)
+        from edge_agent.remote_config import with_remote_settings
         from edge_agent.service import Agent  # after settings: a config error needs no ONNX import
 
-        agent = Agent(settings)
+        settings = with_remote_settings(local)
+        agent = Agent(settings, local_settings=local)
         if settings.superlink_address and settings.federation_mode == "on_demand":
             from edge_agent.federation.on_demand import OnDemandCompanion
 
@@ -63,4 +72,13 @@ def run_command(name: str, argv: list[str]) -> int:
     except Exception:
         log.exception("agent failed")
         return EXIT_FAILURE
+    if agent.restart_requested:
+        restart()
     return EXIT_OK
+
+
+def restart() -> None:
+    """Start this agent again, as it was started: the settings are read anew."""
+    log.info("restarting with the operator's remote settings")
+    logging.shutdown()
+    os.execv(sys.executable, sys.orig_argv)

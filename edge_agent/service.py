@@ -41,6 +41,7 @@ from edge_agent.metrics import AgentFigures, AgentMetrics
 from edge_agent.models import ModelManager
 from edge_agent.mqtt import AgentLink
 from edge_agent.outbox import Outbox
+from edge_agent.remote_config import RemoteConfig
 from edge_agent.store import AgentStore, SqliteAgentStore
 from edge_agent.telemetry import AgentCounters
 from shared.errors import ConfigError, FedforgeError
@@ -81,8 +82,12 @@ class Agent:
         store: AgentStore | None = None,
         feature_spec: FeatureSpec | None = None,
         companions: Sequence[Companion] = (),
+        local_settings: AgentSettings | None = None,
     ) -> None:
         self.settings = settings
+        # Set by a config command: the entry point starts the agent again with its remote settings.
+        self.restart_requested = False
+        self._stop_event: asyncio.Event | None = None
         self.trust = load_trust(settings)
         self._own_store = store is None
         self.store: AgentStore = store if store is not None else SqliteAgentStore(settings.db_path)
@@ -105,6 +110,14 @@ class Agent:
             on_ack=self._publish_ack,
         )
         self.slot = self.models.slot
+        # ``local_settings``: the agent's own (TOML, environment), which a config is checked against.
+        self.remote_config = RemoteConfig(
+            local_settings or settings,
+            self.trust,
+            on_ack=self._publish_ack,
+            request_restart=self._request_restart,
+            serving_version=self._version,
+        )
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -207,6 +220,7 @@ class Agent:
     async def run_forever(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set or SIGTERM/SIGINT arrives (when on the main thread)."""
         stop = stop or asyncio.Event()
+        self._stop_event = stop
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -285,7 +299,7 @@ class Agent:
     def _handle_control(self, topic: str, payload: bytes) -> None:
         if topic == self.link.manifest_topic:
             self.models.on_manifest(payload)
-        elif topic in (self.link.commands_topic, self.link.fleet_commands_topic):
+        elif topic in (self.link.commands_topic, self.link.fleet_commands_topic, self.link.config_topic):
             self._handle_command(payload)
         else:
             self.models.on_chunk_topic(topic, payload)
@@ -296,6 +310,9 @@ class Agent:
         command = decode(Command, payload)  # PayloadError: quarantined with its reason (Ingest)
         if command.kind in ("rollback", "pin", "unpin"):
             self.models.on_command(command)  # verifies (signature, expiry, fleet, task, device) and acks
+            return
+        if command.kind == "config":
+            self.remote_config.on_command(command)  # verifies, records, acks, may ask for a restart
             return
         if command.expires_at < time.time():
             log.info("ignoring expired command %s", command.command_id)
@@ -313,6 +330,12 @@ class Agent:
                 ts=time.time(),
             )
         )
+
+    def _request_restart(self) -> None:
+        """Stop cleanly (the ack goes out first); ``run_forever``'s caller starts the agent again."""
+        self.restart_requested = True
+        if self._stop_event is not None:
+            self._stop_event.set()
 
     def _publish_ack(self, ack: CommandAck) -> None:
         try:

@@ -26,6 +26,25 @@ from shared.signing import TrustStore, key_id, sign
 
 DeviceCommandKind = Literal["pin", "unpin"]
 
+# The agent settings an operator may set remotely (a ``config`` command): how the agent
+# works, never who it is or whom it trusts (identity, broker, keys, TLS, paths stay local).
+REMOTE_SETTINGS = frozenset(
+    {
+        "heartbeat_s",
+        "max_batch",
+        "alert_threshold",
+        "download_timeout_s",
+        "outbox_max_rows",
+        "disk_budget_mb",
+        "disk_check_s",
+        "worker_idle_exit_s",
+        "federation_mode",
+        "federation_idle_stop_s",
+        "supernode_fast_poll_s",
+        "supernode_fast_window_s",
+    }
+)
+
 
 def command_signed_fields(command: Command) -> dict[str, Any]:
     """Everything but the signature and the manifest (which carries its own).
@@ -39,6 +58,11 @@ def command_signed_fields(command: Command) -> dict[str, Any]:
     return fields
 
 
+def _signed(key: Ed25519PrivateKey, **fields: Any) -> Command:
+    unsigned = Command(signer=key_id(key.public_key()), **fields)
+    return unsigned.model_copy(update={"signature": sign(key, command_signed_fields(unsigned))})
+
+
 def rollback_command(
     key: Ed25519PrivateKey,
     *,
@@ -50,7 +74,8 @@ def rollback_command(
     now: float | None = None,
 ) -> Command:
     issued = time.time() if now is None else now
-    unsigned = Command(
+    return _signed(
+        key,
         command_id=command_id,
         kind="rollback",
         expires_at=issued + ttl_s,
@@ -61,9 +86,7 @@ def rollback_command(
         issued_at=issued,
         issued_by=issued_by,
         manifest=manifest,
-        signer=key_id(key.public_key()),
     )
-    return unsigned.model_copy(update={"signature": sign(key, command_signed_fields(unsigned))})
 
 
 def device_command(
@@ -83,7 +106,8 @@ def device_command(
     if kind == "pin" and manifest is None:
         raise ValueError("a pin names the version it holds")
     issued = time.time() if now is None else now
-    unsigned = Command(
+    return _signed(
+        key,
         command_id=command_id,
         kind=kind,
         expires_at=issued + ttl_s,
@@ -95,9 +119,53 @@ def device_command(
         issued_at=issued,
         issued_by=issued_by,
         manifest=manifest,
-        signer=key_id(key.public_key()),
     )
-    return unsigned.model_copy(update={"signature": sign(key, command_signed_fields(unsigned))})
+
+
+def config_command(
+    key: Ed25519PrivateKey,
+    *,
+    command_id: str,
+    fleet: str,
+    task: str,
+    device_id: str,
+    settings: dict[str, Any],
+    issued_by: str,
+    ttl_s: float,
+    now: float | None = None,
+) -> Command:
+    """The device's remote settings, all of them: an empty ``settings`` returns it to its local ones."""
+    unknown = sorted(set(settings) - REMOTE_SETTINGS)
+    if unknown:
+        raise ValueError(f"not remote settings: {', '.join(unknown)}")
+    issued = time.time() if now is None else now
+    return _signed(
+        key,
+        command_id=command_id,
+        kind="config",
+        expires_at=issued + ttl_s,
+        device_id=device_id,
+        settings=settings,
+        fleet=fleet,
+        task=task,
+        issued_at=issued,
+        issued_by=issued_by,
+    )
+
+
+def verify_config_command(
+    command: Command, trust: TrustStore, *, fleet: str, task: str, device_id: str, now: float | None = None
+) -> dict[str, Any]:
+    """The settings a verified ``config`` sets; ``BundleError`` (``SignatureError``) with the reason otherwise."""
+    if command.kind != "config":
+        raise BundleError(f"not a config command: {command.kind}")
+    _verify_signed(command, trust, fleet=fleet, task=task, now=now)
+    if command.device_id != device_id:
+        raise BundleError(f"config command is for device {command.device_id}, this is {device_id}")
+    unknown = sorted(set(command.settings) - REMOTE_SETTINGS)
+    if unknown:
+        raise BundleError(f"settings an operator may not set remotely: {', '.join(unknown)}")
+    return dict(command.settings)
 
 
 def _verify_signed(command: Command, trust: TrustStore, *, fleet: str, task: str, now: float | None) -> None:

@@ -14,13 +14,14 @@ from shared.errors import TopicError
 
 ROOT = "fedforge/v1"
 
-DeviceChannel = Literal["ingest", "labels", "predictions", "status", "commands", "models/request", "acks"]
+DeviceChannel = Literal["ingest", "labels", "predictions", "status", "commands", "config", "models/request", "acks"]
 DEVICE_CHANNELS: tuple[DeviceChannel, ...] = (
     "ingest",
     "labels",
     "predictions",
     "status",
     "commands",
+    "config",
     "models/request",
     "acks",
 )
@@ -60,6 +61,12 @@ def status(fleet: str, device: str) -> str:
 
 def commands(fleet: str, device: str) -> str:
     return device_topic(fleet, device, "commands")
+
+
+def device_config(fleet: str, device: str) -> str:
+    """Cloud -> one agent, retained: its signed remote settings. Not on ``commands``: a retained
+    topic keeps one message, and a config must not displace a pin the device has not seen yet."""
+    return device_topic(fleet, device, "config")
 
 
 def model_request(fleet: str, device: str) -> str:

@@ -45,6 +45,7 @@ class AgentLink:
         self.ingest_topic = topics.ingest(fleet, device_id)
         self.labels_topic = topics.labels(fleet, device_id)
         self.commands_topic = topics.commands(fleet, device_id)
+        self.config_topic = topics.device_config(fleet, device_id)
         self.fleet_commands_topic = topics.fleet_commands(fleet)
         self.acks_topic = topics.acks(fleet, device_id)
         self.manifest_topic = topics.manifest(fleet, task)
@@ -89,7 +90,7 @@ class AgentLink:
         await self._client.start_on_loop(connect_s=connect_s, after_read=after_read)
 
     def _subscribe_fixed(self, handler: MessageHandler) -> None:
-        fixed = (self.ingest_topic, self.labels_topic, self.manifest_topic, self.commands_topic)
+        fixed = (self.ingest_topic, self.labels_topic, self.manifest_topic, self.commands_topic, self.config_topic)
         for topic in (*fixed, self.fleet_commands_topic):
             self._client.subscribe(topic, handler, qos=topics.QOS_AT_LEAST_ONCE)
 

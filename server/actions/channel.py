@@ -27,6 +27,10 @@ class ReleaseChannel(Protocol):
         """Retained on the device's own topic: its latest pin or unpin, delivered when it reconnects."""
         ...
 
+    def publish_device_config(self, device_id: str, payload: bytes) -> None:
+        """Retained on the device's config topic: its latest remote settings."""
+        ...
+
 
 class MqttReleaseChannel:
     def __init__(self, client: MqttClient, fleet: str) -> None:
@@ -46,6 +50,11 @@ class MqttReleaseChannel:
             topics.commands(self.fleet, device_id), payload, qos=1, retain=True, timeout=ACK_TIMEOUT_S
         )
 
+    def publish_device_config(self, device_id: str, payload: bytes) -> None:
+        self.client.publish_and_wait(
+            topics.device_config(self.fleet, device_id), payload, qos=1, retain=True, timeout=ACK_TIMEOUT_S
+        )
+
 
 class InMemoryReleaseChannel:
     """Keeps what would be retained on the broker: the release manifest and the standing command."""
@@ -55,6 +64,7 @@ class InMemoryReleaseChannel:
         self.releases: list[ModelManifest] = []
         self.command: bytes = b""
         self.device_commands: dict[str, bytes] = {}
+        self.device_configs: dict[str, bytes] = {}
 
     def publish_release(self, manifest: ModelManifest, artifact: bytes) -> None:
         with self._lock:
@@ -67,3 +77,7 @@ class InMemoryReleaseChannel:
     def publish_device_command(self, device_id: str, payload: bytes) -> None:
         with self._lock:
             self.device_commands[device_id] = payload
+
+    def publish_device_config(self, device_id: str, payload: bytes) -> None:
+        with self._lock:
+            self.device_configs[device_id] = payload

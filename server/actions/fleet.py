@@ -32,7 +32,7 @@ from server.config import ServerSettings
 from server.errors import NotFoundError, ServerError
 from server.federation.catalog import STRATEGY_NAMES, is_strategy
 from server.registry.records import CommandRecord, ModelVersionRecord, Registry, Stage
-from shared.commands import DeviceCommandKind, device_command, rollback_command
+from shared.commands import REMOTE_SETTINGS, DeviceCommandKind, config_command, device_command, rollback_command
 from shared.mqtt import MqttError
 from shared.schemas import Command, ModelManifest
 
@@ -235,6 +235,51 @@ class FleetActions:
             log.info("%s unpinned %s (release %s)", actor, device_id, detail["version"])
             return detail
 
+    # -- remote settings ------------------------------------------------------------
+    def configure_device(self, device_id: str, settings: dict[str, Any], actor: str) -> dict[str, Any]:
+        """Set a device's remote settings (all of them: ``{}`` returns it to its local ones).
+
+        The server checks the names; the agent checks the values against its own settings
+        and answers with an ack (accepted, then it restarts to apply them; or the reason).
+        """
+        unknown = sorted(set(settings) - REMOTE_SETTINGS)
+        if unknown:
+            raise ActionConflictError(
+                f"not remote settings: {', '.join(unknown)} (one of {', '.join(sorted(REMOTE_SETTINGS))})"
+            )
+        with self._lock:
+            self._device(device_id)
+            channel = self._channel()
+            command = config_command(
+                self._key("config"),
+                command_id=f"config-{uuid.uuid4().hex[:12]}",
+                fleet=self.settings.fleet,
+                task=self.task,
+                device_id=device_id,
+                settings=settings,
+                issued_by=actor,
+                ttl_s=self.settings.command_ttl_s,
+                now=self._clock(),
+            )
+            self._send(command, actor, lambda payload: channel.publish_device_config(device_id, payload))
+            detail = {"device_id": device_id, "settings": settings, "command_id": command.command_id}
+            self.registry.audit(actor, "device.configured", detail)
+            log.info("%s configured %s: %s", actor, device_id, settings)
+            return detail
+
+    def _key(self, kind: str) -> Ed25519PrivateKey:
+        if self._signing_key is None:
+            raise ActionUnavailableError(f"no operator signing key: a {kind} cannot be authorised")
+        return self._signing_key()
+
+    def _send(self, command: Command, actor: str, publish: Callable[[bytes], None]) -> None:
+        """Publish a device's command, then record it: the registry lists only what the broker took."""
+        try:
+            publish(command.to_bytes())
+        except MqttError as exc:
+            raise ActionUnavailableError(f"the broker did not confirm the {command.kind} ({exc}): retry") from exc
+        self._record_command(command, actor)
+
     def _device(self, device_id: str) -> None:
         device = self.registry.get_device(device_id)
         if device is None or device.fleet != self.settings.fleet:
@@ -246,10 +291,8 @@ class FleetActions:
         self, kind: DeviceCommandKind, device_id: str, manifest: ModelManifest | None, actor: str
     ) -> dict[str, Any]:
         channel = self._channel()
-        if self._signing_key is None:
-            raise ActionUnavailableError(f"no operator signing key: a {kind} cannot be authorised")
         command = device_command(
-            self._signing_key(),
+            self._key(kind),
             kind=kind,
             command_id=f"{kind}-{uuid.uuid4().hex[:12]}",
             fleet=self.settings.fleet,
@@ -260,11 +303,7 @@ class FleetActions:
             ttl_s=self.settings.command_ttl_s,
             now=self._clock(),
         )
-        try:
-            channel.publish_device_command(device_id, command.to_bytes())
-        except MqttError as exc:
-            raise ActionUnavailableError(f"the broker did not confirm the {kind} ({exc}): retry") from exc
-        self._record_command(command, actor)
+        self._send(command, actor, lambda payload: channel.publish_device_command(device_id, payload))
         return {"device_id": device_id, "task": self.task, "version": command.version, "command_id": command.command_id}
 
     # -- devices --------------------------------------------------------------------

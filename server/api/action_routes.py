@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from server.actions.fleet import ActionConflictError, ActionUnavailableError, FleetActions
 from server.api.params import MAX_DB_INT
@@ -19,6 +19,7 @@ from server.config import ServerSettings
 from server.errors import NotFoundError
 from server.federation.catalog import DEFAULT_STRATEGY, STRATEGY_NAMES
 from server.registry.records import Registry
+from shared.commands import REMOTE_SETTINGS
 
 
 class StartRunRequest(BaseModel):
@@ -39,6 +40,15 @@ class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1, le=MAX_VERSION)
+
+
+class ConfigRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # JSON scalars only; the agent checks each value against its own settings.
+    settings: dict[str, StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False)] | StrictStr | None] = (
+        Field(max_length=len(REMOTE_SETTINGS), description=f"any of: {', '.join(sorted(REMOTE_SETTINGS))}")
+    )
 
 
 def install_action_errors(app: FastAPI) -> None:
@@ -83,6 +93,11 @@ def install_action_routes(app: FastAPI, settings: ServerSettings, registry: Regi
     async def pin_device(device_id: str, body: PinRequest, principal: Principal = operator) -> dict[str, Any]:
         """Hold one device at a released version (a signed command only that device accepts)."""
         return await run_in_threadpool(actions.pin_device, device_id, body.version, principal.username)
+
+    @app.post("/api/devices/{device_id}/config")
+    async def configure_device(device_id: str, body: ConfigRequest, principal: Principal = operator) -> dict[str, Any]:
+        """Set the device's remote settings (all of them; ``{}`` returns it to its local ones)."""
+        return await run_in_threadpool(actions.configure_device, device_id, body.settings, principal.username)
 
     @app.post("/api/devices/{device_id}/unpin")
     async def unpin_device(device_id: str, principal: Principal = operator) -> dict[str, Any]:

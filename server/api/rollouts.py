@@ -71,10 +71,26 @@ def rollouts_view(
                 ],
             }
         )
+    configs = [
+        {
+            "command_id": c.command_id,
+            "device_id": c.payload.get("device_id"),
+            "settings": c.payload.get("settings", {}),
+            "issued_by": c.issued_by,
+            "issued_at": c.issued_at,
+            "acks": {
+                a.device_id: {"accepted": a.accepted, "reason": a.reason, "at": a.at}
+                for a in by_command.get(c.command_id, [])
+            },
+        }
+        for c in commands
+        if c.kind == "config"
+    ]
     return {
         "release": release,
         "fleet_size": len(counted),
         "revoked": sorted(d.device_id for d in devices if d.revoked),
         "release_share": rollout_share(devices, release),
         "versions": entries,
+        "configs": configs,  # remote settings sent to devices, newest first, with their answers
     }

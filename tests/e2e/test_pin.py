@@ -19,7 +19,7 @@ from server.registry import InMemoryRegistry
 from shared import topics
 from shared.commands import device_command
 from shared.mqtt import BrokerAddress, MqttClient
-from shared.schemas import ModelManifest
+from shared.schemas import Command, ModelManifest
 from tests.e2e.conftest import add_version, serving, wait_fleet
 from tests.edge_agent.agent_harness import wait_for
 
@@ -99,17 +99,22 @@ def test_an_unpin_follows_a_release_made_after_it_was_issued(release_world: dict
     release_world["start_agent"]("edge-a")
     wait_fleet(api, {"edge-a": 1})
     v1 = ModelManifest.model_validate(registry.get_model_version("fraud", 1).manifest)  # type: ignore[union-attr]
-    early_unpin = device_command(
-        key,
-        kind="unpin",
-        command_id=f"unpin-{uuid.uuid4().hex[:6]}",
-        fleet=fleet,
-        task="fraud",
-        device_id="edge-a",
-        manifest=v1,
-        issued_by="ops",
-        ttl_s=600,
-    )
+
+    def unpin_to_v1() -> Command:
+        """Signed now, naming v1: the release when an operator sent it."""
+        return device_command(
+            key,
+            kind="unpin",
+            command_id=f"unpin-{uuid.uuid4().hex[:6]}",
+            fleet=fleet,
+            task="fraud",
+            device_id="edge-a",
+            manifest=v1,
+            issued_by="ops",
+            ttl_s=600,
+        )
+
+    early_unpin = unpin_to_v1()
     assert api.post("/api/devices/edge-a/pin", json={"version": 1}).status_code == 200
     wait_for(lambda: pinned(api) == {"edge-a": 1}, 30, "edge-a pinned")
     add_version(registry, key, 3, "candidate")
@@ -127,17 +132,7 @@ def test_an_unpin_follows_a_release_made_after_it_was_issued(release_world: dict
         assert (ack.accepted, ack.serving_version) == (False, 1)
         assert "stale" in ack.reason
         # ...and one issued later but naming v1 (the release when it was signed) leads to v3.
-        late_unpin = device_command(
-            key,
-            kind="unpin",
-            command_id=f"unpin-{uuid.uuid4().hex[:6]}",
-            fleet=fleet,
-            task="fraud",
-            device_id="edge-a",
-            manifest=v1,
-            issued_by="ops",
-            ttl_s=600,
-        )
+        late_unpin = unpin_to_v1()
         watcher.publish_and_wait(topic, late_unpin.to_bytes())
         ack = acked(registry, late_unpin.command_id, "edge-a")
         assert ack.accepted, ack.reason

@@ -173,22 +173,27 @@ def test_a_device_reaches_the_server_on_each_of_its_own_topics(broker: TlsBroker
     assert got[0][:2] == (topic, b"hello over mTLS")
 
 
-def test_a_device_cannot_read_another_devices_ingest(broker: TlsBroker, fleet: str) -> None:
+@pytest.mark.parametrize("channel", ["ingest", "labels", "commands", "config"])
+def test_a_device_reads_each_of_its_own_topics_and_not_another_devices(
+    broker: TlsBroker, fleet: str, channel: str
+) -> None:
     inbox = Inbox()
     device = broker.client(DEVICE)
+    mine = topics.device_topic(fleet, DEVICE, channel)  # type: ignore[arg-type]
+    theirs = topics.device_topic(fleet, OTHER, channel)  # type: ignore[arg-type]
     # Both subscriptions are granted (Mosquitto grants forbidden ones too); only one may deliver.
-    device.subscribe(topics.ingest(fleet, OTHER), inbox)
-    device.subscribe(topics.ingest(fleet, DEVICE), inbox)
+    device.subscribe(theirs, inbox)
+    device.subscribe(mine, inbox)
     with running(broker.client(SERVER_CN)) as server, running(device):
         # Packets of one connection are handled in order: once this publish is acknowledged,
         # the broker has processed both SUBSCRIBEs sent before it on connect.
         device.publish_and_wait(topics.status(fleet, DEVICE), b"subscribed")
-        server.publish_and_wait(topics.ingest(fleet, OTHER), b"forbidden")
-        server.publish_and_wait(topics.ingest(fleet, DEVICE), b"control")
+        server.publish_and_wait(theirs, b"forbidden")
+        server.publish_and_wait(mine, b"control")
         # The broker delivers one publisher's messages in order: had the forbidden message
         # been delivered, it would have arrived before the control.
         wait_for(lambda: any(p == b"control" for _, p, _ in inbox.snapshot()), what="the positive control")
-    assert [(t, p) for t, p, _ in inbox.snapshot()] == [(topics.ingest(fleet, DEVICE), b"control")]
+    assert [(t, p) for t, p, _ in inbox.snapshot()] == [(mine, b"control")]
 
 
 @pytest.mark.parametrize("fleet_topic", [topics.federation_call, topics.fleet_commands])

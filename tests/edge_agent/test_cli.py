@@ -80,3 +80,66 @@ def test_sigterm_stops_cleanly_with_builtin_spec(tmp_path: Path, operator_keys: 
             proc.kill()
             proc.wait(10)
         observer.close()
+
+
+@pytest.mark.integration
+def test_a_signed_config_restarts_the_agent_in_place_with_its_settings(
+    tmp_path: Path, operator_keys: Keys, mosquitto: Any
+) -> None:
+    import json
+    import uuid
+
+    from shared import topics
+    from shared.commands import config_command
+    from shared.mqtt import BrokerAddress, MqttClient
+    from shared.schemas import CommandAck
+
+    fleet = f"cfg{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path / "agent.toml", tmp_path / "d", operator_keys, mosquitto.url, fleet)
+    observer = Observer(mosquitto.url, fleet, "dev1")
+    acks: list[CommandAck] = []
+    watcher = MqttClient(BrokerAddress.parse(mosquitto.url), f"w-{uuid.uuid4().hex[:6]}", persistent=False)
+    watcher.subscribe(topics.acks(fleet, "dev1"), lambda t, p, r: acks.append(CommandAck.model_validate_json(p)))
+    watcher.start()
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "agent", "--config", str(config)],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    command = config_command(
+        operator_keys.private,
+        command_id="config-1",
+        fleet=fleet,
+        task="fraud",
+        device_id="dev1",
+        settings={"heartbeat_s": 0.3, "max_batch": 128},
+        issued_by="ops",
+        ttl_s=600,
+    )
+    try:
+        wait_for(lambda: (s := observer.latest_status()) is not None and s.kind == "birth", what="birth")
+        watcher.publish_and_wait(topics.device_config(fleet, "dev1"), command.to_bytes(), retain=True)
+        # Accepted, then the agent restarts in place and the redelivered config is only acknowledged.
+        wait_for(lambda: [a.reason for a in acks][-1:] == ["already applied"], 60, f"the second ack ({acks})")
+        assert acks[0].accepted
+        assert acks[0].reason == "applied heartbeat_s=0.3, max_batch=128: restarting"
+        text = log.read_text()
+        assert text.count("restarting with the operator's remote settings") == 1
+        assert "remote settings in effect (command config-1): heartbeat_s=0.3, max_batch=128" in text
+        assert proc.poll() is None  # the same process: execv, not an exit
+        saved = json.loads((tmp_path / "d" / "remote-settings.json").read_text())
+        assert saved["settings"] == {"heartbeat_s": 0.3, "max_batch": 128}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        watcher.publish_and_wait(topics.device_config(fleet, "dev1"), b"", retain=True)
+        watcher.stop()
+        observer.close()

@@ -51,6 +51,7 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("POST", "/api/devices/{device_id}/revoke"): "operator",
     ("POST", "/api/devices/{device_id}/pin"): "operator",
     ("POST", "/api/devices/{device_id}/unpin"): "operator",
+    ("POST", "/api/devices/{device_id}/config"): "operator",
     # the dashboard's read model and live events (server/api/dashboard.py)
     ("GET", "/api/fleet/summary"): "viewer",
     ("GET", "/api/devices/{device_id}/telemetry"): "viewer",

@@ -11,7 +11,7 @@ from server.actions import ActionConflictError, ActionUnavailableError, FleetAct
 from server.config import ServerSettings
 from server.errors import NotFoundError
 from server.registry import InMemoryRegistry, ModelVersionRecord
-from shared.commands import command_signed_fields, verify_device_command, verify_rollback
+from shared.commands import command_signed_fields, verify_config_command, verify_device_command, verify_rollback
 from shared.errors import SignatureError
 from shared.schemas import Command, DeviceStatus
 from shared.signing import TrustStore, generate_private_key, sign
@@ -233,6 +233,23 @@ def test_pin_needs_a_known_device_and_a_published_version(setup: tuple, device: 
         actions.pin_device(device, version, "ops")
     assert channel.device_commands == {}
     assert registry.list_commands("f1") == []
+
+
+def test_a_config_is_signed_for_one_device_and_names_only_remote_settings(setup: tuple) -> None:  # type: ignore[type-arg]
+    actions, registry, channel = setup
+    _device(registry, "d1")
+    detail = actions.configure_device("d1", {"heartbeat_s": 2.0, "federation_mode": "always"}, "ops")
+    command = Command.model_validate_json(channel.device_configs["d1"])
+    assert channel.device_commands == {}  # its own retained slot: a pending pin stays
+    settings = verify_config_command(command, TRUST, fleet="f1", task="fraud", device_id="d1", now=5001.0)
+    assert settings == {"heartbeat_s": 2.0, "federation_mode": "always"} == detail["settings"]
+    assert registry.list_commands("f1")[0].kind == "config"
+    assert registry.list_audit()[0].action == "device.configured"
+    with pytest.raises(ActionConflictError, match="not remote settings: broker_url, device_id"):
+        actions.configure_device("d1", {"broker_url": "mqtt://x", "device_id": "d2"}, "ops")
+    with pytest.raises(NotFoundError):
+        actions.configure_device("nobody", {}, "ops")
+    assert len(registry.list_commands("f1")) == 1
 
 
 def test_a_fleet_command_signs_no_device_field() -> None:
