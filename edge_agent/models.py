@@ -129,7 +129,10 @@ class ModelManager:
     # -- signed commands (rollback, pin, unpin) ----------------------------------------------
 
     def on_command(self, command: Command) -> None:
-        """Verify a rollback, pin or unpin, then carry it out; ack either way."""
+        """Verify a rollback, pin or unpin, then carry it out; ack either way.
+
+        While pinned, the updater ignores every other manifest and ends any other download
+        (``ModelUpdater.pin``), so nothing but the pinned version completes."""
         if command.kind in ("pin", "unpin"):
             self._on_device_command(command)
             return
@@ -304,9 +307,6 @@ class ModelManager:
             except (BundleError, OSError) as exc:
                 self._ack(pending[0], False, str(exc))
                 self._reject(manifest.version, str(exc), manifest.sha256)
-            return
-        if self.updater.pinned not in (None, manifest.version):
-            log.info("model v%d downloaded but not installed: pinned to v%d", manifest.version, self.updater.pinned)
             return
         try:
             scorer = OnnxScorer(done.model_bytes, manifest)  # fully built before the swap

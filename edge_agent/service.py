@@ -308,28 +308,12 @@ class Agent:
         if not payload:
             return  # the cloud cleared the fleet's standing command
         command = decode(Command, payload)  # PayloadError: quarantined with its reason (Ingest)
-        if command.kind in ("rollback", "pin", "unpin"):
-            self.models.on_command(command)  # verifies (signature, expiry, fleet, task, device) and acks
-            return
+        # Every kind the wire allows is handled; each verifies (signature, expiry, fleet, task,
+        # device) and answers with an ack.
         if command.kind == "config":
-            self.remote_config.on_command(command)  # verifies, records, acks, may ask for a restart
-            return
-        if command.expires_at < time.time():
-            log.info("ignoring expired command %s", command.command_id)
-            return
-        log.warning("command %s (%s) is not supported by this agent", command.command_id, command.kind)
-        self._publish_ack(
-            CommandAck(
-                command_id=command.command_id,
-                device_id=self.settings.device_id,
-                kind=command.kind,
-                version=command.version,
-                accepted=False,
-                reason=f"unsupported command kind {command.kind!r}",
-                serving_version=self._version(),
-                ts=time.time(),
-            )
-        )
+            self.remote_config.on_command(command)  # records the settings, may ask for a restart
+        else:
+            self.models.on_command(command)  # rollback, pin, unpin
 
     def _request_restart(self) -> None:
         """Stop cleanly (the ack goes out first); ``run_forever``'s caller starts the agent again."""

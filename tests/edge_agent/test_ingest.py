@@ -206,11 +206,14 @@ def test_a_lone_surrogate_record_id_is_quarantined_alone(make_rig: Callable[...,
     assert rig.counters.quarantined == 2
 
 
-def test_a_batch_the_store_refuses_is_quarantined_whole_not_lost(make_rig: Callable[..., Rig]) -> None:
-    rig = make_rig()
-    store = rig.store
-    if not isinstance(store, SqliteAgentStore):
-        pytest.skip("the failure is injected with a SQLite trigger")
+def test_a_batch_the_store_refuses_is_quarantined_whole_not_lost(
+    tmp_path: Path, make_bundle: Callable[..., Bundle], spec: FeatureSpec
+) -> None:
+    # The failure is injected with a SQLite trigger: the real store, not the in-memory one.
+    store = SqliteAgentStore(tmp_path / "refusing.db")
+    bundle = make_bundle(1)
+    slot = ModelSlot(LoadedModel(OnnxScorer(bundle.model_bytes, bundle.manifest), bundle.manifest))
+    rig = Rig(store, slot, spec, tmp_path, 256)
     # A failure outside any chunk (here the quarantine insert of the batch): the whole
     # transaction rolls back, and the link acknowledges the read all the same.
     store._conn.execute(
@@ -225,3 +228,4 @@ def test_a_batch_the_store_refuses_is_quarantined_whole_not_lost(make_rig: Calla
     assert sorted(raw for _, _, raw in quarantined) == sorted([good, poison])
     assert all(rid is None and "injected refusal" in reason for rid, reason, _ in quarantined), quarantined
     assert rig.counters.quarantined == 2
+    store.close()
