@@ -7,7 +7,7 @@ of two pinned host buffers (a parallel host memcpy), copied to the device asynch
 added into a flat device accumulator with its weight (one fused ``add_``) while the host
 packs the next update: copy and compute overlap, and device memory stays at three model
 sizes whatever K is. Squared norms are computed on the device in the same pass and read
-back once at the end.
+back once at the end; the mean comes back into pinned host memory (``_pinned_copy``).
 
 Updates already resident on the device as one ``(K, P)`` stack (produced there, or
 staged there for several rounds of robust statistics) reduce with one matrix-vector
@@ -84,9 +84,10 @@ def fedavg_torch(updates: Sequence[Update], weights: Sequence[float], *, device:
     with torch.no_grad(), readonly_ok():
         if dev.type == "cuda":
             acc, sq = _accumulate_streamed(updates, factors, offsets, sizes, total, acc_dtype, dev)
+            flat = _pinned_copy(acc)
         else:
             acc, sq = _accumulate_in_place(updates, factors, offsets, sizes, total, acc_dtype)
-        flat = acc.cpu().numpy()
+            flat = acc.numpy()
         norms = sq.cpu().numpy().astype(np.float64)
     arrays = [
         flat[off : off + n].astype(dtype, copy=False).reshape(shape)
@@ -146,6 +147,20 @@ def _accumulate_streamed(
         sq[k] = torch.dot(landed[slot], landed[slot]).to(torch.float64)
     torch.cuda.synchronize(dev)
     return acc, sq
+
+
+def _pinned_copy(tensor: torch.Tensor) -> npt.NDArray[np.floating]:
+    """The device result in pinned host memory, viewed by NumPy (the view keeps the block alive).
+
+    A copy into fresh pageable memory is staged by the driver and faults every page in: on the
+    H200 machine measured (benchmarks/results.md, 5b) 40 MB took 33 ms that way, against under
+    a millisecond into pinned memory. The caching host allocator hands the block back when the
+    caller drops the model, so the next round reuses it instead of pinning anew.
+    """
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    torch.cuda.current_stream(tensor.device).synchronize()
+    return as_numpy(host)
 
 
 def weighted_sum_resident(stack: torch.Tensor, weights: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,3 +107,18 @@ def test_gpu_streamed_and_resident_paths_agree_with_the_cpu() -> None:
     mean, _ = weighted_sum_resident(torch.from_numpy(flat).cuda(), sound_w)
     cpu_mean = np.concatenate([a.ravel() for a in fedavg(sound, sound_w).arrays])
     np.testing.assert_allclose(mean.cpu().numpy(), cpu_mean, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_a_gpu_result_held_by_the_caller_survives_later_rounds() -> None:
+    """The mean lives in pinned memory from torch's caching allocator: a later round must not reuse it."""
+    first_updates, weights = make_updates(5, seed=21), [1.0, 2.0, 3.0, 4.0, 5.0]
+    first = fedavg_torch(first_updates, weights, device="cuda")
+    kept = [a.copy() for a in first.arrays]
+    for seed in (22, 23, 24):
+        later = fedavg_torch(make_updates(5, seed=seed), weights, device="cuda")
+        assert_same_mean(later.arrays, fedavg(make_updates(5, seed=seed), weights).arrays)
+    for held, copy in zip(first.arrays, kept, strict=True):
+        np.testing.assert_array_equal(held, copy)
+    assert_same_mean(first.arrays, fedavg(first_updates, weights).arrays)
