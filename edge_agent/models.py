@@ -147,6 +147,7 @@ class ModelManager:
             self._ack(command, False, f"pinned to v{self.updater.pinned} by the operator: unpin it first")
             return
         if current is not None and current.version == manifest.version:
+            self._supersede_pending(command, manifest.version)
             self._ack(command, True, f"serving v{manifest.version}")
             return
         if current is not None and current.manifest.created > command.issued_at:
@@ -154,6 +155,7 @@ class ModelManager:
             # messages and redeliveries can arrive in any order).
             self._ack(command, False, f"superseded: serving v{current.version}, released after the command")
             return
+        self._supersede_pending(command, manifest.version)
         self._serve_exactly(command, manifest)
 
     def _on_device_command(self, command: Command) -> None:
@@ -180,7 +182,7 @@ class ModelManager:
         except OSError as exc:
             self._ack(command, False, f"cannot record the {command.kind}: {exc}")
             return
-        self._supersede_pending(command)
+        self._supersede_pending(command, None if manifest is None else manifest.version)
         ended = self.updater.pin(target)
         if ended is not None:
             self.link.unsubscribe(ended)
@@ -213,10 +215,22 @@ class ModelManager:
         pinned = f"pinned to v{self.updater.pinned}" if self.updater.pinned is not None else "unpinned"
         return f"{pinned}: serving v{self.version}"
 
-    def _supersede_pending(self, command: Command) -> None:
+    def _supersede_pending(self, command: Command, target: int | None) -> None:
+        """``command`` (accepted) replaces the one waiting for its download, if another.
+
+        The waiting one is answered, and its download ended unless ``command`` wants the same
+        version (``target``): left running, it would install that version when its chunks came,
+        as if it were a release, after the operator had asked for something else.
+        """
         pending, self._pending = self._pending, None
-        if pending is not None and pending[0].command_id != command.command_id:
-            self._ack(pending[0], False, f"superseded by command {command.command_id}")
+        if pending is None or pending[0].command_id == command.command_id:
+            return
+        self._ack(pending[0], False, f"superseded by command {command.command_id}")
+        if pending[0].version != target:
+            ended = self.updater.end_download(pending[0].version)
+            if ended is not None:
+                self.link.unsubscribe(ended)
+                log.info("ended the download of v%s for command %s", pending[0].version, pending[0].command_id)
 
     def _serve_exactly(self, command: Command, manifest: ModelManifest) -> None:
         """Serve ``manifest``'s version, newer or older, from the kept files or by download."""

@@ -158,6 +158,17 @@ class ModelUpdater:
             return self._abandon()
         return None
 
+    def end_download(self, version: int | None) -> str | None:
+        """End the download of ``version``, if one runs; returns its chunk filter.
+
+        A signed command's download is ended when a newer command supersedes the command:
+        completed later, it would install a version nobody asks for any more.
+        """
+        dl = self._download
+        if version is not None and dl is not None and dl.manifest.version == version:
+            return self._abandon()
+        return None
+
     def rolled_back(self, from_version: int | None, to_version: int) -> None:
         """``to_version`` now serves by command; versions up to ``from_version`` stay refused by manifest."""
         self.current_version = to_version

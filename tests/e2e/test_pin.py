@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from server.registry import InMemoryRegistry
 from shared import topics
+from shared.bundle import split_chunks
 from shared.commands import device_command
 from shared.mqtt import BrokerAddress, MqttClient
 from shared.schemas import Command, ModelManifest
@@ -138,6 +139,56 @@ def test_an_unpin_follows_a_release_made_after_it_was_issued(release_world: dict
         assert ack.accepted, ack.reason
         assert "following the release v3" in ack.reason
         wait_fleet(api, {"edge-a": 3})
+    finally:
+        watcher.publish_and_wait(topics.commands(fleet, "edge-a"), b"", retain=True)
+        watcher.stop()
+
+
+def test_an_unpin_ends_the_download_of_the_pin_it_supersedes(release_world: dict[str, Any]) -> None:
+    # A pin waiting for its download (v3, a candidate: nobody serves its chunks) is answered as
+    # superseded when an unpin comes first, and its download ends: v3's chunks, arriving after
+    # the unpin, must not install v3 as if it were a release.
+    api: TestClient = release_world["api"]
+    registry: InMemoryRegistry = release_world["registry"]
+    fleet, key = release_world["fleet"], release_world["key"]
+    agent = release_world["start_agent"]("edge-a")
+    wait_fleet(api, {"edge-a": 1})
+    add_version(registry, key, 3, "candidate")
+    v3 = ModelManifest.model_validate(registry.get_model_version("fraud", 3).manifest)  # type: ignore[union-attr]
+    artifact = registry.get_artifact("fraud", 3)
+    assert artifact is not None
+    pin = device_command(
+        key,
+        kind="pin",
+        command_id=f"pin-{uuid.uuid4().hex[:6]}",
+        fleet=fleet,
+        task="fraud",
+        device_id="edge-a",
+        manifest=v3,
+        issued_by="ops",
+        ttl_s=600,
+    )
+    watcher = MqttClient(BrokerAddress.parse(release_world["url"]), f"w-{uuid.uuid4().hex[:6]}", persistent=False)
+    watcher.start()
+    try:
+        watcher.publish_and_wait(topics.commands(fleet, "edge-a"), pin.to_bytes())
+        wait_for(lambda: pinned(api) == {"edge-a": 3}, 30, "edge-a pinned to v3, downloading it")
+        assert serving(api) == {"edge-a": 1}
+
+        unpin = api.post("/api/devices/edge-a/unpin")
+        assert unpin.status_code == 200, unpin.text
+        superseded = acked(registry, pin.command_id, "edge-a")
+        assert not superseded.accepted
+        assert superseded.reason == f"superseded by command {unpin.json()['command_id']}"
+        ack = acked(registry, unpin.json()["command_id"], "edge-a")
+        assert (ack.accepted, ack.serving_version) == (True, 1), ack.reason
+        wait_for(lambda: pinned(api) == {"edge-a": None}, 30, "edge-a reporting no pin")
+
+        for index, data in enumerate(split_chunks(artifact, v3.chunk_size)):
+            watcher.publish_and_wait(topics.chunk(fleet, "fraud", 3, index), data)
+        time.sleep(1.5)  # what the agent would need to assemble and install the v3 it no longer wants
+        assert serving(api) == {"edge-a": 1}
+        assert not (agent.settings.models_dir / "v3.onnx").exists()
     finally:
         watcher.publish_and_wait(topics.commands(fleet, "edge-a"), b"", retain=True)
         watcher.stop()

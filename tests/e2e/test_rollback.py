@@ -9,6 +9,7 @@ every acknowledgement must be in GET /api/rollouts.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared import topics
+from shared.bundle import split_chunks
 from shared.commands import rollback_command
 from shared.mqtt import BrokerAddress, MqttClient
 from shared.schemas import CommandAck, ModelManifest
 from shared.signing import write_keypair
-from tests.e2e.conftest import serving, wait_fleet
+from tests.e2e.conftest import add_version, serving, wait_fleet
 from tests.edge_agent.agent_harness import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -114,4 +116,47 @@ def test_agent_refuses_a_forged_rollback_and_says_why(release_world: dict[str, A
         assert stored[0].accepted is False
     finally:
         watcher.publish_and_wait(topics.fleet_commands(release_world["fleet"]), b"", retain=True)
+        watcher.stop()
+
+
+def test_a_later_rollback_supersedes_one_still_downloading(release_world: dict[str, Any]) -> None:
+    # A rollback waiting for its download (to v3, a candidate: nobody serves its chunks) is
+    # answered as superseded by a later rollback the device carries out at once, and its
+    # download ends: v3's chunks, arriving afterwards, must not switch the device to v3.
+    api: TestClient = release_world["api"]
+    registry = release_world["registry"]
+    fleet, key = release_world["fleet"], release_world["key"]
+    agent = release_world["start_agent"]("edge-a")
+    wait_fleet(api, {"edge-a": 1})
+    add_version(registry, key, 3, "candidate")
+    v1 = ModelManifest.model_validate(registry.get_model_version("fraud", 1).manifest)
+    v3 = ModelManifest.model_validate(registry.get_model_version("fraud", 3).manifest)
+    artifact = registry.get_artifact("fraud", 3)
+
+    def rollback_to(manifest: ModelManifest) -> Any:
+        return rollback_command(
+            key, command_id=f"rb-{uuid.uuid4().hex[:6]}", fleet=fleet, manifest=manifest, issued_by="ops", ttl_s=600
+        )
+
+    watcher = MqttClient(BrokerAddress.parse(release_world["url"]), f"w-{uuid.uuid4().hex[:6]}", persistent=False)
+    watcher.start()
+    try:
+        to_v3 = rollback_to(v3)
+        watcher.publish_and_wait(topics.fleet_commands(fleet), to_v3.to_bytes(), retain=True)
+        wait_for(lambda: agent.call(lambda: agent.agent.models.updater.downloading) == 3, 30, "v3 downloading")
+        to_v1 = rollback_to(v1)
+        watcher.publish_and_wait(topics.fleet_commands(fleet), to_v1.to_bytes(), retain=True)
+        superseded = wait_for(lambda: registry.list_acks(to_v3.command_id), 30, "the superseded rollback's ack")
+        assert not superseded[0].accepted
+        assert superseded[0].reason == f"superseded by command {to_v1.command_id}"
+        done = wait_for(lambda: registry.list_acks(to_v1.command_id), 30, "the later rollback's ack")
+        assert (done[0].accepted, done[0].serving_version) == (True, 1), done[0].reason
+
+        for index, data in enumerate(split_chunks(artifact, v3.chunk_size)):
+            watcher.publish_and_wait(topics.chunk(fleet, "fraud", 3, index), data)
+        time.sleep(1.5)  # what the agent would need to assemble and switch to the v3 no longer asked for
+        assert serving(api) == {"edge-a": 1}
+        assert not (agent.settings.models_dir / "v3.onnx").exists()
+    finally:
+        watcher.publish_and_wait(topics.fleet_commands(fleet), b"", retain=True)
         watcher.stop()

@@ -261,6 +261,22 @@ def test_pinning_keeps_a_download_of_the_pinned_version(
     assert updater.downloading == 2
 
 
+def test_a_superseded_commands_download_ends_and_its_chunks_install_nothing(
+    updater: ModelUpdater, make_bundle: Callable[..., Bundle]
+) -> None:
+    updater.installed(2)
+    older = make_bundle(1)
+    start = updater.start_authorised(older.manifest)  # a pin or rollback asked for v1
+    assert isinstance(start, StartDownload)
+    assert updater.end_download(2) is None  # not the version downloading: nothing ends
+    assert updater.downloading == 1
+    assert updater.end_download(None) is None
+    assert updater.end_download(1) == start.subscribe
+    assert updater.downloading is None
+    assert all(isinstance(updater.on_chunk(1, i, chunk), Ignore) for i, chunk in enumerate(older.chunks))
+    assert updater.current_version == 2
+
+
 def test_the_pin_survives_restarts_and_an_unreadable_pin_is_no_pin(tmp_path: Path) -> None:
     files = ModelFiles(tmp_path / "models")
     assert files.pin() is None
