@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from server.actions.fleet import ActionConflictError, ActionUnavailableError, FleetActions
 from server.api.params import MAX_DB_INT
-from server.api.rollouts import rollouts_view
+from server.api.rollouts import applied_config, device_config_view, rollouts_view
 from server.api.security import require_operator, require_viewer
 from server.api.views import MAX_VERSION, VersionPath, audit_view
 from server.auth.roles import Principal
@@ -20,6 +20,11 @@ from server.errors import NotFoundError
 from server.federation.catalog import DEFAULT_STRATEGY, STRATEGY_NAMES
 from server.registry.records import Registry
 from shared.commands import REMOTE_SETTINGS
+
+# A device page lists this many of the device's configs; the one in effect may be older, and
+# is looked for among up to CONFIG_SEARCH (a bounded read: one config a minute for a week).
+CONFIG_HISTORY = 20
+CONFIG_SEARCH = 10_000
 
 
 class StartRunRequest(BaseModel):
@@ -98,6 +103,24 @@ def install_action_routes(app: FastAPI, settings: ServerSettings, registry: Regi
     async def configure_device(device_id: str, body: ConfigRequest, principal: Principal = operator) -> dict[str, Any]:
         """Set the device's remote settings (all of them; ``{}`` returns it to its local ones)."""
         return await run_in_threadpool(actions.configure_device, device_id, body.settings, principal.username)
+
+    @app.get("/api/devices/{device_id}/config", dependencies=viewer)
+    async def device_config(device_id: str) -> dict[str, Any]:
+        """The remote settings in effect on the device, and the last configs sent with its answers."""
+
+        def _read() -> dict[str, Any]:
+            device = registry.get_device(device_id)
+            if device is None or device.fleet != settings.fleet:
+                raise NotFoundError(f"device {device_id!r} not found in fleet {settings.fleet!r}")
+            configs = registry.list_commands(settings.fleet, CONFIG_HISTORY, kind="config", device_id=device_id)
+            acks = registry.list_acks(command_ids=[c.command_id for c in configs])
+            if len(configs) == CONFIG_HISTORY and applied_config(device_id, configs, acks) is None:
+                # The one in effect, if any, is older than the page shows: look further back.
+                configs = registry.list_commands(settings.fleet, CONFIG_SEARCH, kind="config", device_id=device_id)
+                acks = registry.list_acks(command_ids=[c.command_id for c in configs])
+            return device_config_view(device_id, configs, acks, history=CONFIG_HISTORY)
+
+        return await run_in_threadpool(_read)
 
     @app.post("/api/devices/{device_id}/unpin")
     async def unpin_device(device_id: str, principal: Principal = operator) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from server.registry.records import AckRecord, CommandRecord, DeviceRecord, ModelVersionRecord
+from shared.commands import REMOTE_SETTINGS
 
 
 def rollout_share(devices: list[DeviceRecord], release: int | None) -> float:
@@ -52,7 +53,7 @@ def rollouts_view(
                     {
                         "command_id": c.command_id,
                         "kind": c.kind,
-                        "device_id": c.payload.get("device_id"),  # pin/unpin: the one device
+                        "device_id": c.device_id,  # pin/unpin: the one device
                         "issued_by": c.issued_by,
                         "issued_at": c.issued_at,
                         "expires_at": c.expires_at,
@@ -74,7 +75,7 @@ def rollouts_view(
     configs = [
         {
             "command_id": c.command_id,
-            "device_id": c.payload.get("device_id"),
+            "device_id": c.device_id,
             "settings": c.payload.get("settings", {}),
             "issued_by": c.issued_by,
             "issued_at": c.issued_at,
@@ -93,4 +94,55 @@ def rollouts_view(
         "release_share": rollout_share(devices, release),
         "versions": entries,
         "configs": configs,  # remote settings sent to devices, newest first, with their answers
+    }
+
+
+def config_state(command: CommandRecord, ack: AckRecord | None, now: float) -> str:
+    """``applied``, ``refused``, ``pending`` (not answered yet) or ``expired`` (never answered in time)."""
+    if ack is not None:
+        return "applied" if ack.accepted else "refused"
+    return "expired" if now > command.expires_at else "pending"
+
+
+def applied_config(device_id: str, configs: list[CommandRecord], acks: list[AckRecord]) -> CommandRecord | None:
+    """The newest of ``configs`` (newest first) that the device applied."""
+    accepted = {a.command_id for a in acks if a.device_id == device_id and a.accepted}
+    return next((c for c in configs if c.command_id in accepted), None)
+
+
+def device_config_view(
+    device_id: str,
+    configs: list[CommandRecord],
+    acks: list[AckRecord],
+    *,
+    history: int = 20,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """A device's remote settings: what it runs now, and the last ``history`` configs sent with its answers.
+
+    ``configs`` are the device's config commands, newest first. A config replaces every
+    earlier one whole, so what is in effect is the newest one the device applied (none: its
+    local settings), and a refused or unanswered later one changes nothing on the device.
+    """
+    now = time.time() if now is None else now
+    answers = {a.command_id: a for a in acks if a.device_id == device_id}
+
+    def entry(command: CommandRecord) -> dict[str, Any]:
+        ack = answers.get(command.command_id)
+        return {
+            "command_id": command.command_id,
+            "settings": command.payload.get("settings", {}),
+            "issued_by": command.issued_by,
+            "issued_at": command.issued_at,
+            "state": config_state(command, ack, now),
+            "reason": None if ack is None else ack.reason,
+            "answered_at": None if ack is None else ack.at,
+        }
+
+    applied = applied_config(device_id, configs, acks)
+    return {
+        "device_id": device_id,
+        "settable": sorted(REMOTE_SETTINGS),
+        "in_effect": None if applied is None else entry(applied),  # None: the device's local settings
+        "history": [entry(c) for c in configs[:history]],  # newest first
     }

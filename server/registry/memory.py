@@ -183,9 +183,17 @@ class InMemoryRegistry:
                 raise RegistryError(f"command {record.command_id} already exists")
             self._commands.append(record)
 
-    def list_commands(self, fleet: str | None = None, limit: int = 100) -> list[CommandRecord]:
+    def list_commands(
+        self, fleet: str | None = None, limit: int = 100, *, kind: str | None = None, device_id: str | None = None
+    ) -> list[CommandRecord]:
         with self._lock:
-            commands = [c for c in self._commands if fleet is None or c.fleet == fleet]
+            commands = [
+                c
+                for c in self._commands
+                if (fleet is None or c.fleet == fleet)
+                and (kind is None or c.kind == kind)
+                and (device_id is None or c.device_id == device_id)
+            ]
         return sorted(commands, key=lambda c: -c.issued_at)[:limit]
 
     def record_ack(self, ack: AckRecord) -> None:

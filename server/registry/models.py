@@ -159,6 +159,8 @@ class FleetCommand(Base):
     expires_at: Mapped[float]
     issued_by: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]]
+    # A device's own command (pin, unpin, config): its device; a fleet command: null.
+    device_id: Mapped[str | None] = mapped_column(String(128), index=True)
 
 
 class CommandAck(Base):

@@ -108,6 +108,12 @@ class CommandRecord:
     issued_by: str
     payload: dict[str, Any]
 
+    @property
+    def device_id(self) -> str | None:
+        """The one device a pin, unpin or config is for; None for a fleet command."""
+        device = self.payload.get("device_id")
+        return device if isinstance(device, str) else None
+
 
 @dataclass(frozen=True)
 class AckRecord:
@@ -216,8 +222,10 @@ class Registry(Protocol):
     # -- fleet commands and acknowledgements ---------------------------------------
     def add_command(self, record: CommandRecord) -> None: ...
 
-    def list_commands(self, fleet: str | None = None, limit: int = 100) -> list[CommandRecord]:
-        """Newest first."""
+    def list_commands(
+        self, fleet: str | None = None, limit: int = 100, *, kind: str | None = None, device_id: str | None = None
+    ) -> list[CommandRecord]:
+        """Newest first; ``kind`` and ``device_id`` narrow it (a device's own commands)."""
         ...
 
     def record_ack(self, ack: AckRecord) -> None:

@@ -343,6 +343,7 @@ class SqlRegistry:
             expires_at=record.expires_at,
             issued_by=record.issued_by,
             payload=dict(record.payload),
+            device_id=record.device_id,
         )
         try:
             with self._session() as s, s.begin():
@@ -350,10 +351,16 @@ class SqlRegistry:
         except IntegrityError:
             raise RegistryError(f"command {record.command_id} already exists") from None
 
-    def list_commands(self, fleet: str | None = None, limit: int = 100) -> list[CommandRecord]:
+    def list_commands(
+        self, fleet: str | None = None, limit: int = 100, *, kind: str | None = None, device_id: str | None = None
+    ) -> list[CommandRecord]:
         query = select(FleetCommand).order_by(FleetCommand.issued_at.desc()).limit(limit)
         if fleet is not None:
             query = query.where(FleetCommand.fleet == fleet)
+        if kind is not None:
+            query = query.where(FleetCommand.kind == kind)
+        if device_id is not None:
+            query = query.where(FleetCommand.device_id == device_id)
         with self._session() as s:
             return [
                 CommandRecord(

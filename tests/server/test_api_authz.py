@@ -56,6 +56,7 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("GET", "/api/fleet/summary"): "viewer",
     ("GET", "/api/devices/{device_id}/telemetry"): "viewer",
     ("GET", "/api/devices/{device_id}/quarantine"): "viewer",
+    ("GET", "/api/devices/{device_id}/config"): "viewer",
     ("GET", "/api/models/compare"): "viewer",
     ("GET", "/api/models/{version}/lineage"): "viewer",
     ("GET", "/api/events"): "viewer",

@@ -166,7 +166,7 @@ def test_actions_are_hidden_from_viewers_and_shown_to_operators(world: tuple[Tes
     assert 'data-action="start-run"' in operator.get("/runs").text
     assert 'data-action="rollback"' in operator.get("/rollouts").text
     device_page = operator.get("/devices/edge-1").text
-    assert all(f'data-action="{a}"' in device_page for a in ("revoke", "pin", "unpin"))
+    assert all(f'data-action="{a}"' in device_page for a in ("revoke", "pin", "unpin", "configure", "configure-local"))
     # The audit log's API is for operators: a viewer's page says so instead of failing.
     assert 'id="audit-restricted"' in viewer.get("/audit").text
     assert 'id="audit"' in operator.get("/audit").text

@@ -48,3 +48,36 @@ def test_sqlite_downgrade_to_empty_and_up_again(sqlite_url: str) -> None:
         engine.dispose()
     migrate(sqlite_url)
     assert _diff(sqlite_url) == []
+
+
+def test_sqlite_upgrade_copies_the_device_of_earlier_commands_out_of_their_payload(sqlite_url: str) -> None:
+    """0008: pins, unpins and configs written before it are found by device afterwards."""
+    from server.registry.sql import SqlRegistry
+
+    migrate(sqlite_url, "0007_telemetry_counts_bigint")
+    engine = sa.create_engine(sqlite_url)
+    try:
+        with engine.begin() as conn:
+            for cid, kind, payload in (
+                ("pin-1", "pin", '{"device_id": "edge-a", "version": 1}'),
+                ("cfg-1", "config", '{"device_id": "edge-b", "settings": {}}'),
+                ("rb-1", "rollback", '{"version": 1}'),
+            ):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO fleet_commands (command_id, fleet, task, kind, version, issued_at, expires_at,"
+                        " issued_by, payload) VALUES (:c, 'f', 'fraud', :k, NULL, 1.0, 2.0, 'ops', :p)"
+                    ),
+                    {"c": cid, "k": kind, "p": payload},
+                )
+    finally:
+        engine.dispose()
+    migrate(sqlite_url)
+    assert _diff(sqlite_url) == []
+    registry = SqlRegistry(sqlite_url)
+    try:
+        assert [c.command_id for c in registry.list_commands("f", device_id="edge-a")] == ["pin-1"]
+        assert [c.command_id for c in registry.list_commands("f", kind="config", device_id="edge-b")] == ["cfg-1"]
+        assert registry.list_commands("f", kind="rollback")[0].device_id is None
+    finally:
+        registry.close()

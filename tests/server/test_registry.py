@@ -213,6 +213,27 @@ def test_commands_and_acks(registry: Registry) -> None:
     assert registry.list_acks(command_ids=[]) == []
 
 
+def test_commands_narrow_to_one_kind_and_one_device(registry: Registry) -> None:
+    from server.registry.records import CommandRecord
+
+    def command(cid: str, kind: str, at: float, device: str | None) -> CommandRecord:
+        payload = {} if device is None else {"device_id": device}
+        return CommandRecord(cid, "default", "fraud", kind, None, at, at + 60, "ops", payload)
+
+    registry.add_command(command("r1", "rollback", 1.0, None))
+    registry.add_command(command("c1", "config", 2.0, "d1"))
+    registry.add_command(command("p1", "pin", 3.0, "d1"))
+    registry.add_command(command("c2", "config", 4.0, "d2"))
+    registry.add_command(command("c3", "config", 5.0, "d1"))
+    assert [c.command_id for c in registry.list_commands("default", kind="config", device_id="d1")] == ["c3", "c1"]
+    assert [c.command_id for c in registry.list_commands("default", 1, kind="config", device_id="d1")] == ["c3"]
+    assert [c.command_id for c in registry.list_commands(device_id="d1")] == ["c3", "p1", "c1"]
+    assert [c.command_id for c in registry.list_commands(kind="rollback")] == ["r1"]
+    assert registry.list_commands("other", kind="config", device_id="d1") == []
+    assert registry.list_commands()[0].device_id == "d1"
+    assert registry.list_commands(kind="rollback")[0].device_id is None
+
+
 def test_audit_pages_back_with_before(registry: Registry) -> None:
     for i in range(5):
         registry.audit("ops", f"a{i}", {"i": i}, at=float(i))

@@ -35,6 +35,7 @@ async function refresh() {
       ...fact("Queue depth", fmtNum(device.queue_depth, 0)),
       ...fact("Last rejection", device.last_rejection ? device.last_rejection.reason : "none"),
     );
+  await refreshConfig();
   const telemetry = await api.get(`${base}/telemetry`);
   const pts = telemetry.points;
   const line = (key) => pts.map((p) => [p.at, p[key]]);
@@ -72,6 +73,71 @@ async function refresh() {
   if (entries.length === 0) tbody.append(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "nothing quarantined")));
 }
 
+function shownSettings(settings) {
+  const names = Object.keys(settings).sort();
+  if (names.length === 0) return "its local settings";
+  return names.map((name) => `${name} = ${JSON.stringify(settings[name])}`).join(", ");
+}
+
+// Remote settings: what the device runs now (the newest config it applied) and what was sent.
+async function refreshConfig() {
+  const view = await api.get(`${base}/config`);
+  const effect = view.in_effect;
+  document
+    .getElementById("remote-facts")
+    .replaceChildren(
+      ...fact("In effect", effect == null ? "its local settings (no remote settings applied)" : shownSettings(effect.settings)),
+      ...fact("Since", effect == null ? "—" : `${fmtTime(effect.answered_at)} (${effect.command_id}, by ${effect.issued_by})`),
+    );
+  const settable = document.getElementById("config-settable");
+  if (settable) settable.textContent = `Settable: ${view.settable.join(", ")}`;
+  const tbody = document.querySelector("#configs tbody");
+  tbody.replaceChildren(
+    ...view.history.map((c) =>
+      el(
+        "tr",
+        { "data-command": c.command_id },
+        el("td", {}, fmtTime(c.issued_at)),
+        el("td", {}, el("code", {}, shownSettings(c.settings))),
+        el("td", {}, c.issued_by),
+        el("td", { class: `state ${c.state}` }, c.state),
+        el("td", {}, c.reason ?? ""),
+      ),
+    ),
+  );
+  if (view.history.length === 0) tbody.append(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "none sent")));
+}
+
+const configForm = document.getElementById("config");
+if (configForm) {
+  const send = async (button, settings, what) => {
+    await act(button, what, () => api.post(`${base}/config`, { settings }));
+    refresh();
+  };
+  configForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = configForm.querySelector('button[data-action="configure"]');
+    let settings;
+    try {
+      settings = JSON.parse(document.getElementById("config-settings").value || "{}");
+    } catch (err) {
+      toast(`configure failed: not JSON (${err.message})`, true);
+      return;
+    }
+    if (settings === null || typeof settings !== "object" || Array.isArray(settings)) {
+      toast('configure failed: give a JSON object, e.g. {"heartbeat_s": 5}', true);
+      return;
+    }
+    if (!confirm(`Send ${shownSettings(settings)} to ${deviceId}? It restarts to apply them.`)) return;
+    await send(button, settings, "configure");
+  });
+  const local = document.getElementById("config-local");
+  local.addEventListener("click", async () => {
+    if (!confirm(`Return ${deviceId} to its local settings? It restarts to apply them.`)) return;
+    await send(local, {}, "back to local settings");
+  });
+}
+
 const revoke = document.getElementById("revoke");
 if (revoke) {
   revoke.addEventListener("click", async () => {
@@ -88,11 +154,13 @@ if (pinForm) {
     event.preventDefault();
     const version = Number.parseInt(document.getElementById("pin-version").value, 10);
     const button = pinForm.querySelector('button[data-action="pin"]');
+    if (!confirm(`Pin ${deviceId} to v${version}? It ignores releases until unpinned.`)) return;
     await act(button, `pin to v${version}`, () => api.post(`${base}/pin`, { version }));
     refresh();
   });
   const unpin = document.getElementById("unpin");
   unpin.addEventListener("click", async () => {
+    if (!confirm(`Unpin ${deviceId}? It follows the fleet's release again.`)) return;
     await act(unpin, "unpin", () => api.post(`${base}/unpin`));
     refresh();
   });
