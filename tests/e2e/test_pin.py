@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from fastapi.testclient import TestClient
@@ -36,6 +36,23 @@ def acked(registry: InMemoryRegistry, command_id: str, device: str) -> Any:
         lambda: next((a for a in registry.list_acks(command_id) if a.device_id == device), None),
         60,
         f"{device}'s ack of {command_id}",
+    )
+
+
+def signed(
+    world: dict[str, Any], kind: Literal["pin", "unpin"], manifest: ModelManifest, device: str = "edge-a"
+) -> Command:
+    """A pin or unpin for ``device``, signed by the operator's key now, as the server would."""
+    return device_command(
+        world["key"],
+        kind=kind,
+        command_id=f"{kind}-{uuid.uuid4().hex[:6]}",
+        fleet=world["fleet"],
+        task="fraud",
+        device_id=device,
+        manifest=manifest,
+        issued_by="ops",
+        ttl_s=600,
     )
 
 
@@ -103,17 +120,7 @@ def test_an_unpin_follows_a_release_made_after_it_was_issued(release_world: dict
 
     def unpin_to_v1() -> Command:
         """Signed now, naming v1: the release when an operator sent it."""
-        return device_command(
-            key,
-            kind="unpin",
-            command_id=f"unpin-{uuid.uuid4().hex[:6]}",
-            fleet=fleet,
-            task="fraud",
-            device_id="edge-a",
-            manifest=v1,
-            issued_by="ops",
-            ttl_s=600,
-        )
+        return signed(release_world, "unpin", v1)
 
     early_unpin = unpin_to_v1()
     assert api.post("/api/devices/edge-a/pin", json={"version": 1}).status_code == 200
@@ -157,17 +164,7 @@ def test_an_unpin_ends_the_download_of_the_pin_it_supersedes(release_world: dict
     v3 = ModelManifest.model_validate(registry.get_model_version("fraud", 3).manifest)  # type: ignore[union-attr]
     artifact = registry.get_artifact("fraud", 3)
     assert artifact is not None
-    pin = device_command(
-        key,
-        kind="pin",
-        command_id=f"pin-{uuid.uuid4().hex[:6]}",
-        fleet=fleet,
-        task="fraud",
-        device_id="edge-a",
-        manifest=v3,
-        issued_by="ops",
-        ttl_s=600,
-    )
+    pin = signed(release_world, "pin", v3)
     watcher = MqttClient(BrokerAddress.parse(release_world["url"]), f"w-{uuid.uuid4().hex[:6]}", persistent=False)
     watcher.start()
     try:
