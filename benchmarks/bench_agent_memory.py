@@ -38,6 +38,7 @@ from simulations.fleet import FleetError
 
 IDLE_GOAL_MB = 150.0
 PEAK_GOAL_MB = 600.0
+ALWAYS_ON_REPORTED = "reported: always-on is an opt-in mode; the 150 MB idle goal is met by the default (on-demand) row"
 IDLE_EXIT_S = 45.0
 
 
@@ -137,15 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     anchor_name = "Flower SuperNode tree, defaults"
     notes_idle = "RSS of each agent (n = agents x runs), Flower's SuperNode tree = supernode + superexec (+ clientapp)."
 
-    def idle(name: str, values: list[float], notes: str, extra: dict[str, float | str] | None = None) -> Figure:
+    def idle(
+        name: str,
+        values: list[float],
+        notes: str,
+        extra: dict[str, float | str] | None = None,
+        *,
+        goal: bool = True,
+    ) -> Figure:
+        """``goal=False``: reported beside the goal's own row (the always-on mode is not the default)."""
         return Figure(
             name,
             mb(values),
             anchor_idle,
             anchor_name + " (idle)",
             "lower",
-            f"<= {IDLE_GOAL_MB:.0f} MB idle",
-            statistics.median(values) <= IDLE_GOAL_MB,
+            f"<= {IDLE_GOAL_MB:.0f} MB idle" if goal else ALWAYS_ON_REPORTED,
+            statistics.median(values) <= IDLE_GOAL_MB if goal else None,
             notes=notes,
             extra=extra or {},
         )
@@ -162,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             "federation_mode = always: agent + SuperNode (ClientApp worker in its process) before any round "
             "(and after worker_idle_exit_s).",
             {"agent_tree_idle_flower_defaults_mb": statistics.median(flower_idle_tree)},
+            goal=False,
         ),
         idle(
             "8b whole agent tree idle, on-demand federation (default)",
@@ -182,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             "SuperLink and re-executes itself light"
             + (f" (measured after it: median {statistics.median(idle_dropped):.0f} MB)." if idle_dropped else "."),
             {"after_idle_exit_mb": statistics.median(idle_dropped)} if idle_dropped else {},
+            goal=False,
         ),
         Figure(
             "8c whole agent tree peak during a round, always-on",
