@@ -13,7 +13,7 @@ from server.actions.fleet import ActionConflictError, ActionUnavailableError, Fl
 from server.api.params import MAX_DB_INT
 from server.api.rollouts import applied_config, device_config_view, rollouts_view
 from server.api.security import require_operator, require_viewer
-from server.api.views import MAX_VERSION, VersionPath, audit_view
+from server.api.views import MAX_VERSION, VersionPath, audit_view, fleet_device
 from server.auth.roles import Principal
 from server.config import ServerSettings
 from server.errors import NotFoundError
@@ -109,9 +109,7 @@ def install_action_routes(app: FastAPI, settings: ServerSettings, registry: Regi
         """The remote settings in effect on the device, and the last configs sent with its answers."""
 
         def _read() -> dict[str, Any]:
-            device = registry.get_device(device_id)
-            if device is None or device.fleet != settings.fleet:
-                raise NotFoundError(f"device {device_id!r} not found in fleet {settings.fleet!r}")
+            fleet_device(registry, settings.fleet, device_id)
             configs = registry.list_commands(settings.fleet, CONFIG_HISTORY, kind="config", device_id=device_id)
             acks = registry.list_acks(command_ids=[c.command_id for c in configs])
             if len(configs) == CONFIG_HISTORY and applied_config(device_id, configs, acks) is None:

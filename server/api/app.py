@@ -27,7 +27,7 @@ from server.api.metrics import ApiMetrics
 from server.api.pages import install_pages
 from server.api.params import refuse_nul
 from server.api.security import install_auth_errors, require_viewer
-from server.api.views import VersionPath, device_view, model_view, round_view, run_view
+from server.api.views import VersionPath, device_view, fleet_device, model_view, round_view, run_view
 from server.auth.memory import InMemoryAuthStore
 from server.auth.records import AuthStore
 from server.auth.service import AuthService
@@ -173,9 +173,7 @@ def install_read_routes(app: FastAPI, settings: ServerSettings, registry: Regist
 
     @app.get("/api/devices/{device_id}", dependencies=viewer)
     async def get_device(device_id: str) -> dict[str, Any]:
-        device = await run_in_threadpool(registry.get_device, device_id)
-        if device is None or device.fleet != settings.fleet:
-            raise ApiNotFoundError(f"device {device_id!r} not found in fleet {settings.fleet!r}")
+        device = await run_in_threadpool(fleet_device, registry, settings.fleet, device_id)
         return device_view(device, time.time(), settings.online_window_s)
 
     @app.get("/api/runs", dependencies=viewer)

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from server.api.errors import ApiNotFoundError
 from server.api.security import require_viewer
+from server.api.views import fleet_device
 from server.config import ServerSettings
 from server.registry.records import Registry
 from server.registry.telemetry import QUARANTINE_KEEP, TelemetryStore
@@ -105,9 +106,7 @@ def install_dashboard_routes(
     task = settings.task
 
     async def _device_or_404(device_id: str) -> None:
-        device = await run_in_threadpool(registry.get_device, device_id)
-        if device is None or device.fleet != fleet:
-            raise ApiNotFoundError(f"device {device_id!r} not found in fleet {fleet!r}")
+        await run_in_threadpool(fleet_device, registry, fleet, device_id)
 
     @app.get("/api/fleet/summary", dependencies=viewer)
     async def fleet_summary_endpoint() -> dict[str, Any]:

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import Path
 
-from server.registry.records import AuditEntry, DeviceRecord, ModelVersionRecord, RoundRecord, RunRecord
+from server.api.errors import ApiNotFoundError
+from server.registry.records import AuditEntry, DeviceRecord, ModelVersionRecord, Registry, RoundRecord, RunRecord
 
 # Versions are 32-bit integers in the registry: a larger id is a 422, not a database error.
 MAX_VERSION = 2**31 - 1
@@ -26,6 +27,14 @@ def model_view(m: ModelVersionRecord) -> dict[str, Any]:
         "signer": m.signer,
         "stage": m.stage,
     }
+
+
+def fleet_device(registry: Registry, fleet: str, device_id: str) -> DeviceRecord:
+    """The device, if it reports to this server's fleet; else a 404 (another fleet's device is not ours to show)."""
+    device = registry.get_device(device_id)
+    if device is None or device.fleet != fleet:
+        raise ApiNotFoundError(f"device {device_id!r} not found in fleet {fleet!r}")
+    return device
 
 
 def device_view(d: DeviceRecord, now: float, online_window_s: float) -> dict[str, Any]:
