@@ -294,6 +294,11 @@ class ModelManager:
         elif isinstance(action, StartDownload):
             if action.unsubscribe:
                 self.link.unsubscribe(action.unsubscribe)
+            pending = self._pending
+            if pending is not None and pending[0].version != action.manifest.version:
+                # A release replaced the download the command waits on: answer it, or it waits forever.
+                self._pending = None
+                self._ack(pending[0], False, f"superseded by the release v{action.manifest.version}")
             log.info("downloading model v%d (%d chunks)", action.manifest.version, action.manifest.chunk_count)
             self.link.subscribe(action.subscribe, self._on_chunk)
         elif isinstance(action, Reject):

@@ -160,3 +160,31 @@ def test_a_later_rollback_supersedes_one_still_downloading(release_world: dict[s
     finally:
         watcher.publish_and_wait(topics.fleet_commands(fleet), b"", retain=True)
         watcher.stop()
+
+
+def test_a_release_that_replaces_a_rollbacks_download_answers_the_rollback(release_world: dict[str, Any]) -> None:
+    # A rollback waiting for its download (to v3, a candidate: nobody serves its chunks) loses
+    # that download to a release promoted after it; the rollback is answered, not left pending.
+    api: TestClient = release_world["api"]
+    registry = release_world["registry"]
+    fleet, key = release_world["fleet"], release_world["key"]
+    agent = release_world["start_agent"]("edge-a")
+    wait_fleet(api, {"edge-a": 1})
+    add_version(registry, key, 3, "candidate")
+    v3 = ModelManifest.model_validate(registry.get_model_version("fraud", 3).manifest)
+    to_v3 = rollback_command(
+        key, command_id=f"rb-{uuid.uuid4().hex[:6]}", fleet=fleet, manifest=v3, issued_by="ops", ttl_s=600
+    )
+    watcher = MqttClient(BrokerAddress.parse(release_world["url"]), f"w-{uuid.uuid4().hex[:6]}", persistent=False)
+    watcher.start()
+    try:
+        watcher.publish_and_wait(topics.fleet_commands(fleet), to_v3.to_bytes(), retain=True)
+        wait_for(lambda: agent.call(lambda: agent.agent.models.updater.downloading) == 3, 30, "v3 downloading")
+        assert api.post("/api/models/2/promote").status_code == 200
+        answer = wait_for(lambda: registry.list_acks(to_v3.command_id), 30, "the replaced rollback's ack")
+        assert not answer[0].accepted
+        assert answer[0].reason == "superseded by the release v2"
+        wait_fleet(api, {"edge-a": 2})
+    finally:
+        watcher.publish_and_wait(topics.fleet_commands(fleet), b"", retain=True)
+        watcher.stop()
