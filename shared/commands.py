@@ -122,6 +122,10 @@ def device_command(
     )
 
 
+class NotRemoteSettingsError(ValueError):
+    """A config names a setting that is not in ``REMOTE_SETTINGS``: nothing is signed."""
+
+
 def config_command(
     key: Ed25519PrivateKey,
     *,
@@ -137,7 +141,9 @@ def config_command(
     """The device's remote settings, all of them: an empty ``settings`` returns it to its local ones."""
     unknown = sorted(set(settings) - REMOTE_SETTINGS)
     if unknown:
-        raise ValueError(f"not remote settings: {', '.join(unknown)}")
+        raise NotRemoteSettingsError(
+            f"not remote settings: {', '.join(unknown)} (one of {', '.join(sorted(REMOTE_SETTINGS))})"
+        )
     issued = time.time() if now is None else now
     return _signed(
         key,

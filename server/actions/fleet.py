@@ -32,7 +32,13 @@ from server.config import ServerSettings
 from server.errors import NotFoundError, ServerError
 from server.federation.catalog import STRATEGY_NAMES, is_strategy
 from server.registry.records import CommandRecord, ModelVersionRecord, Registry, Stage
-from shared.commands import REMOTE_SETTINGS, DeviceCommandKind, config_command, device_command, rollback_command
+from shared.commands import (
+    DeviceCommandKind,
+    NotRemoteSettingsError,
+    config_command,
+    device_command,
+    rollback_command,
+)
 from shared.mqtt import MqttError
 from shared.schemas import Command, ModelManifest
 
@@ -242,25 +248,23 @@ class FleetActions:
         The server checks the names; the agent checks the values against its own settings
         and answers with an ack (accepted, then it restarts to apply them; or the reason).
         """
-        unknown = sorted(set(settings) - REMOTE_SETTINGS)
-        if unknown:
-            raise ActionConflictError(
-                f"not remote settings: {', '.join(unknown)} (one of {', '.join(sorted(REMOTE_SETTINGS))})"
-            )
         with self._lock:
             self._device(device_id)
             channel = self._channel()
-            command = config_command(
-                self._key("config"),
-                command_id=f"config-{uuid.uuid4().hex[:12]}",
-                fleet=self.settings.fleet,
-                task=self.task,
-                device_id=device_id,
-                settings=settings,
-                issued_by=actor,
-                ttl_s=self.settings.command_ttl_s,
-                now=self._clock(),
-            )
+            try:
+                command = config_command(
+                    self._key("config"),
+                    command_id=f"config-{uuid.uuid4().hex[:12]}",
+                    fleet=self.settings.fleet,
+                    task=self.task,
+                    device_id=device_id,
+                    settings=settings,
+                    issued_by=actor,
+                    ttl_s=self.settings.command_ttl_s,
+                    now=self._clock(),
+                )
+            except NotRemoteSettingsError as exc:
+                raise ActionConflictError(str(exc)) from None
             self._send(command, actor, lambda payload: channel.publish_device_config(device_id, payload))
             detail = {"device_id": device_id, "settings": settings, "command_id": command.command_id}
             self.registry.audit(actor, "device.configured", detail)
