@@ -161,3 +161,13 @@ def test_merged_refuses_names_that_are_not_remote(local: AgentSettings) -> None:
     with pytest.raises(ConfigError, match="device_id"):
         merged(local, {"device_id": "someone-else"})
     assert merged(local, {}) is local
+
+
+def test_every_remote_setting_is_an_agent_setting_and_none_is_identity_or_trust() -> None:
+    """The server signs configs by the shared list: a name the agent lacks would only be refused on the device."""
+    from shared.commands import REMOTE_SETTINGS
+
+    assert REMOTE_SETTINGS.issubset(AgentSettings.model_fields)
+    local_only = {"device_id", "fleet", "task", "broker_url", "data_dir", "trusted_keys", "supernode_key"}
+    local_only |= {name for name in AgentSettings.model_fields if name.startswith(("mqtt_", "superlink_"))}
+    assert not REMOTE_SETTINGS & local_only
