@@ -41,6 +41,15 @@ def wait_fleet(api: TestClient, expected: dict[str, int]) -> None:
     wait_for(lambda: serving(api) == expected, 120, f"fleet serving {expected} (now {serving(api)})")
 
 
+def acked(registry: InMemoryRegistry, command_id: str, device: str) -> Any:
+    """The device's answer to the command, once it has come (an AckRecord)."""
+    return wait_for(
+        lambda: next((a for a in registry.list_acks(command_id) if a.device_id == device), None),
+        60,
+        f"{device}'s ack of {command_id}",
+    )
+
+
 def add_version(registry: InMemoryRegistry, key: Any, version: int, stage: str) -> None:
     """A real, signed ONNX model version in the registry, as training leaves one."""
     spec = make_spec()

@@ -21,7 +21,7 @@ from shared.bundle import split_chunks
 from shared.commands import device_command
 from shared.mqtt import BrokerAddress, MqttClient
 from shared.schemas import Command, ModelManifest
-from tests.e2e.conftest import add_version, serving, wait_fleet
+from tests.e2e.conftest import acked, add_version, serving, wait_fleet
 from tests.edge_agent.agent_harness import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -29,14 +29,6 @@ pytestmark = pytest.mark.e2e
 
 def pinned(api: TestClient) -> dict[str, Any]:
     return {d["device_id"]: d["pinned_version"] for d in api.get("/api/devices").json()}
-
-
-def acked(registry: InMemoryRegistry, command_id: str, device: str) -> Any:
-    return wait_for(
-        lambda: next((a for a in registry.list_acks(command_id) if a.device_id == device), None),
-        60,
-        f"{device}'s ack of {command_id}",
-    )
 
 
 def signed(

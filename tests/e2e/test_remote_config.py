@@ -15,8 +15,7 @@ from fastapi.testclient import TestClient
 
 from edge_agent.remote_config import with_remote_settings
 from server.registry import InMemoryRegistry
-from tests.e2e.conftest import wait_fleet
-from tests.e2e.test_pin import acked
+from tests.e2e.conftest import acked, wait_fleet
 
 pytestmark = pytest.mark.e2e
 
