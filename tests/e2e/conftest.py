@@ -24,12 +24,10 @@ from server.config import ServerSettings
 from server.mqtt.fleet_monitor import FleetMonitor, server_client
 from server.registry import InMemoryRegistry
 from server.release.release import manifest_record
-from shared.bundle import build_manifest
 from shared.schemas import ModelManifest
 from shared.signing import write_keypair
-from shared.tasks.fraud import INPUT_NAME, OUTPUT_NAME
 from tests.edge_agent.agent_harness import AgentThread, wait_for
-from tests.edge_agent.conftest import export_onnx, make_spec
+from tests.edge_agent.conftest import export_onnx, fraud_manifest, make_spec
 from tests.server.auth_support import identities
 
 
@@ -54,14 +52,11 @@ def add_version(registry: InMemoryRegistry, key: Any, version: int, stage: str) 
     """A real, signed ONNX model version in the registry, as training leaves one."""
     spec = make_spec()
     data = export_onnx(spec.width, seed=version)
-    manifest = build_manifest(
-        model_bytes=data,
-        task="fraud",
-        version=version,
-        feature_spec=spec,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        signing_key=key,
+    manifest = fraud_manifest(
+        data,
+        version,
+        spec,
+        key,
         parent_version=version - 1 or None,
         chunk_size=4096,
         created=time.time() - 100 + version,

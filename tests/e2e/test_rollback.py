@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,10 @@ from shared import topics
 from shared.bundle import split_chunks
 from shared.commands import rollback_command
 from shared.mqtt import BrokerAddress, MqttClient
-from shared.schemas import CommandAck, ModelManifest
+from shared.schemas import Command, CommandAck, ModelManifest
 from shared.signing import write_keypair
 from tests.e2e.conftest import add_version, serving, wait_fleet
-from tests.edge_agent.agent_harness import wait_for
+from tests.edge_agent.agent_harness import AgentThread, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -119,33 +122,60 @@ def test_agent_refuses_a_forged_rollback_and_says_why(release_world: dict[str, A
         watcher.stop()
 
 
-def test_a_later_rollback_supersedes_one_still_downloading(release_world: dict[str, Any]) -> None:
-    # A rollback waiting for its download (to v3, a candidate: nobody serves its chunks) is
-    # answered as superseded by a later rollback the device carries out at once, and its
-    # download ends: v3's chunks, arriving afterwards, must not switch the device to v3.
-    api: TestClient = release_world["api"]
-    registry = release_world["registry"]
-    fleet, key = release_world["fleet"], release_world["key"]
-    agent = release_world["start_agent"]("edge-a")
-    wait_fleet(api, {"edge-a": 1})
-    add_version(registry, key, 3, "candidate")
-    v1 = ModelManifest.model_validate(registry.get_model_version("fraud", 1).manifest)
+def rollback_to(world: dict[str, Any], manifest: ModelManifest) -> Command:
+    """A fleet rollback to ``manifest``'s version, signed by the operator's key now."""
+    return rollback_command(
+        world["key"],
+        command_id=f"rb-{uuid.uuid4().hex[:6]}",
+        fleet=world["fleet"],
+        manifest=manifest,
+        issued_by="ops",
+        ttl_s=600,
+    )
+
+
+@dataclass(frozen=True)
+class WaitingRollback:
+    agent: AgentThread
+    watcher: MqttClient
+    command: Command  # the rollback to v3, waiting for its download
+    v3: ModelManifest
+
+
+@contextmanager
+def rollback_waiting_for_v3(world: dict[str, Any]) -> Iterator[WaitingRollback]:
+    """edge-a serving v1 and rolled back to v3, a candidate: nobody serves its chunks, so it waits."""
+    registry, fleet = world["registry"], world["fleet"]
+    agent = world["start_agent"]("edge-a")
+    wait_fleet(world["api"], {"edge-a": 1})
+    add_version(registry, world["key"], 3, "candidate")
     v3 = ModelManifest.model_validate(registry.get_model_version("fraud", 3).manifest)
-    artifact = registry.get_artifact("fraud", 3)
-
-    def rollback_to(manifest: ModelManifest) -> Any:
-        return rollback_command(
-            key, command_id=f"rb-{uuid.uuid4().hex[:6]}", fleet=fleet, manifest=manifest, issued_by="ops", ttl_s=600
-        )
-
-    watcher = MqttClient(BrokerAddress.parse(release_world["url"]), f"w-{uuid.uuid4().hex[:6]}", persistent=False)
+    watcher = MqttClient(BrokerAddress.parse(world["url"]), f"w-{uuid.uuid4().hex[:6]}", persistent=False)
     watcher.start()
     try:
-        to_v3 = rollback_to(v3)
+        to_v3 = rollback_to(world, v3)
         watcher.publish_and_wait(topics.fleet_commands(fleet), to_v3.to_bytes(), retain=True)
         wait_for(lambda: agent.call(lambda: agent.agent.models.updater.downloading) == 3, 30, "v3 downloading")
-        to_v1 = rollback_to(v1)
-        watcher.publish_and_wait(topics.fleet_commands(fleet), to_v1.to_bytes(), retain=True)
+        yield WaitingRollback(agent, watcher, to_v3, v3)
+    finally:
+        watcher.publish_and_wait(topics.fleet_commands(fleet), b"", retain=True)
+        watcher.stop()
+
+
+def test_a_later_rollback_supersedes_one_still_downloading(release_world: dict[str, Any]) -> None:
+    # A rollback waiting for its download is answered as superseded by a later rollback the
+    # device carries out at once, and its download ends: v3's chunks, arriving afterwards,
+    # must not switch the device to v3.
+    api: TestClient = release_world["api"]
+    registry = release_world["registry"]
+    fleet = release_world["fleet"]
+    v1 = ModelManifest.model_validate(registry.get_model_version("fraud", 1).manifest)
+    with rollback_waiting_for_v3(release_world) as waiting:
+        to_v3, v3 = waiting.command, waiting.v3
+        artifact = registry.get_artifact("fraud", 3)
+        assert artifact is not None
+        to_v1 = rollback_to(release_world, v1)
+        waiting.watcher.publish_and_wait(topics.fleet_commands(fleet), to_v1.to_bytes(), retain=True)
         superseded = wait_for(lambda: registry.list_acks(to_v3.command_id), 30, "the superseded rollback's ack")
         assert not superseded[0].accepted
         assert superseded[0].reason == f"superseded by command {to_v1.command_id}"
@@ -153,38 +183,20 @@ def test_a_later_rollback_supersedes_one_still_downloading(release_world: dict[s
         assert (done[0].accepted, done[0].serving_version) == (True, 1), done[0].reason
 
         for index, data in enumerate(split_chunks(artifact, v3.chunk_size)):
-            watcher.publish_and_wait(topics.chunk(fleet, "fraud", 3, index), data)
+            waiting.watcher.publish_and_wait(topics.chunk(fleet, "fraud", 3, index), data)
         time.sleep(1.5)  # what the agent would need to assemble and switch to the v3 no longer asked for
         assert serving(api) == {"edge-a": 1}
-        assert not (agent.settings.models_dir / "v3.onnx").exists()
-    finally:
-        watcher.publish_and_wait(topics.fleet_commands(fleet), b"", retain=True)
-        watcher.stop()
+        assert not (waiting.agent.settings.models_dir / "v3.onnx").exists()
 
 
 def test_a_release_that_replaces_a_rollbacks_download_answers_the_rollback(release_world: dict[str, Any]) -> None:
-    # A rollback waiting for its download (to v3, a candidate: nobody serves its chunks) loses
-    # that download to a release promoted after it; the rollback is answered, not left pending.
+    # A rollback waiting for its download loses that download to a release promoted after it;
+    # the rollback is answered, not left pending.
     api: TestClient = release_world["api"]
     registry = release_world["registry"]
-    fleet, key = release_world["fleet"], release_world["key"]
-    agent = release_world["start_agent"]("edge-a")
-    wait_fleet(api, {"edge-a": 1})
-    add_version(registry, key, 3, "candidate")
-    v3 = ModelManifest.model_validate(registry.get_model_version("fraud", 3).manifest)
-    to_v3 = rollback_command(
-        key, command_id=f"rb-{uuid.uuid4().hex[:6]}", fleet=fleet, manifest=v3, issued_by="ops", ttl_s=600
-    )
-    watcher = MqttClient(BrokerAddress.parse(release_world["url"]), f"w-{uuid.uuid4().hex[:6]}", persistent=False)
-    watcher.start()
-    try:
-        watcher.publish_and_wait(topics.fleet_commands(fleet), to_v3.to_bytes(), retain=True)
-        wait_for(lambda: agent.call(lambda: agent.agent.models.updater.downloading) == 3, 30, "v3 downloading")
+    with rollback_waiting_for_v3(release_world) as waiting:
         assert api.post("/api/models/2/promote").status_code == 200
-        answer = wait_for(lambda: registry.list_acks(to_v3.command_id), 30, "the replaced rollback's ack")
+        answer = wait_for(lambda: registry.list_acks(waiting.command.command_id), 30, "the replaced rollback's ack")
         assert not answer[0].accepted
         assert answer[0].reason == "superseded by the release v2"
         wait_fleet(api, {"edge-a": 2})
-    finally:
-        watcher.publish_and_wait(topics.fleet_commands(fleet), b"", retain=True)
-        watcher.stop()

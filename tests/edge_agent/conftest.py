@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,6 +87,22 @@ def rogue_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return Keys(key, d / "rogue.pub")
 
 
+def fraud_manifest(
+    data: bytes, version: int, spec: FeatureSpec, key: Ed25519PrivateKey, **fields: Any
+) -> ModelManifest:
+    """The signed manifest of a fraud model's ONNX bytes, as the cloud's release code makes it."""
+    return build_manifest(
+        model_bytes=data,
+        task="fraud",
+        version=version,
+        feature_spec=spec,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        signing_key=key,
+        **fields,
+    )
+
+
 @pytest.fixture(scope="session")
 def make_bundle(spec: FeatureSpec, operator_keys: Keys) -> Callable[..., Bundle]:
     def _make(
@@ -97,16 +114,7 @@ def make_bundle(spec: FeatureSpec, operator_keys: Keys) -> Callable[..., Bundle]
         seed: int = 0,
     ) -> Bundle:
         data = model_bytes if model_bytes is not None else export_onnx(spec.width, seed=seed)
-        manifest = build_manifest(
-            model_bytes=data,
-            task="fraud",
-            version=version,
-            feature_spec=spec,
-            input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
-            signing_key=key or operator_keys.private,
-            chunk_size=chunk_size,
-        )
+        manifest = fraud_manifest(data, version, spec, key or operator_keys.private, chunk_size=chunk_size)
         return Bundle(manifest, data, split_chunks(data, chunk_size))
 
     return _make
